@@ -1,0 +1,1 @@
+"""pachinko: WebSockets for Falcon (ASGI)."""
