@@ -1,0 +1,284 @@
+"""AsyncAPI 3.0 documents from a router tree.
+
+One channel per route (its address is the full path, mount prefix included;
+template fields become channel parameters). Messages come from the resource
+classes: what a resource handles is the application's ``receive`` operation
+(client → server), its ``sends`` are the ``send`` operation (server →
+client). Payload schemas are msgspec's JSON Schema
+(:func:`msgspec.json.schema_components`), adjusted to the JSON Schema draft 07
+dialect that AsyncAPI 3.0 schemas use.
+
+Usable without TOML::
+
+    doc = asyncapi.document([("/ws", router)], title="Chat", version="1.0.0")
+    print(asyncapi.dumps(doc, "yaml"))
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from .router import RouteInfo, join_paths
+
+if TYPE_CHECKING:
+    import falcon.asgi
+
+    from .router import WebSocketRouter
+
+__all__ = ["ASYNCAPI_VERSION", "document", "document_for_app", "dumps"]
+
+ASYNCAPI_VERSION: Final = "3.0.0"
+
+_SCHEMAS: Final = "#/components/schemas/"
+_FIELD: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?}")
+_KEY_UNSAFE: Final = re.compile(r"[^\w.\-]+")
+
+
+def document_for_app(
+    app: falcon.asgi.App[Any, Any], *, title: str = "pachinko app", version: str = "1.0.0",
+    description: str | None = None, server: str | None = None,
+) -> dict[str, Any]:
+    """Build the AsyncAPI document of every router mounted on ``app``.
+
+    Raises:
+        PachinkoError: pachinko is not installed on ``app``.
+    """
+    from .app import runtime_of
+
+    mounts = [(m.prefix, m.router) for m in runtime_of(app).mounts]
+    return document(mounts, title=title, version=version, description=description,
+                    server=server)
+
+
+def document(
+    mounts: Iterable[tuple[str, WebSocketRouter]] | WebSocketRouter, *,
+    title: str = "pachinko app", version: str = "1.0.0", description: str | None = None,
+    server: str | None = None,
+) -> dict[str, Any]:
+    """Build an AsyncAPI 3.0 document (a plain dict) from router trees.
+
+    Args:
+        mounts: ``(prefix, router)`` pairs, or one router (prefix ``/``).
+        title: ``info.title``.
+        version: ``info.version`` (the version of the described API).
+        description: ``info.description``.
+        server: A WebSocket URL such as ``ws://localhost:8000``; adds a
+            ``servers.default`` entry.
+
+    Returns:
+        The document, ready for :func:`dumps`.
+    """
+    pairs: Sequence[tuple[str, WebSocketRouter]] = (
+        list(mounts) if not hasattr(mounts, "routes") else [("/", mounts)]  # type: ignore[list-item]
+    )
+    builder = _Builder()
+    for prefix, router in pairs:
+        for info in router.routes():
+            builder.add_route(join_paths(prefix, info.template), info)
+    doc: dict[str, Any] = {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {"title": title, "version": version},
+        "defaultContentType": "application/json",
+    }
+    if description:
+        doc["info"]["description"] = description
+    if server:
+        doc["servers"] = {"default": _server(server)}
+    doc["channels"] = builder.channels
+    doc["operations"] = builder.operations
+    components: dict[str, Any] = {"messages": builder.messages}
+    schemas = builder.schemas()
+    if schemas:
+        components["schemas"] = schemas
+    doc["components"] = components
+    return doc
+
+
+def dumps(doc: dict[str, Any], fmt: Literal["yaml", "json"] = "yaml") -> str:
+    """Serialize a document as YAML (needs PyYAML) or JSON."""
+    if fmt == "json":
+        return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    if fmt != "yaml":
+        raise ValueError(f"dumps(): format must be 'yaml' or 'json', got {fmt!r}")
+    import yaml
+
+    text: str = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    return text
+
+
+def _server(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"server must be a ws:// or wss:// URL such as ws://localhost:8000, "
+                         f"got {url!r}")
+    server: dict[str, Any] = {"host": parts.netloc, "protocol": parts.scheme}
+    if parts.path not in ("", "/"):
+        server["pathname"] = parts.path
+    return server
+
+
+def _key(text: str) -> str:
+    """A component/channel key matching AsyncAPI's ``^[\\w\\d.\\-_]+$``."""
+    return _KEY_UNSAFE.sub("_", text).strip("_") or "root"
+
+
+class _Builder:
+    """Collects channels, operations, messages and the types to describe."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, Any] = {}
+        self.operations: dict[str, Any] = {}
+        self.messages: dict[str, Any] = {}
+        self._types: list[Any] = []
+        self._type_index: dict[Any, int] = {}
+        # message payloads reference types by index until schemas() names them
+        self._pending: list[tuple[Any, Any, int]] = []
+
+    def _use(self, tp: Any, holder: dict[str, Any] | list[Any], key: str | int) -> None:
+        index = self._type_index.get(tp)
+        if index is None:
+            index = self._type_index[tp] = len(self._types)
+            self._types.append(tp)
+        self._pending.append((holder, key, index))
+
+    def schemas(self) -> dict[str, Any]:
+        """Name every used type, fill the pending references, return the schemas."""
+        if not self._types:
+            return {}
+        refs, components = msgspec.json.schema_components(
+            self._types, ref_template=_SCHEMAS + "{name}"
+        )
+        for holder, key, index in self._pending:
+            holder[key] = _draft7(refs[index])
+        return {name: _draft7(schema) for name, schema in components.items()}
+
+    def add_route(self, address: str, info: RouteInfo) -> None:
+        channel_id = self._unique(self.channels, _key(info.name or address))
+        channel: dict[str, Any] = {"address": _FIELD.sub(r"{\1}", address)}
+        names = _FIELD.findall(address)
+        if names:
+            channel["parameters"] = {
+                name: {"description": f"Value of the `{name}` field of the route template "
+                                      f"`{info.template}`."}
+                for name in names
+            }
+        cls = info.resource_class
+        target = getattr(cls or info.target, "__qualname__", repr(info.target))
+        channel["description"] = f"WebSocket route `{info.template}` served by `{target}`."
+        messages: dict[str, Any] = {}
+        receive: list[dict[str, str]] = []
+        send: list[dict[str, str]] = []
+        if cls is not None and hasattr(cls, "message_types"):
+            tag_field: str = getattr(cls, "tag_field", "type")
+            wire: str = getattr(cls, "wire", "flat")
+            for tag, spec in cls.message_types().items():
+                msg_id = self._unique(messages, _key(f"receive.{tag}"))
+                ref = self._message(f"{cls.__qualname__}.receive.{tag}", tag,
+                                    self._inbound(spec.payload_type, tag, tag_field, wire,
+                                                  spec.strict),
+                                    f"Client → server `{tag}`, handled by "
+                                    f"`{cls.__qualname__}.{spec.method_name}`.")
+                messages[msg_id] = ref
+                receive.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
+            for tp in getattr(cls, "sends", ()) or ():
+                tag = _tag_of(tp) or str(getattr(tp, "__name__", "message"))
+                msg_id = self._unique(messages, _key(f"send.{tag}"))
+                payload: dict[str, Any] = {}
+                self._use(tp, payload, "payload")
+                ref = self._message(f"{cls.__qualname__}.send.{tag}", tag, payload,
+                                    f"Server → client `{tag}`, sent by `{cls.__qualname__}`.")
+                messages[msg_id] = ref
+                send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
+        channel["messages"] = messages
+        self.channels[channel_id] = channel
+        for action, refs in (("receive", receive), ("send", send)):
+            if refs:
+                self.operations[self._unique(self.operations, f"{channel_id}.{action}")] = {
+                    "action": action,
+                    "channel": {"$ref": f"#/channels/{channel_id}"},
+                    "summary": ("Messages the server receives from clients" if action == "receive"
+                                else "Messages the server sends to clients"),
+                    "messages": refs,
+                }
+
+    def _message(self, key: str, tag: str, payload: dict[str, Any], summary: str) -> dict[str, str]:
+        key = self._unique(self.messages, _key(key))
+        # NOTE: ``payload`` may still be filled in by schemas(): store the dict itself.
+        payload.update(name=tag, title=tag, summary=summary)
+        self.messages[key] = payload
+        return {"$ref": f"#/components/messages/{key}"}
+
+    def _inbound(
+        self, payload_type: Any, tag: str, tag_field: str, wire: str, strict: bool,
+    ) -> dict[str, Any]:
+        """The ``payload`` entry of a client → server message."""
+        tag_schema = {"type": "string", "const": tag}
+        if wire == "envelope":
+            properties: dict[str, Any] = {tag_field: tag_schema, "payload": {}}
+            envelope: dict[str, Any] = {"type": "object", "properties": properties,
+                                        "required": [tag_field]}
+            if payload_type is not None:
+                envelope["required"].append("payload")
+                self._use(payload_type, properties, "payload")
+            if strict:
+                envelope["additionalProperties"] = False
+            return {"payload": envelope}
+        tagged = {"type": "object", "properties": {tag_field: tag_schema}, "required": [tag_field]}
+        if payload_type is None:
+            return {"payload": tagged}
+        holder: dict[str, Any] = {}
+        if _tag_of(payload_type) == tag and _tag_field_of(payload_type) == tag_field:
+            self._use(payload_type, holder, "payload")
+            return holder
+        # an untagged Struct: the tag field is added on the wire
+        both: list[Any] = [{}, tagged]
+        self._use(payload_type, both, 0)
+        return {"payload": {"allOf": both}}
+
+    @staticmethod
+    def _unique(taken: dict[str, Any], key: str) -> str:
+        candidate, n = key, 2
+        while candidate in taken:
+            candidate, n = f"{key}_{n}", n + 1
+        return candidate
+
+
+def _tag_of(tp: Any) -> str | None:
+    config = getattr(tp, "__struct_config__", None)
+    tag = getattr(config, "tag", None)
+    return tag if isinstance(tag, str) else None
+
+
+def _tag_field_of(tp: Any) -> str | None:
+    config = getattr(tp, "__struct_config__", None)
+    return getattr(config, "tag_field", None)
+
+
+def _draft7(schema: Any) -> Any:
+    """Rewrite msgspec's JSON Schema (2020-12) into the draft 07 dialect.
+
+    ``prefixItems`` becomes an ``items`` array (and ``items: false`` becomes
+    ``additionalItems: false``); an OpenAPI-style ``discriminator`` object
+    becomes AsyncAPI's discriminator (the property name).
+    """
+    if isinstance(schema, list):
+        return [_draft7(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _draft7(value) for key, value in schema.items()}
+    if "prefixItems" in out:
+        out["items"] = out.pop("prefixItems")
+        if schema.get("items") is False:
+            out["additionalItems"] = False
+        elif "items" in schema and schema["items"] is not False:
+            out["additionalItems"] = _draft7(schema["items"])
+    discriminator = out.get("discriminator")
+    if isinstance(discriminator, dict):
+        out["discriminator"] = discriminator.get("propertyName", "type")
+    return out

@@ -1,0 +1,249 @@
+"""AsyncAPI 3.0 documents from router trees, validated against the official schema.
+
+The schema is ``schemas/3.0.0.json`` of the npm package ``@asyncapi/specs``
+6.11.1 (``npm pack @asyncapi/specs@6.11.1``), vendored unchanged as
+``tests/fixtures/asyncapi-3.0.0-schema.json`` (sha256 d4571a42...e626).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import falcon.asgi
+import jsonschema
+import msgspec
+import pytest
+import yaml
+
+import pachinko
+from pachinko import asyncapi
+
+SCHEMA_FILE = Path(__file__).parent / "fixtures" / "asyncapi-3.0.0-schema.json"
+
+Room = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9_-]+$")]
+
+
+class Join(msgspec.Struct, tag="join", forbid_unknown_fields=True):
+    room: Room
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+
+
+class Say(msgspec.Struct, tag="say"):
+    room: Room
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+
+
+class Typing(msgspec.Struct, tag="typing"):
+    room: Room
+    active: bool
+
+
+class HistoryItem(msgspec.Struct):
+    name: str
+    text: str
+    at: Annotated[dt.datetime, msgspec.Meta(tz=True)]
+
+
+class Joined(msgspec.Struct, tag="joined"):
+    room: str
+    name: str
+    members: list[str]
+    history: list[HistoryItem]
+
+
+class Presence(msgspec.Struct, tag="presence"):
+    room: str
+    name: str
+    event: Literal["join", "leave"]
+    members: list[str]
+
+
+class TypingOut(msgspec.Struct, tag="typing"):
+    room: str
+    name: str
+    active: bool
+
+
+class Point(msgspec.Struct):
+    xy: tuple[int, int]
+    shape: Join | Say
+
+
+class Chat(pachinko.WebSocketResource):
+    schema = Join | Say | Typing
+    sends = (Joined, Presence, TypingOut)
+
+    async def on_join(self, ws: Any, payload: Join) -> None: ...
+    async def on_say(self, ws: Any, payload: Say) -> None: ...
+    async def on_typing(self, ws: Any, payload: Typing) -> None: ...
+
+
+class Board(pachinko.WebSocketResource):
+    wire = "envelope"
+    tag_field = "kind"
+
+    @pachinko.handles_message("draw")
+    async def draw(self, ws: Any, payload: Point) -> None: ...
+
+    @pachinko.handles_message("ping", strict=False)
+    async def ping(self, ws: Any, payload: Any) -> None: ...
+
+
+class Untyped(pachinko.WebSocketResource):
+    @pachinko.handles_message("hello")
+    async def hello(self, ws: Any, payload: Point) -> None: ...
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft7Validator:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    assert schema["$id"] == "http://asyncapi.com/definitions/3.0.0/asyncapi.json"
+    return jsonschema.Draft7Validator(schema)
+
+
+def chat_router() -> pachinko.WebSocketRouter:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/chat", Chat, name="chat")
+    router.add_route("/boards/{board:int}", Board, name="board")
+    router.add_route("/hello", Untyped)
+    return router
+
+
+def resolve(doc: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), ref
+    node: Any = doc
+    for part in ref[2:].split("/"):
+        node = node[part]
+    return node
+
+
+def all_refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for v in node.values() for r in all_refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in all_refs(v)]
+    return []
+
+
+def errors(validator: jsonschema.Draft7Validator, doc: Any) -> list[str]:
+    return [f"{list(e.absolute_path)}: {e.message[:300]}" for e in validator.iter_errors(doc)]
+
+
+def test_document_of_a_python_router_is_valid_asyncapi_3(
+    validator: jsonschema.Draft7Validator,
+) -> None:
+    doc = asyncapi.document([("/ws", chat_router())], title="Chat", version="2.1.0",
+                            server="ws://localhost:8000")
+    assert errors(validator, doc) == []
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["info"] == {"title": "Chat", "version": "2.1.0"}
+    assert doc["servers"] == {"default": {"host": "localhost:8000", "protocol": "ws"}}
+    for ref in all_refs(doc):
+        resolve(doc, ref)  # every reference points inside the document
+
+
+def test_channels_come_from_routes_with_parameters() -> None:
+    doc = asyncapi.document([("/ws", chat_router())])
+    channels = doc["channels"]
+    assert list(channels) == ["chat", "board", "ws_hello"]
+    assert channels["chat"]["address"] == "/ws/chat"
+    assert channels["board"]["address"] == "/ws/boards/{board}"
+    assert list(channels["board"]["parameters"]) == ["board"]
+    assert "parameters" not in channels["chat"]
+
+
+def test_both_directions_are_operations() -> None:
+    doc = asyncapi.document([("/ws", chat_router())])
+    ops = doc["operations"]
+    assert ops["chat.receive"]["action"] == "receive"
+    assert ops["chat.send"]["action"] == "send"
+    received = [resolve(doc, r["$ref"]) for r in ops["chat.receive"]["messages"]]
+    sent = [resolve(doc, r["$ref"]) for r in ops["chat.send"]["messages"]]
+    received_names = [resolve(doc, m["$ref"])["name"] for m in received]
+    sent_names = [resolve(doc, m["$ref"])["name"] for m in sent]
+    assert received_names == ["join", "say", "typing"]
+    assert sent_names == ["joined", "presence", "typing"]  # "typing" both ways, two messages
+    # a resource without `sends` has no send operation
+    assert "board.send" not in ops
+
+
+def test_payloads_are_msgspec_json_schema() -> None:
+    doc = asyncapi.document([("/ws", chat_router())])
+    join = doc["components"]["messages"]["Chat.receive.join"]
+    schema = resolve(doc, join["payload"]["$ref"])
+    assert schema["properties"]["type"] == {"enum": ["join"]}
+    assert schema["properties"]["room"] == {
+        "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$",
+    }
+    assert set(schema["required"]) == {"type", "room", "name"}
+    joined = resolve(doc, doc["components"]["messages"]["Chat.send.joined"]["payload"]["$ref"])
+    history = resolve(doc, joined["properties"]["history"]["items"]["$ref"])
+    assert history["properties"]["at"]["format"] == "date-time"
+
+
+def test_envelope_wire_and_custom_tag_field() -> None:
+    doc = asyncapi.document([("/ws", chat_router())])
+    draw = doc["components"]["messages"]["Board.receive.draw"]["payload"]
+    assert draw["properties"]["kind"] == {"type": "string", "const": "draw"}
+    assert draw["required"] == ["kind", "payload"]
+    assert draw["additionalProperties"] is False
+    point = resolve(doc, draw["properties"]["payload"]["$ref"])
+    # msgspec's 2020-12 keywords rewritten to draft 07
+    assert point["properties"]["xy"]["items"] == [{"type": "integer"}, {"type": "integer"}]
+    assert point["properties"]["xy"]["additionalItems"] is False
+    assert point["properties"]["shape"]["discriminator"] == "type"
+    ping = doc["components"]["messages"]["Board.receive.ping"]["payload"]
+    assert "additionalProperties" not in ping  # strict=False
+    assert ping["required"] == ["kind"]
+
+
+def test_untagged_struct_on_flat_wire_gets_the_tag() -> None:
+    doc = asyncapi.document([("/ws", chat_router())])
+    hello = doc["components"]["messages"]["Untyped.receive.hello"]["payload"]
+    ref, tag = hello["allOf"]
+    assert resolve(doc, ref["$ref"])["title"] == "Point"
+    assert tag["properties"]["type"] == {"type": "string", "const": "hello"}
+
+
+def test_document_for_app_uses_the_mount_prefix(
+    validator: jsonschema.Draft7Validator,
+) -> None:
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/api/ws", chat_router())
+    doc = asyncapi.document_for_app(app, title="t")
+    assert doc["channels"]["chat"]["address"] == "/api/ws/chat"
+    assert errors(validator, doc) == []
+
+
+def test_a_single_router_and_an_empty_router() -> None:
+    doc = asyncapi.document(chat_router())
+    assert doc["channels"]["chat"]["address"] == "/chat"
+    empty = asyncapi.document(pachinko.WebSocketRouter())
+    assert empty["channels"] == {} and empty["operations"] == {}
+
+
+def test_yaml_and_json_dumps_round_trip() -> None:
+    doc = asyncapi.document([("/ws", chat_router())])
+    assert yaml.safe_load(asyncapi.dumps(doc, "yaml")) == doc
+    assert json.loads(asyncapi.dumps(doc, "json")) == doc
+    with pytest.raises(ValueError, match="format must be 'yaml' or 'json', got 'xml'"):
+        asyncapi.dumps(doc, "xml")  # type: ignore[arg-type]
+
+
+def test_bad_server_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="server must be a ws:// or wss:// URL"):
+        asyncapi.document(chat_router(), server="http://localhost")
+
+
+def test_the_validator_rejects_broken_documents(validator: jsonschema.Draft7Validator) -> None:
+    # guards the fixture: a validator that accepts anything would prove nothing
+    doc = asyncapi.document([("/ws", chat_router())])
+    doc["operations"]["chat.receive"]["action"] = "publish"  # AsyncAPI 2 vocabulary
+    assert errors(validator, doc)
+    doc = asyncapi.document([("/ws", chat_router())])
+    doc["components"]["schemas"]["Join"]["properties"]["room"]["type"] = "text"
+    assert errors(validator, doc)
