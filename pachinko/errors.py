@@ -45,7 +45,11 @@ class WorkerError(PachinkoError, RuntimeError):
 
 
 class Refuse(PachinkoError):
-    """Raise from ``on_connect`` to refuse the handshake with a close code.
+    """Raise from ``on_connect`` to refuse the connection with a close code.
+
+    With the default code 3403 the handshake is denied (real clients see an
+    HTTP 403). With any other code the handshake is accepted and closed at
+    once with that code and reason, so browsers can read them.
 
     Args:
         code: WebSocket close code sent to the client (default 3403).
