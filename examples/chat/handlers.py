@@ -1,0 +1,150 @@
+"""Handlers of the example chat app (``routes.example.toml``).
+
+Plain async functions: each receives the per-connection resource, the
+Falcon WebSocket and the validated payload. The ``chat`` service (one per
+app, created at startup) keeps room members and the last N messages of each
+room; the resource gets it as ``resource.chat``.
+
+NOTE: members and history live in the process: with several server
+processes (a Redis backend) each keeps its own. Broadcasts still cross
+processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections import deque
+from typing import Any
+
+__all__ = [
+    "ChatRooms",
+    "heartbeat",
+    "join",
+    "leave",
+    "on_connect",
+    "on_disconnect",
+    "say",
+    "typing",
+]
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class ChatRooms:
+    """Room members (connection id → name) and message history per room.
+
+    Args:
+        history: Messages kept per room.
+    """
+
+    def __init__(self, history: int = 50) -> None:
+        self.history_size = history
+        self.members: dict[str, dict[str, str]] = {}
+        self.history: dict[str, deque[dict[str, Any]]] = {}
+
+    def add(self, room: str, conn_id: str, name: str) -> list[str]:
+        """Add a member; return the room's member names."""
+        self.members.setdefault(room, {})[conn_id] = name
+        return self.names(room)
+
+    def remove(self, room: str, conn_id: str) -> str | None:
+        """Remove a member; return its name (``None`` if it was not there)."""
+        members = self.members.get(room, {})
+        name = members.pop(conn_id, None)
+        if not members:
+            self.members.pop(room, None)
+        return name
+
+    def names(self, room: str) -> list[str]:
+        """Member names of ``room``, sorted."""
+        return sorted(self.members.get(room, {}).values())
+
+    def record(self, room: str, entry: dict[str, Any]) -> None:
+        """Keep ``entry`` in the room's history (the last N only)."""
+        self.history.setdefault(room, deque(maxlen=self.history_size)).append(entry)
+
+    def recent(self, room: str) -> list[dict[str, Any]]:
+        """The room's history, oldest first."""
+        return list(self.history.get(room, ()))
+
+
+async def on_connect(resource: Any, req: Any, ws: Any, **params: Any) -> bool:
+    """Accept everyone; remember the rooms this connection joins."""
+    resource.state["rooms"] = {}
+    return True
+
+
+async def on_disconnect(resource: Any, ws: Any, close_code: int) -> None:
+    """Leave every room (presence ``leave`` to the others)."""
+    for room in list(resource.state.get("rooms", {})):
+        await _leave(resource, room)
+
+
+async def join(resource: Any, ws: Any, payload: Any) -> None:
+    """Join a room: ``joined`` to the joiner, ``presence`` to the others."""
+    rooms: dict[str, str] = resource.state["rooms"]
+    room, name = payload.room, payload.name
+    if room in rooms:
+        await _leave(resource, room)
+    rooms[room] = name
+    members = resource.chat.add(room, resource.connection.id, name)
+    await resource.join_room(room)
+    await resource.send({
+        "type": "joined", "room": room, "name": name, "members": members,
+        "history": resource.chat.recent(room),
+    })
+    await resource.broadcast_to_room(room, {
+        "type": "presence", "room": room, "name": name, "event": "join", "members": members,
+    })
+
+
+async def leave(resource: Any, ws: Any, payload: Any) -> None:
+    """Leave a room (``presence`` to the others)."""
+    if payload.room in resource.state["rooms"]:
+        await _leave(resource, payload.room)
+
+
+async def say(resource: Any, ws: Any, payload: Any) -> None:
+    """Send a message to a room, the sender included; keep it in the history."""
+    name = resource.state["rooms"].get(payload.room)
+    if name is None:
+        await resource.send({"type": "error", "reason": "not_joined",
+                             "detail": f"join room {payload.room!r} first", "path": "$.room"})
+        return
+    entry = {"name": name, "text": payload.text, "at": _now()}
+    resource.chat.record(payload.room, entry)
+    await resource.broadcast_to_room(payload.room, {"type": "message", "room": payload.room,
+                                                    **entry}, exclude_self=False)
+
+
+async def typing(resource: Any, ws: Any, payload: Any) -> None:
+    """Tell the others in a room that this member is (not) typing."""
+    name = resource.state["rooms"].get(payload.room)
+    if name is not None:
+        await resource.broadcast_to_room(payload.room, {
+            "type": "typing", "room": payload.room, "name": name, "active": payload.active,
+        })
+
+
+async def _leave(resource: Any, room: str) -> None:
+    name = resource.state["rooms"].pop(room, None)
+    resource.chat.remove(room, resource.connection.id)
+    await resource.leave_room(room)
+    if name is not None:
+        await resource.broadcast_to_room(room, {
+            "type": "presence", "room": room, "name": name, "event": "leave",
+            "members": resource.chat.names(room),
+        })
+
+
+async def heartbeat(manager: Any, interval: float = 10.0) -> None:
+    """Every ``interval`` seconds, tell every client the time and connection count."""
+    while True:
+        await asyncio.sleep(interval)
+        count = 0
+        async for _ in manager.connections():
+            count += 1
+        await manager.broadcast_to_all({"type": "heartbeat", "at": _now(), "connections": count})

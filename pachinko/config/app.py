@@ -1,0 +1,157 @@
+"""Entry points: ``create_app(path)`` and ``configure(app, path)``.
+
+Both load and compile the file first (every error at once, before anything
+touches the app), then install pachinko with the file's settings, services
+and workers, mount the router under ``[app].prefix`` and run the
+``[app].setup`` callables with the app.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import falcon.asgi
+
+from ..app import mount, runtime_of
+from .compiler import Compiled, ServicePlan, WorkerPlan, load_config
+
+if TYPE_CHECKING:
+    from .._serve import Mount
+    from ..app import Runtime
+    from .reload import Reloader
+
+__all__ = ["Configured", "configure", "create_app", "reload_enabled"]
+
+#: Environment variable that turns hot reload on (``1``, ``true``, ``yes``).
+RELOAD_ENV = "PACHINKO_RELOAD"
+
+
+class Configured:
+    """What :func:`configure` did to an app (kept by its lifespan hook).
+
+    Attributes:
+        path: The configuration file.
+        compiled: The configuration currently served.
+        mount: The mount serving its router.
+        runtime: The app's pachinko runtime.
+        reloader: The hot reloader, when reload is enabled.
+    """
+
+    def __init__(self, path: str, compiled: Compiled, mount: Mount, runtime: Runtime) -> None:
+        self.path = path
+        self.compiled = compiled
+        self.mount = mount
+        self.runtime = runtime
+        self.reloader: Reloader | None = None
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Start watching the files (Falcon lifespan middleware hook)."""
+        if self.reloader is not None:
+            await self.reloader.start()
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        """Stop watching the files."""
+        if self.reloader is not None:
+            await self.reloader.stop()
+
+
+def reload_enabled(compiled: Compiled, reload: bool | None,
+                   environ: Mapping[str, str] | None = None) -> bool:
+    """Hot reload is on if asked for, else if ``PACHINKO_RELOAD`` or ``[app].reload`` say so."""
+    if reload is not None:
+        return reload
+    env = (os.environ if environ is None else environ).get(RELOAD_ENV, "")
+    if env.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return compiled.loaded.app.reload
+
+
+def create_app(path: str | os.PathLike[str], *, reload: bool | None = None,
+               environ: Mapping[str, str] | None = None) -> falcon.asgi.App:
+    """Build a Falcon ASGI app from a routes.toml.
+
+    Args:
+        path: The configuration file.
+        reload: Watch the files and swap routes in on change; default from
+            ``PACHINKO_RELOAD`` or ``[app].reload``. Development only: the
+            file names code to import, so it must be trusted.
+        environ: Variables for ``${VAR}`` (default: ``os.environ``).
+
+    Raises:
+        ConfigError: With every problem of the file (and its includes).
+    """
+    app = falcon.asgi.App()
+    configure(app, path, reload=reload, environ=environ)
+    return app
+
+
+def configure(app: falcon.asgi.App, path: str | os.PathLike[str], *, reload: bool | None = None,
+              environ: Mapping[str, str] | None = None) -> Configured:
+    """Serve a routes.toml on an existing Falcon app, next to its HTTP routes.
+
+    Installs pachinko on ``app`` (the file's settings, services and workers),
+    mounts the router under ``[app].prefix`` and runs ``[app].setup``.
+
+    Raises:
+        ConfigError: With every problem of the file; ``app`` is untouched.
+        PachinkoError: pachinko is already installed on ``app``.
+    """
+    display = os.fspath(path)
+    compiled = load_config(display, environ)
+    mounted = mount(
+        app, compiled.prefix, compiled.router, settings=compiled.settings,
+        workers=[worker_callable(plan) for plan in compiled.workers.values()],
+        services=service_factories(compiled.services, lambda: runtime_of(app).services),
+    )
+    runtime = runtime_of(app)
+    compiled.box.services = runtime.services
+    configured = Configured(display, compiled, mounted, runtime)
+    if reload_enabled(compiled, reload, environ):
+        from .reload import Reloader
+
+        configured.reloader = Reloader(configured, environ=environ)
+    app.add_middleware(configured)
+    for setup in compiled.setup:
+        setup(app)
+    return configured
+
+
+def service_factories(
+    plans: Mapping[str, ServicePlan], services: Callable[[], Mapping[str, Any]],
+) -> dict[str, Callable[[], Any]]:
+    """Zero-argument factories for ``install(services=...)``.
+
+    A factory's parameters named like a service declared before it get that
+    service (found in ``services()`` when the factory runs, at startup).
+    """
+    def bind(plan: ServicePlan) -> Callable[[], Any]:
+        def make() -> Any:
+            made = services()
+            injected = {name: made[name] for name in plan.inject}
+            return plan.factory(*plan.args, **plan.kwargs, **injected)
+
+        make.__name__ = plan.name
+        return make
+
+    return {name: bind(plan) for name, plan in plans.items()}
+
+
+def worker_callable(plan: WorkerPlan) -> Callable[..., Any]:
+    """The callable handed to the WorkerController for a declared worker."""
+    target: Callable[..., Any] = plan.target
+    if plan.args or plan.kwargs:
+        target = functools.partial(target, *plan.args, **plan.kwargs)
+    if plan.restart is not None:
+        from ..workers import RestartPolicy, worker
+
+        target = worker(restart=RestartPolicy(
+            max_restarts=plan.restart.max_restarts, backoff=plan.restart.backoff,
+            max_backoff=plan.restart.max_backoff,
+        ), name=plan.name)(target)
+    elif not inspect.iscoroutinefunction(target):
+        pass
+    return target

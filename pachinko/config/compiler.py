@@ -1,0 +1,560 @@
+"""Compile a loaded routes.toml into the objects the Python API builds.
+
+Everything happens here, once: imports, handler checks, ``defstruct``
+schemas, resource classes (``type(...)`` with ``handles_message``), the
+``WebSocketRouter`` tree, service and worker plans. The result holds no
+TOML-specific object on the per-message path: the serve loop sees a plain
+router and plain resource classes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+import msgspec
+
+from .._naming import handler_name, snake_case
+from ..errors import HandlerDefinitionError, RouteError
+from ..resource import WebSocketResource, handles_message
+from ..router import WebSocketRouter
+from ..settings import Settings
+from ._toml import KeyPath
+from .imports import ImportFailure, import_path, is_import_path
+from .loader import Loaded, Located, Report, Source, load, load_text, router_hooks
+from .model import HandlerConfig, RestartConfig, RouteConfig, RouterConfig
+from .schema import compile_types
+
+__all__ = ["Compiled", "ServicePlan", "WorkerPlan", "compile_loaded", "compile_text", "load_config"]
+
+#: Positional arguments each hook receives (the resource first).
+HOOK_ARITY: Final = {
+    "before_connect": 4, "after_connect": 2, "before_receive": 3, "after_receive": 3,
+    "before_disconnect": 3, "on_error": 3,
+}
+_BUILT_ONLY: Final = ("base", "wire", "tag_field", "handlers", "sends", "hooks", "on_connect",
+                      "on_disconnect", "on_unhandled", "child_context")
+_FIELD_NAME: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class ServiceBox:
+    """Where compiled resource factories find the app's services at connect time."""
+
+    __slots__ = ("services",)
+
+    def __init__(self) -> None:
+        self.services: Mapping[str, Any] = {}
+
+
+@attrs.frozen
+class ServicePlan:
+    """A declared service: ``factory(*args, **kwargs, **earlier services)``."""
+
+    name: str
+    factory: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    inject: tuple[str, ...]
+    declaration: Any = attrs.field(eq=False)
+
+
+@attrs.frozen
+class WorkerPlan:
+    """A declared worker: ``target(*args, **kwargs)`` plus injected context."""
+
+    name: str
+    target: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    restart: RestartConfig | None
+    declaration: Any = attrs.field(eq=False)
+
+
+@attrs.define
+class Compiled:
+    """A compiled configuration: what ``create_app`` wires into Falcon.
+
+    Attributes:
+        loaded: The configuration it was compiled from.
+        router: The root router (mounted at ``prefix``).
+        prefix: Mount prefix.
+        settings: The app's settings.
+        structs: Declared type name → Struct.
+        services: Service plans, in declaration order.
+        workers: Worker plans by name.
+        setup: Callables run with the Falcon app at creation.
+        box: Holds the services mapping the resource factory reads.
+    """
+
+    loaded: Loaded
+    router: WebSocketRouter
+    prefix: str
+    settings: Settings
+    structs: dict[str, Any]
+    services: dict[str, ServicePlan]
+    workers: dict[str, WorkerPlan]
+    setup: list[Callable[..., Any]]
+    box: ServiceBox
+
+
+def compile_loaded(loaded: Loaded, box: ServiceBox | None = None,
+                   report: Report | None = None) -> Compiled:
+    """Compile ``loaded`` (see module docstring).
+
+    Args:
+        loaded: The checked configuration.
+        box: Where the resource factory finds services (a new one by default).
+        report: Problems found while loading, reported with the compiler's.
+
+    Raises:
+        ConfigFileError: With every problem found.
+    """
+    return _Compiler(loaded, box or ServiceBox(), report or Report()).run()
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+                box: ServiceBox | None = None) -> Compiled:
+    """Load and compile ``path``, reporting every problem of both steps at once.
+
+    Raises:
+        ConfigFileError: With every problem found.
+    """
+    report = Report()
+    return compile_loaded(load(path, environ, report), box, report)
+
+
+def compile_text(text: str, name: str = "<string>", environ: Mapping[str, str] | None = None,
+                 box: ServiceBox | None = None) -> Compiled:
+    """Like :func:`load_config` for a document in a string."""
+    report = Report()
+    return compile_loaded(load_text(text, name, environ, report), box, report)
+
+
+class _Compiler:
+    def __init__(self, loaded: Loaded, box: ServiceBox, report: Report) -> None:
+        self.loaded = loaded
+        self.box = box
+        self.report = report
+        self.structs: dict[str, Any] = {}
+        self.inject: dict[Any, tuple[str, ...]] = {}  # target -> service names
+        self.names: dict[str, Located] = {}
+        self.class_names: set[str] = set()
+
+    # -- helpers ----------------------------------------------------------------
+
+    def add(self, where: Located, expected: str, found: str, cause: BaseException | None = None,
+            extra: KeyPath = ()) -> None:
+        source, path = where
+        self.report.add(source, (*path, *extra), expected, found, cause)
+
+    def resolve(self, where: Located, path: str) -> Any:
+        try:
+            return import_path(path)
+        except ImportFailure as ex:
+            self.add(where, ex.expected, ex.found, ex.cause)
+            return None
+
+    def function(self, where: Located, path: str, arity: int, what: str,
+                 is_async: bool = True, kwargs: tuple[str, ...] = ()) -> Any:
+        fn = self.resolve(where, path)
+        if fn is None:
+            return None
+        if is_async and not inspect.iscoroutinefunction(fn):
+            kind = "a regular function" if inspect.isfunction(fn) else _kind(fn)
+            self.add(where, f"an async function {what}", f"{kind} {path}")
+            return None
+        if not callable(fn):
+            self.add(where, f"a function {what}", f"{_kind(fn)} {path}")
+            return None
+        try:
+            signature = inspect.signature(fn)
+            signature.bind(*([None] * arity), **dict.fromkeys(kwargs))
+        except (TypeError, ValueError):
+            self.add(where, f"a function that can be called as {what}",
+                     f"{path}{_signature(fn)}")
+            return None
+        return fn
+
+    # -- the run ----------------------------------------------------------------
+
+    def run(self) -> Compiled:
+        loaded = self.loaded
+        types_in = {name: (where, decl) for name, (where, decl) in loaded.types.items()}
+        by_name: dict[str, tuple[KeyPath, Any]] = {}
+        sources: dict[str, Source] = {}
+        for name, ((source, path), decl) in types_in.items():
+            if not name.isidentifier():
+                self.add((source, path), "a type name that is a Python identifier", repr(name))
+                continue
+            by_name[name] = (path, decl)
+            sources[name] = source
+        structs, problems = compile_types(by_name)
+        for problem in problems:
+            # a problem's path starts with the type's own path: find its file
+            name = str(problem.path[1]) if len(problem.path) > 1 else ""
+            source = sources.get(name, loaded.root)
+            self.report.add(source, problem.path, problem.expected, problem.found)
+        self.structs = structs
+
+        services = self.compile_services()
+        workers = self.compile_workers(services)
+        setup = [fn for index, path in enumerate(loaded.app.setup)
+                 if (fn := self.function((loaded.root, ("app", "setup", index)), path, 1,
+                                         "setup(app)", is_async=False)) is not None]
+        router = self.compile_router("", loaded.routes, loaded.routers, loaded.hooks)
+        self.report.raise_if_any()
+        return Compiled(loaded, router, loaded.app.prefix, loaded.settings, structs,
+                        services, workers, setup, self.box)
+
+    def compile_services(self) -> dict[str, ServicePlan]:
+        plans: dict[str, ServicePlan] = {}
+        for name, (where, decl) in self.loaded.services.items():
+            factory = self.resolve((where[0], (*where[1], "factory")), decl.factory)
+            if factory is None:
+                continue
+            if not callable(factory):
+                self.add(where, "a callable factory", f"{_kind(factory)} {decl.factory}",
+                         extra=("factory",))
+                continue
+            inject = tuple(n for n in _parameters(factory) if n in plans and n not in decl.kwargs)
+            plans[name] = ServicePlan(name, factory, tuple(decl.args), dict(decl.kwargs), inject,
+                                      decl)
+        return plans
+
+    def compile_workers(self, services: Mapping[str, ServicePlan]) -> dict[str, WorkerPlan]:
+        plans: dict[str, WorkerPlan] = {}
+        for name, (where, decl) in self.loaded.workers.items():
+            target = self.resolve((where[0], (*where[1], "target")), decl.target)
+            if target is None:
+                continue
+            if not inspect.iscoroutinefunction(target) and not hasattr(target, "__pachinko_worker__"):
+                self.add(where, "an async function", f"{_kind(target)} {decl.target}",
+                         extra=("target",))
+                continue
+            plans[name] = WorkerPlan(name, target, tuple(decl.args), dict(decl.kwargs),
+                                     decl.restart, decl)
+        return plans
+
+    def compile_router(
+        self, prefix: str,
+        routes: list[tuple[Located, RouteConfig]], routers: list[tuple[Located, RouterConfig]],
+        hooks: list[tuple[Located, str, str]],
+    ) -> WebSocketRouter:
+        router = WebSocketRouter(resource_factory=self.factory())
+        for where, event, path in hooks:
+            fn = self.function(where, path, HOOK_ARITY[event], _hook_call(event))
+            if fn is not None:
+                router.add_hook(event, fn)
+        for where, route in routes:
+            self.compile_route(router, None, where, route, prefix, register=True)
+        for (source, path), sub in routers:
+            child = self.compile_router(
+                f"{prefix}/{sub.prefix}",
+                [((source, (*path, "routes", i)), r) for i, r in enumerate(sub.routes)],
+                [((source, (*path, "routers", i)), r) for i, r in enumerate(sub.routers)],
+                router_hooks(sub.hooks, source, (*path, "hooks")),
+            )
+            try:
+                router.add_router(sub.prefix, child)
+            except RouteError as ex:
+                self.add((source, path), "a router whose routes do not conflict", str(ex),
+                         extra=("prefix",))
+        return router
+
+    def factory(self) -> Callable[..., Any] | None:
+        inject = self.inject
+        box = self.box
+
+        def resource_factory(target: Any, *args: Any, **kwargs: Any) -> Any:
+            names = inject.get(target)
+            if names:
+                services = box.services
+                for name in names:
+                    if name not in kwargs:
+                        kwargs[name] = services[name]
+            return target(*args, **kwargs)
+
+        return resource_factory
+
+    def compile_route(self, router: WebSocketRouter, parent: Any, where: Located,
+                      route: RouteConfig, prefix: str, *, register: bool) -> None:
+        source, path = where
+        template = f"{prefix}/{route.path}"
+        if route.name is not None:
+            if route.name in self.names:
+                other_source, other_path = self.names[route.name]
+                from ._toml import format_path, line_of
+                line = line_of(other_source.lines, other_path)
+                at = f"{other_source.name}:{line}" if line else other_source.name
+                self.add(where, "a route name used once",
+                         f"{route.name!r} used already by {format_path(other_path)} ({at})",
+                         extra=("name",))
+            else:
+                self.names[route.name] = (source, (*path, "name"))
+        # NOTE: a route whose resource failed still takes its path and name, so
+        #   conflicts with it are reported too (the report raises at the end).
+        target = self.route_target(where, route, template) or _Placeholder
+        handle = None
+        if register:
+            try:
+                if parent is None:
+                    handle = router.add_route(route.path, target, *route.args, name=route.name,
+                                              **route.kwargs)
+                else:
+                    handle = parent.add_subroute(route.path, target, *route.args,
+                                                 name=route.name, **route.kwargs)
+            except RouteError as ex:
+                found = str(ex)
+                key = "name" if "route name" in found else "path"
+                if key == "name" and route.name in self.names:
+                    pass  # reported above with both locations
+                else:
+                    self.add(where, "a route path used once" if "conflicts" in found
+                             else "a valid route template", found, extra=(key,))
+        for index, sub in enumerate(route.routes):
+            self.compile_route(router, handle, (source, (*path, "routes", index)), sub, template,
+                               register=handle is not None)
+
+    def route_target(self, where: Located, route: RouteConfig, template: str) -> Any:
+        source, path = where
+        services = tuple(route.services)
+        known = self.loaded.services
+        for index, name in enumerate(services):
+            if name not in known and ("services", name) not in self.loaded.broken:
+                self.add(where, "a declared service (" + (", ".join(known) or "none declared") + ")",
+                         repr(name), extra=("services", index))
+        if route.resource is not None:
+            built = [key for key in _BUILT_ONLY if getattr(route, key) not in (None, [], {})]
+            for key in built:
+                self.add(where, f"no {key!r} with 'resource' (it applies to resources built "
+                         "from handlers)", f"{key} = ...", extra=(key,))
+            target = self.resolve((source, (*path, "resource")), route.resource)
+            if target is None:
+                return None
+            if not callable(target):
+                self.add(where, "a resource class or factory", f"{_kind(target)} {route.resource}",
+                         extra=("resource",))
+                return None
+            params = _parameters(target)
+            names = tuple(n for n in known if n in params and n not in route.kwargs)
+            names = tuple(dict.fromkeys((*services, *names)))
+            if names:
+                self.inject[target] = names
+            return target
+        return self.build_resource(where, route, services, template)
+
+    def build_resource(self, where: Located, route: RouteConfig, services: tuple[str, ...],
+                       template: str) -> Any:
+        source, path = where
+        base: Any = WebSocketResource
+        if route.base is not None:
+            base = self.resolve((source, (*path, "base")), route.base)
+            if base is None:
+                return None
+            if not (isinstance(base, type) and issubclass(base, WebSocketResource)):
+                self.add(where, "a WebSocketResource subclass", f"{_kind(base)} {route.base}",
+                         extra=("base",))
+                return None
+        wire = route.wire or getattr(base, "wire", "flat")
+        tag_field = route.tag_field or getattr(base, "tag_field", "type")
+        namespace: dict[str, Any] = {"wire": wire, "tag_field": tag_field}
+        ok = True
+        schema: list[Any] = []
+        taken = set(dir(base))
+        fields = tuple(_FIELD_NAME.findall(template))
+        for tag, raw in route.handlers.items():
+            decl = raw if isinstance(raw, HandlerConfig) else HandlerConfig(handler=raw)
+            hpath = (*path, "handlers", tag)
+            hwhere = (source, (*hpath, "handler") if isinstance(raw, HandlerConfig) else hpath)
+            fn = self.function(hwhere, decl.handler, 3, "(resource, ws, payload)")
+            struct = None
+            if decl.payload is not None:
+                struct = self.payload(source, (*hpath, "payload"), decl.payload)
+                if struct is None:
+                    ok = False
+            if fn is None or not ok:
+                ok = False
+                continue
+            if struct is not None:
+                schema.append(msgspec.defstruct(
+                    struct.__name__, [], bases=(struct,), module=struct.__module__,
+                    tag=tag, tag_field=tag_field, kw_only=True,
+                    forbid_unknown_fields=decl.strict,
+                ))
+            method = handler_name(tag)
+            if method in taken or method in namespace or not snake_case(tag):
+                method = f"handle_{len(namespace)}_{snake_case(tag) or 'message'}"
+            namespace[method] = handles_message(tag, strict=decl.strict)(_copy_function(fn))
+        for index, name in enumerate(route.sends):
+            struct = self.payload(source, (*path, "sends", index), name)
+            if struct is None:
+                ok = False
+        sends = tuple(s for s in (self.structs.get(n) for n in route.sends) if s is not None)
+        namespace["sends"] = sends
+        lifecycle = (
+            ("on_connect", route.on_connect, 3, "(resource, req, ws, **params)", fields, True),
+            ("on_disconnect", route.on_disconnect, 3, "(resource, ws, close_code)", (), True),
+            ("on_unhandled", route.on_unhandled, 3, "(resource, ws, error)", (), True),
+            ("get_child_context", route.child_context, 1, "(resource) -> dict", (), False),
+        )
+        for attr, value, arity, what, kwargs, is_async in lifecycle:
+            if value is None:
+                continue
+            key = "child_context" if attr == "get_child_context" else attr
+            fn = self.function((source, (*path, key)), value, arity, what, is_async, kwargs)
+            if fn is None:
+                ok = False
+            else:
+                namespace[attr] = fn
+        if route.hooks is not None:
+            for event, arity in HOOK_ARITY.items():
+                value = getattr(route.hooks, event)
+                if value is None:
+                    continue
+                fn = self.function((source, (*path, "hooks", event)), value, arity,
+                                   _hook_call(event))
+                if fn is None:
+                    ok = False
+                else:
+                    namespace[event] = fn
+        attributes = (*route.kwargs, *services)
+        for name in attributes:
+            if name in taken or not name.isidentifier():
+                self.add(where, "keyword arguments and services that are free attribute names",
+                         repr(name), extra=("kwargs", name) if name in route.kwargs else ())
+                ok = False
+        if base.__init__ is object.__init__:
+            if route.args:
+                self.add(where, "no positional 'args' for a resource built from handlers "
+                         "(use kwargs: they become attributes)", f"{len(route.args)} args",
+                         extra=("args",))
+                ok = False
+            namespace["__init__"] = _store_attributes
+        if not ok:
+            return None
+        if schema:
+            namespace["schema"] = schema[0] if len(schema) == 1 else _union(schema)
+        name = self.class_name(route)
+        namespace["__module__"] = "pachinko.config.built"
+        namespace["__qualname__"] = name
+        try:
+            cls = types.new_class(name, (base,), {}, lambda ns: ns.update(namespace))
+        except HandlerDefinitionError as ex:
+            self.add(where, "handlers that fit their message types", str(ex), extra=("handlers",))
+            return None
+        if services:
+            self.inject[cls] = services
+        return cls
+
+    def payload(self, source: Source, path: KeyPath, name: str) -> Any:
+        if name in self.structs:
+            return self.structs[name]
+        if name in self.loaded.types or ("types", name) in self.loaded.broken:
+            return None  # the type has errors, reported where it is declared
+        if is_import_path(name):
+            value = self.resolve((source, path), name)
+            if value is None:
+                return None
+            if isinstance(value, type) and issubclass(value, msgspec.Struct):
+                return value
+            self.add((source, path), "a msgspec.Struct subclass", f"{_kind(value)} {name}")
+            return None
+        declared = [*self.loaded.types, *(n for k, n in self.loaded.broken if k == "types")]
+        known = ", ".join(declared) or "none declared"
+        self.add((source, path), f"a declared type ({known}) or an import path to a Struct",
+                 repr(name))
+        return None
+
+    def class_name(self, route: RouteConfig) -> str:
+        stem = route.name or route.path
+        words = re.findall(r"[A-Za-z0-9]+", stem)
+        base = "".join(w[:1].upper() + w[1:] for w in words) or "Root"
+        if base[0].isdigit():
+            base = "R" + base
+        name = f"{base}Resource"
+        count = 2
+        while name in self.class_names:
+            name = f"{base}Resource{count}"
+            count += 1
+        self.class_names.add(name)
+        return name
+
+
+class _Placeholder:
+    """Stands in for a resource that failed to compile (never served)."""
+
+
+def _store_attributes(self: Any, **kwargs: Any) -> None:
+    """Store the route's kwargs and injected services as attributes."""
+    for key, value in kwargs.items():
+        setattr(self, key, value)
+
+
+def _union(members: list[Any]) -> Any:
+    from typing import Union
+    return Union[tuple(members)]  # noqa: UP007
+
+
+def _copy_function(fn: Any) -> Any:
+    """A fresh function object with ``fn``'s code: marks set on it stay ours.
+
+    NOTE: ``handles_message`` marks the function object; the same user
+    function may serve several routes, tags or reloads, so each gets a copy
+    (no wrapper: no extra call per message).
+    """
+    if isinstance(fn, types.FunctionType):
+        copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
+                                  fn.__closure__)
+        copy.__kwdefaults__ = fn.__kwdefaults__
+        copy.__annotations__ = dict(fn.__annotations__)
+        copy.__qualname__ = fn.__qualname__
+        copy.__module__ = fn.__module__
+        copy.__doc__ = fn.__doc__
+        copy.__dict__.update({k: v for k, v in fn.__dict__.items() if not k.startswith("__pachinko")})
+        return copy
+
+    async def call(resource: Any, ws: Any, payload: Any) -> Any:
+        return await fn(resource, ws, payload)
+
+    call.__name__ = getattr(fn, "__name__", "handler")
+    call.__qualname__ = getattr(fn, "__qualname__", call.__name__)
+    return call
+
+
+def _parameters(target: Any) -> tuple[str, ...]:
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return ()
+    return tuple(signature.parameters)
+
+
+def _signature(fn: Any) -> str:
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, type):
+        return "a class"
+    if inspect.ismodule(value):
+        return "a module"
+    if inspect.isfunction(value) or inspect.ismethod(value) or inspect.isbuiltin(value):
+        return "a function"
+    return f"a {type(value).__name__}"
+
+
+def _hook_call(event: str) -> str:
+    args = {
+        "before_connect": "(resource, req, ws, params)", "after_connect": "(resource, ws)",
+        "before_receive": "(resource, ws, message)", "after_receive": "(resource, ws, message)",
+        "before_disconnect": "(resource, ws, close_code)", "on_error": "(resource, ws, exc)",
+    }
+    return args[event]

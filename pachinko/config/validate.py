@@ -1,0 +1,204 @@
+"""Check a parsed TOML document against the model Structs, collecting every error.
+
+``msgspec.convert`` stops at the first error; a config file should report
+them all. :func:`check` walks the document and the Struct definitions
+together: unknown keys, missing keys and wrong values are each reported with
+their key path; leaf values are checked by ``msgspec.convert`` itself, so the
+rules are exactly the Structs'. A document without errors is then converted
+in one ``msgspec.convert`` call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union
+
+import msgspec
+
+from ._toml import KeyPath
+
+__all__ = ["Problem", "check", "describe", "kind_of"]
+
+_ANNOTATED_META = typing.Annotated[int, msgspec.Meta(gt=0)].__class__
+
+
+class Problem:
+    """A value that does not fit the model (collected into a ConfigError)."""
+
+    __slots__ = ("expected", "found", "path")
+
+    def __init__(self, path: KeyPath, expected: str, found: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.found = found
+
+    def __repr__(self) -> str:
+        return f"Problem({self.path!r}, {self.expected!r}, {self.found!r})"
+
+
+def kind_of(value: Any) -> str:
+    """Describe a TOML value for a message: ``string 'x'``, ``a table``."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value!r}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return f"{type(value).__name__} {value.isoformat()}"
+    return type(value).__name__
+
+
+def describe(tp: Any) -> str:
+    """Describe what a model type accepts, in words."""
+    if tp is Any:
+        return "any value"
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return "a table"
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        inner, *metadata = typing.get_args(tp)
+        text = describe(inner)
+        for meta in metadata:
+            if isinstance(meta, msgspec.Meta):
+                if meta.description and meta.description.startswith("an import path"):
+                    return meta.description
+                bounds = [
+                    f"{op} {getattr(meta, name)}"
+                    for name, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+                    if getattr(meta, name) is not None
+                ]
+                if bounds:
+                    text += " " + " and ".join(bounds)
+        return text
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        parts = [describe(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(parts)
+    if origin in (list, tuple, set, frozenset):
+        args = typing.get_args(tp)
+        return f"an array of {_plural(describe(args[0]))}" if args else "an array"
+    if origin is dict:
+        return f"a table of {_plural(describe(typing.get_args(tp)[1]))}"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+             type(None): "nothing"}
+    return names.get(tp, getattr(tp, "__name__", repr(tp)))
+
+
+def _plural(text: str) -> str:
+    for article in ("an ", "a "):
+        if text.startswith(article):
+            rest = text[len(article):]
+            if rest.startswith("import path"):
+                return "import paths" + rest[len("import path"):]
+            head, _, tail = rest.partition(" ")
+            return (head + "s" + (" " + tail if tail else "")) if head else rest
+    return text
+
+
+def check(
+    value: Any, tp: Any, path: KeyPath = (), lenient: frozenset[KeyPath] = frozenset(),
+) -> tuple[Any, list[Problem]]:
+    """Check ``value`` against model type ``tp``.
+
+    Args:
+        value: The parsed (and interpolated) TOML value.
+        tp: A model type (Struct, list, dict, union, scalar).
+        path: Key path of ``value`` in the document.
+        lenient: Paths whose string values came from interpolation and may
+            be converted (``"1000"`` → ``1000``).
+
+    Returns:
+        The value with lenient strings converted, and every problem found.
+    """
+    problems: list[Problem] = []
+    cleaned = _check(value, tp, path, lenient, problems)
+    return cleaned, problems
+
+
+def _check(value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath],
+           out: list[Problem]) -> Any:
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return _check_struct(value, tp, path, lenient, out)
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if isinstance(value, dict):
+            tables = [m for m in members if _is_table(m)]
+            if tables:
+                return _check(value, tables[0], path, lenient, out)
+        elif isinstance(value, list):
+            arrays = [m for m in members if typing.get_origin(m) in (list, tuple)]
+            if arrays:
+                return _check(value, arrays[0], path, lenient, out)
+        else:
+            scalars = [m for m in members if not _is_table(m)
+                       and typing.get_origin(m) not in (list, tuple)]
+            if scalars:
+                scalar: Any = scalars[0] if len(scalars) == 1 else Union[tuple(scalars)]  # noqa: UP007
+                return _leaf(value, scalar, path, lenient, out, describe(tp))
+        out.append(Problem(path, describe(tp), kind_of(value)))
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            out.append(Problem(path, describe(tp), kind_of(value)))
+            return value
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return [_check(v, item, (*path, i), lenient, out) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            out.append(Problem(path, describe(tp), kind_of(value)))
+            return value
+        item = typing.get_args(tp)[1]
+        return {k: _check(v, item, (*path, k), lenient, out) for k, v in value.items()}
+    return _leaf(value, tp, path, lenient, out, describe(tp))
+
+
+def _is_table(tp: Any) -> bool:
+    return (isinstance(tp, type) and issubclass(tp, msgspec.Struct)) or typing.get_origin(tp) is dict
+
+
+def _leaf(value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath],
+          out: list[Problem], expected: str) -> Any:
+    try:
+        return msgspec.convert(value, tp, strict=path not in lenient)
+    except msgspec.ValidationError:
+        out.append(Problem(path, expected, kind_of(value)))
+        return value
+
+
+def _check_struct(value: Any, tp: type[msgspec.Struct], path: KeyPath,
+                  lenient: frozenset[KeyPath], out: list[Problem]) -> Any:
+    if not isinstance(value, dict):
+        out.append(Problem(path, "a table", kind_of(value)))
+        return value
+    fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
+    hints = typing.get_type_hints(tp, include_extras=True)
+    cleaned: dict[str, Any] = {}
+    for key, item in value.items():
+        field = fields.get(key)
+        if field is None:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            out.append(Problem(
+                (*path, key), "one of the keys " + ", ".join(fields), f"unknown key {key!r}{hint}"
+            ))
+            continue
+        cleaned[key] = _check(item, hints[field.name], (*path, key), lenient, out)
+    for name, field in fields.items():
+        if field.required and name not in value:
+            out.append(Problem(path, f"a key {name!r}", "no such key"))
+    return cleaned

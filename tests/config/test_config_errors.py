@@ -1,0 +1,169 @@
+"""Every failure kind of a routes.toml: one fixture file each, messages word for word."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pachinko.config import ConfigFileError, load_config
+from pachinko.errors import ConfigError
+
+ERRORS = Path(__file__).parent / "fixtures" / "errors"
+
+EXPECTED = {
+    "toml_syntax.toml": "1 error in toml_syntax.toml\n"
+    "  toml_syntax.toml:4: expected valid TOML, found Illegal character '\\n'",
+    "unknown_key.toml": "1 error in unknown_key.toml\n"
+    "  unknown_key.toml:3: routes[0].hnadlers: expected one of the keys path, name, resource, "
+    "args, kwargs, services, base, wire, tag_field, handlers, sends, hooks, on_connect, "
+    "on_disconnect, on_unhandled, child_context, routes, found unknown key 'hnadlers' "
+    "(did you mean 'handlers'?)",
+    "wrong_type.toml": "1 error in wrong_type.toml\n"
+    "  wrong_type.toml:2: settings.max_message_size: expected an integer > 0, "
+    "found string 'big'",
+    "missing_key.toml": "1 error in missing_key.toml\n"
+    "  missing_key.toml:1: routes[0]: expected a key 'path', found no such key",
+    "import_format.toml": "1 error in import_format.toml\n"
+    "  import_format.toml:3: routes[0].handlers.join: expected an import path "
+    "'package.module:attribute', found 'fx_handlers.join'",
+    "module_not_found.toml": "1 error in module_not_found.toml\n"
+    "  module_not_found.toml:3: routes[0].handlers.join: expected an importable module "
+    "'fx_nowhere', found no module named 'fx_nowhere'",
+    "attribute_not_found.toml": "1 error in attribute_not_found.toml\n"
+    "  attribute_not_found.toml:3: routes[0].handlers.join: expected an attribute 'jion' in "
+    "'fx_handlers', found 'fx_handlers' has no attribute 'jion'",
+    "duplicate_path.toml": "1 error in duplicate_path.toml\n"
+    "  duplicate_path.toml:5: routes[1].path: expected a route path used once, found route "
+    "'/rooms/{name}' conflicts with '/rooms/{room}': both match the same paths",
+    "duplicate_name.toml": "1 error in duplicate_name.toml\n"
+    "  duplicate_name.toml:7: routes[1].name: expected a route name used once, found 'chat' "
+    "used already by routes[0].name (duplicate_name.toml:3)",
+    "undeclared_type.toml": "1 error in undeclared_type.toml\n"
+    "  undeclared_type.toml:6: routes[0].handlers.join.payload: expected a declared type (Join) "
+    "or an import path to a Struct, found 'Jion'",
+    "not_async.toml": "1 error in not_async.toml\n"
+    "  not_async.toml:3: routes[0].handlers.join: expected an async function "
+    "(resource, ws, payload), found a regular function fx_handlers:sync_join",
+    "bad_signature.toml": "1 error in bad_signature.toml\n"
+    "  bad_signature.toml:3: routes[0].handlers.join: expected a function that can be called "
+    "as (resource, ws, payload), found fx_handlers:two_args(resource: 'Any', ws: 'Any') "
+    "-> 'None'",
+    "unset_variable.toml": "1 error in unset_variable.toml\n"
+    "  unset_variable.toml:2: settings.backend: expected environment variable FX_UNSET_BACKEND "
+    "to be set (or a default: ${FX_UNSET_BACKEND:-...}), found it is not set",
+    "include_missing.toml": "1 error in include_missing.toml\n"
+    "  include_missing.toml:1: include[0]: expected a readable UTF-8 TOML file "
+    "'nowhere.toml', found No such file or directory",
+    "include_cycle.toml": "1 error in include_cycle_b.toml\n"
+    "  include_cycle_b.toml:1: include[0]: expected includes without a cycle, found "
+    "include_cycle.toml -> include_cycle_b.toml -> include_cycle.toml",
+    "duplicate_type.toml": "1 error in ../included/types.toml\n"
+    "  ../included/types.toml:2: types.Join: expected a type name used once, found types.Join "
+    "declared already at duplicate_type.toml:3",
+    "settings_in_include.toml": "1 error in ../included/settings.toml\n"
+    "  ../included/settings.toml:1: settings: expected [settings] in the root file only, "
+    "found [settings] in an included file",
+    "bad_type.toml": "1 error in bad_type.toml\n"
+    "  bad_type.toml:2: types.Join.fields.room: expected a type: str, int, float, bool, "
+    "datetime, date, time, uuid, any, list[T], dict[str, T], optional[T], a declared type or "
+    "an import path to a msgspec.Struct, found 'lst[str]': unknown type 'lst' "
+    "(declared types: Join)",
+    "bad_constraint.toml": "1 error in bad_constraint.toml\n"
+    "  bad_constraint.toml:2: types.Join.fields.active: expected constraints that fit the "
+    "field's type, found Can only set `min_length` on a str, bytes, or collection type - type "
+    "`typing.Annotated[bool, msgspec.Meta(min_length=1)]` is invalid",
+    "undeclared_service.toml": "1 error in undeclared_service.toml\n"
+    "  undeclared_service.toml:3: routes[0].services[0]: expected a declared service "
+    "(none declared), found 'history'",
+}
+
+
+@pytest.fixture(autouse=True)
+def _in_fixture_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    # File names in messages are shown as given: load by relative name.
+    monkeypatch.chdir(ERRORS)
+    monkeypatch.delenv("FX_UNSET_BACKEND", raising=False)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def test_every_failure_kind_has_a_fixture() -> None:
+    fixtures = {p.name for p in ERRORS.glob("*.toml")} - {"include_cycle_b.toml", "multi.toml",
+                                                           "user_import_error.toml"}
+    assert fixtures == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_error_message_word_for_word(name: str) -> None:
+    with pytest.raises(ConfigFileError) as info:
+        load_config(name)
+    assert str(info.value) == EXPECTED[name]
+    assert isinstance(info.value, ConfigError)
+    assert isinstance(info.value, ValueError)
+
+
+def test_a_file_with_several_errors_reports_all_of_them() -> None:
+    with pytest.raises(ConfigFileError) as info:
+        load_config("multi.toml")
+    assert str(info.value) == (
+        "8 errors in multi.toml\n"
+        "  multi.toml:2: settings.max_message_size: expected an integer > 0, found integer -1\n"
+        "  multi.toml:3: settings.rate_limit: expected a number > 0, found string 'fast'\n"
+        "  multi.toml:6: types.Join.fields.room.max_lenght: expected one of the keys type, enum, "
+        "default, required, min_length, max_length, pattern, ge, gt, le, lt, multiple_of, "
+        "description, found unknown key 'max_lenght' (did you mean 'max_length'?)\n"
+        "  multi.toml:11: routes[0].handlers.join.handler: expected an async function "
+        "(resource, ws, payload), found a regular function fx_handlers:sync_join\n"
+        "  multi.toml:12: routes[0].handlers.say.handler: expected an attribute 'say' in "
+        "'fx_handlers', found 'fx_handlers' has no attribute 'say'\n"
+        "  multi.toml:12: routes[0].handlers.say.payload: expected a declared type (Join) or an "
+        "import path to a Struct, found 'Say'\n"
+        "  multi.toml:15: routes[1].path: expected a route path used once, found route '/chat' "
+        "conflicts with '/chat': both match the same paths\n"
+        "  multi.toml:16: routes[1].name: expected a route name used once, found 'chat' used "
+        "already by routes[0].name (multi.toml:10)"
+    )
+    issue = info.value.issues[3]
+    assert (issue.file, issue.path, issue.line) == ("multi.toml", "routes[0].handlers.join.handler", 11)
+
+
+def test_the_users_own_import_error_is_shown_unchanged() -> None:
+    with pytest.raises(ConfigFileError) as info:
+        load_config("user_import_error.toml")
+    fx_broken = os.path.join(ERRORS, "fx_broken.py")
+    assert str(info.value) == (
+        "1 error in user_import_error.toml\n"
+        "  user_import_error.toml:3: routes[0].handlers.join: expected module 'fx_broken' to "
+        "import cleanly, found ModuleNotFoundError raised while importing it:\n"
+        "Traceback (most recent call last):\n"
+        f'  File "{fx_broken}", line 3, in <module>\n'
+        "    import fx_missing_dependency  # noqa: F401\n"
+        + ("    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n" if sys.version_info < (3, 13) else "")
+        + "ModuleNotFoundError: No module named 'fx_missing_dependency'"
+    )
+    cause = info.value.__cause__
+    assert isinstance(cause, ModuleNotFoundError)
+    assert cause.name == "fx_missing_dependency"
+
+
+def test_the_users_own_syntax_error_is_shown_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fx_syntax_error.py").write_text("async def join(resource, ws, payload)\n    pass\n")
+    (tmp_path / "routes.toml").write_text(
+        '[[routes]]\npath = "/chat"\nhandlers.join = "fx_syntax_error:join"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigFileError) as info:
+        load_config("routes.toml")
+    message = str(info.value)
+    assert message.startswith(
+        "1 error in routes.toml\n"
+        "  routes.toml:3: routes[0].handlers.join: expected module 'fx_syntax_error' to import "
+        "cleanly, found SyntaxError raised while importing it:\n"
+    )
+    assert 'fx_syntax_error.py", line 1\n' in message
+    assert message.endswith("SyntaxError: expected ':'")
+    assert isinstance(info.value.__cause__, SyntaxError)
