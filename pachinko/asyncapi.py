@@ -183,7 +183,7 @@ class _Builder:
                                     self._inbound(spec.payload_type, tag, tag_field, wire,
                                                   spec.strict),
                                     f"Client → server `{tag}`, handled by "
-                                    f"`{cls.__qualname__}.{spec.method_name}`.")
+                                    f"`{_qualname(getattr(cls, spec.method_name))}`.")
                 messages[msg_id] = ref
                 receive.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
             for tp in getattr(cls, "sends", ()) or ():
@@ -247,6 +247,12 @@ class _Builder:
         while candidate in taken:
             candidate, n = f"{key}_{n}", n + 1
         return candidate
+
+
+def _qualname(fn: Any) -> str:
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{module}:{name}" if module else name
 
 
 def _tag_of(tp: Any) -> str | None:

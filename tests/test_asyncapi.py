@@ -223,7 +223,8 @@ def test_a_single_router_and_an_empty_router() -> None:
     doc = asyncapi.document(chat_router())
     assert doc["channels"]["chat"]["address"] == "/chat"
     empty = asyncapi.document(pachinko.WebSocketRouter())
-    assert empty["channels"] == {} and empty["operations"] == {}
+    assert empty["channels"] == {}
+    assert empty["operations"] == {}
 
 
 def test_yaml_and_json_dumps_round_trip() -> None:

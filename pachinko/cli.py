@@ -1,0 +1,397 @@
+"""The ``pachinko`` command: serve, check, list and document a routes.toml.
+
+A thin layer over :mod:`pachinko.config` (load, compile, create the app,
+export) and :mod:`pachinko.asyncapi`; it adds no behaviour of its own
+beyond choosing uvicorn's options from the file's settings and refusing
+combinations that cannot work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+from urllib.parse import urlsplit
+
+import click
+
+from .errors import PachinkoError
+
+if TYPE_CHECKING:
+    import falcon.asgi
+
+    from .config import Compiled
+    from .router import WebSocketRouter
+    from .settings import Settings
+
+__all__ = ["CONFIG_ENV", "asgi_app", "main", "route_table", "uvicorn_options"]
+
+#: Environment variable naming the routes.toml that :func:`asgi_app` serves.
+CONFIG_ENV: Final = "PACHINKO_CONFIG"
+_RELOAD_ENV: Final = "PACHINKO_RELOAD"
+_DEFAULT_CONFIG: Final = "routes.toml"
+_TEMPLATES: Final = Path(__file__).parent / "config" / "templates"
+#: Starter files written by ``pachinko init``: template name -> file name.
+_STARTER: Final = {"routes.toml.tmpl": "routes.toml", "handlers.py.tmpl": "handlers.py"}
+_IN_PROCESS_SCHEMES: Final = frozenset({"memory", ""})
+
+
+def asgi_app() -> falcon.asgi.App[Any, Any]:
+    """Build the app of the routes.toml named by ``PACHINKO_CONFIG``.
+
+    An ASGI app factory for any server: ``uvicorn --factory
+    pachinko.cli:asgi_app`` (``pachinko serve`` uses it for ``--workers``
+    and ``--reload``).
+
+    Raises:
+        ConfigError: The variable is unset, or the file is invalid.
+    """
+    from .config import create_app
+    from .errors import ConfigError
+
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"{CONFIG_ENV} is not set: it must name the routes.toml to serve")
+    return create_app(path)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _existing(path: str) -> str:
+    if not Path(path).is_file():
+        hint = " (create one with: pachinko init)" if Path(path).name == _DEFAULT_CONFIG else ""
+        what = "is a directory" if Path(path).is_dir() else "does not exist"
+        _fail(f"Error: configuration file {path} {what}{hint}", 2)
+    return path
+
+
+def _compile(path: str) -> Compiled:
+    """Load and compile ``path``; on failure print every error and exit 1."""
+    from .config import load_config
+
+    _existing(path)
+    try:
+        return load_config(path)
+    except PachinkoError as ex:  # ConfigError: every problem, already formatted
+        _fail(str(ex))
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _qualname(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or repr(obj)
+    return f"{module}:{name}" if module and module != "builtins" else name
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or "-" if tp is not None else "-"
+
+
+def route_table(prefix: str, router: WebSocketRouter) -> list[dict[str, Any]]:
+    """The compiled routing table: one entry per route, messages in both directions."""
+    from .router import join_paths
+
+    table: list[dict[str, Any]] = []
+    for info in router.routes():
+        cls = info.resource_class
+        messages: list[dict[str, Any]] = []
+        if cls is not None and hasattr(cls, "message_types"):
+            for tag, spec in cls.message_types().items():
+                messages.append({
+                    "direction": "in", "type": tag,
+                    "handler": _qualname(getattr(cls, spec.method_name)),
+                    "payload": _type_name(spec.payload_type), "strict": spec.strict,
+                })
+            for tp in getattr(cls, "sends", ()) or ():
+                config = getattr(tp, "__struct_config__", None)
+                tag = getattr(config, "tag", None)
+                messages.append({
+                    "direction": "out", "type": tag if isinstance(tag, str) else _type_name(tp),
+                    "handler": None, "payload": _type_name(tp), "strict": None,
+                })
+        table.append({
+            "path": join_paths(prefix, info.template),
+            "name": info.name,
+            "resource": cls.__qualname__ if cls is not None else _qualname(info.target),
+            "parent": join_paths(prefix, info.parent.template) if info.parent else None,
+            "wire": getattr(cls, "wire", None), "tag_field": getattr(cls, "tag_field", None),
+            "messages": messages,
+        })
+    return table
+
+
+def _render_table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def uvicorn_options(settings: Settings, **options: Any) -> dict[str, Any]:
+    """uvicorn's options for serving an app with ``settings`` (plus ``options``).
+
+    The WebSocket limits are the app's: ``ws_max_size`` is
+    ``max_message_size`` (uvicorn's own default is 16 MiB), pings follow
+    ``ping_interval``/``ping_timeout``, and the graceful shutdown waits
+    ``shutdown_timeout``.
+    """
+    return {
+        "lifespan": "on",
+        "ws_max_size": settings.max_message_size,
+        "ws_ping_interval": settings.ping_interval,
+        "ws_ping_timeout": settings.ping_timeout,
+        "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_timeout)),
+        **options,
+    }
+
+
+# -- the command group ---------------------------------------------------------
+
+
+@click.group(name="pachinko", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="pachinko", prog_name="pachinko")
+def main() -> None:
+    """WebSockets for Falcon: serve, check and document a routes.toml.
+
+    Quick start: `pachinko init` writes a starter routes.toml and handler
+    module; `pachinko serve` serves it on http://127.0.0.1:8000 (WebSocket
+    routes below /ws).
+    """
+
+
+@main.command()
+@click.argument("config", default=_DEFAULT_CONFIG, metavar="[CONFIG]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to bind (0: any free port, printed at startup).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes. More than one needs a shared backend (Redis).")
+@click.option("--reload", is_flag=True,
+              help="Development: restart on Python changes, hot-swap routes on TOML changes.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"]))
+@click.option("--forwarded-allow-ips", default=None, metavar="IPS",
+              help="Proxies trusted for X-Forwarded-* headers (uvicorn's option; "
+                   "default: $FORWARDED_ALLOW_IPS or 127.0.0.1).")
+@click.option("--root-path", default="", help="ASGI root_path when mounted below a path "
+                                              "by a proxy.")
+def serve(config: str, host: str, port: int, workers: int, reload: bool, log_level: str,
+          forwarded_allow_ips: str | None, root_path: str) -> None:
+    """Serve CONFIG (default: ./routes.toml) with uvicorn.
+
+    The WebSocket limits come from the file's [settings]: max_message_size
+    becomes uvicorn's ws_max_size, ping_interval / ping_timeout its
+    WebSocket pings, shutdown_timeout its graceful shutdown timeout.
+    """
+    import uvicorn
+
+    _existing(config)
+    compiled = _compile(config)
+    settings = compiled.settings
+    scheme = urlsplit(settings.backend).scheme
+    if workers > 1 and scheme in _IN_PROCESS_SCHEMES:
+        _fail(
+            f"Error: --workers {workers} needs a shared backend, but {config} uses the "
+            f"in-process backend ({settings.backend!r}): rooms, users and broadcasts would not "
+            f"cross the {workers} processes. Set [settings] backend to a Redis URL "
+            f"(redis://host:6379/0) or serve with one worker.", 2,
+        )
+    if workers > 1 and reload:
+        _fail("Error: --reload runs one process; it cannot be combined with --workers > 1", 2)
+    options = uvicorn_options(settings, host=host, port=port, log_level=log_level,
+                              root_path=root_path)
+    if forwarded_allow_ips is not None:
+        options["forwarded_allow_ips"] = forwarded_allow_ips
+    routes = compiled.router.routes()
+    click.echo(
+        f"pachinko: serving {config}: {_count(len(routes), 'route')} below {compiled.prefix}, "
+        f"backend {scheme or 'memory'}://, max message {settings.max_message_size} bytes",
+        err=True,
+    )
+    if workers == 1 and not reload:
+        from .config import create_app
+
+        try:
+            app: Any = create_app(config)
+        except PachinkoError as ex:
+            _fail(str(ex))
+        uvicorn.run(app, **options)
+        return
+    # NOTE: several processes (or the reloader's child) import the app: they
+    #   build it from the file named in the environment, through a factory.
+    os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    if reload:
+        os.environ[_RELOAD_ENV] = "1"  # TOML edits are swapped in without a restart
+        options.update(reload=True, reload_dirs=[str(Path(config).resolve().parent)])
+    else:
+        options["workers"] = workers
+    uvicorn.run("pachinko.cli:asgi_app", factory=True, **options)
+
+
+@main.command()
+@click.argument("config")
+def check(config: str) -> None:
+    """Check CONFIG: load and compile everything, import every handler.
+
+    Exits with status 0 if the file is valid, 1 with every error otherwise.
+    """
+    compiled = _compile(config)
+    routes = compiled.router.routes()
+    messages = sum(len(row["messages"]) for row in route_table(compiled.prefix, compiled.router))
+    click.echo(
+        f"{config}: OK ({_count(len(routes), 'route')}, {_count(messages, 'message type')}, "
+        f"{_count(len(compiled.workers), 'worker')}, {_count(len(compiled.services), 'service')})"
+    )
+
+
+@main.command()
+@click.argument("config")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def routes(config: str, as_json: bool) -> None:
+    """Print the compiled routing table of CONFIG.
+
+    One line per message type: path, route name, resource, direction (in:
+    client to server, out: server to client), type tag, handler, payload.
+    """
+    compiled = _compile(config)
+    table = route_table(compiled.prefix, compiled.router)
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    if not table:
+        click.echo(f"{config}: no routes")
+        return
+    rows = [["PATH", "NAME", "RESOURCE", "DIR", "TYPE", "HANDLER", "PAYLOAD"]]
+    for route in table:
+        head = [route["path"], route["name"] or "-", route["resource"]]
+        if not route["messages"]:
+            rows.append([*head, "-", "-", "-", "-"])
+        for index, msg in enumerate(route["messages"]):
+            rows.append([*(head if index == 0 else ["", "", ""]), msg["direction"], msg["type"],
+                         msg["handler"] or "-", msg["payload"]])
+    click.echo(_render_table(rows))
+
+
+@main.command()
+@click.argument("config")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True, help="Output format.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of standard output.")
+@click.option("--title", default=None, help="info.title (default: the file's name).")
+@click.option("--api-version", default="1.0.0", show_default=True, help="info.version.")
+@click.option("--server", default=None, metavar="URL",
+              help="Add a server, e.g. ws://localhost:8000.")
+def asyncapi(config: str, fmt: str, output: str | None, title: str | None, api_version: str,
+             server: str | None) -> None:
+    """Print the AsyncAPI 3.0 document of CONFIG.
+
+    One channel per route; "receive" operations are the messages clients
+    send (the declared payloads), "send" operations the messages the server
+    sends (the resources' `sends`). Schemas are msgspec's JSON Schema.
+    """
+    from . import asyncapi as generator
+
+    compiled = _compile(config)
+    try:
+        doc = generator.document(
+            [(compiled.prefix, compiled.router)], title=title or Path(config).stem,
+            version=api_version, server=server,
+        )
+    except ValueError as ex:
+        _fail(f"Error: {ex}", 2)
+    text = generator.dumps(doc, "json" if fmt == "json" else "yaml")
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.argument("directory", default=".", metavar="[DIR]",
+                type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def init(directory: str, force: bool) -> None:
+    """Write a starter routes.toml and handlers.py into DIR (default: here).
+
+    `pachinko serve` in DIR then serves it at once.
+    """
+    target = Path(directory)
+    existing = [name for name in _STARTER.values() if (target / name).exists()]
+    if existing and not force:
+        _fail(f"Error: {', '.join(str(target / n) for n in existing)} already exist"
+              f"{'s' if len(existing) == 1 else ''}; use --force to overwrite", 1)
+    target.mkdir(parents=True, exist_ok=True)
+    for template, name in _STARTER.items():
+        (target / name).write_text((_TEMPLATES / template).read_text(encoding="utf-8"),
+                                   encoding="utf-8")
+        click.echo(f"wrote {target / name}")
+    where = "" if target.resolve() == Path.cwd().resolve() else f"cd {directory} && "
+    click.echo(f"next: {where}pachinko serve   (then connect to ws://127.0.0.1:8000/ws/echo)")
+
+
+@main.command()
+@click.argument("target", metavar="MODULE:ROUTER")
+@click.option("--prefix", default=None, help="[app].prefix of the file (default /ws).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of standard output.")
+def export(target: str, prefix: str | None, output: str | None) -> None:
+    """Write the routes.toml of a Python router (MODULE:ROUTER).
+
+    MODULE is imported from the current directory (as uvicorn does); ROUTER
+    is a WebSocketRouter or a Falcon app with one mounted router.
+    """
+    from .config import export_toml
+    from .config.imports import ImportFailure, import_path
+    from .router import WebSocketRouter
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = import_path(target)
+    except ImportFailure as ex:
+        cause = f"\n{ex.cause}" if ex.cause is not None else ""
+        _fail(f"Error: cannot import {target}: {ex}{cause}")
+    router: Any = obj
+    if not isinstance(obj, WebSocketRouter):
+        import falcon.asgi
+
+        from .app import runtime_of
+
+        mounts = None
+        if isinstance(obj, falcon.asgi.App):
+            try:
+                mounts = runtime_of(obj).mounts
+            except PachinkoError:
+                mounts = []
+        if mounts is None or len(mounts) != 1:
+            found = type(obj).__name__ if mounts is None else \
+                f"a Falcon app with {len(mounts)} mounted routers"
+            _fail(f"Error: {target} must be a WebSocketRouter or a Falcon app with one mounted "
+                  f"router, found {found}")
+        router = mounts[0].router
+        prefix = prefix or mounts[0].prefix
+    try:
+        text = export_toml(router, prefix=prefix) if prefix else export_toml(router)
+    except PachinkoError as ex:
+        _fail(f"Error: cannot export {target}: {ex}")
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)

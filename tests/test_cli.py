@@ -1,0 +1,315 @@
+"""The ``pachinko`` command, in-process with click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pachinko import Settings
+from pachinko.cli import main, uvicorn_options
+from pachinko.config import ConfigFileError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "routes.example.toml"
+SCHEMA = Path(__file__).parent / "fixtures" / "asyncapi-3.0.0-schema.json"
+COMMANDS = ["serve", "check", "routes", "asyncapi", "init", "export"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def in_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run with the repository root as working directory (as the README does)."""
+    monkeypatch.chdir(ROOT)
+
+
+def run(runner: CliRunner, *args: str, env: dict[str, str | None] | None = None) -> Any:
+    return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+# -- help -----------------------------------------------------------------------
+
+
+def test_help_lists_every_command(runner: CliRunner) -> None:
+    result = run(runner, "--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert f"  {command} " in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(runner: CliRunner, command: str) -> None:
+    result = run(runner, command, "--help")
+    assert result.exit_code == 0, result.output
+    assert f"Usage: pachinko {command}" in result.output
+
+
+def test_unknown_command_is_a_usage_error(runner: CliRunner) -> None:
+    result = run(runner, "srve")
+    assert result.exit_code == 2
+    assert "No such command 'srve'" in result.output
+
+
+# -- check ----------------------------------------------------------------------
+
+
+def test_check_accepts_the_example(runner: CliRunner, in_root: None) -> None:
+    result = run(runner, "check", "routes.example.toml")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "routes.example.toml: OK (1 route, 10 message types, 1 worker, 1 service)\n"
+    )
+
+
+BROKEN = textwrap.dedent("""\
+    [app]
+    prefx = "/ws"
+
+    [types.Join.fields]
+    room = { type = "strr" }
+
+    [[routes]]
+    path = "/chat"
+    handlers.join = { handler = "no_such_module_xyz:join", payload = "Join" }
+""")
+
+
+def test_check_prints_every_error_as_the_config_layer_formats_them(
+    runner: CliRunner, tmp_path: Path,
+) -> None:
+    config = tmp_path / "routes.toml"
+    config.write_text(BROKEN)
+    with pytest.raises(ConfigFileError) as caught:
+        load_config(str(config))
+    assert len(caught.value.issues) >= 3  # every problem, not the first one
+    result = run(runner, "check", str(config))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == str(caught.value) + "\n"
+    assert "prefx" in result.stderr
+    assert "no_such_module_xyz" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_of_a_missing_file(runner: CliRunner, tmp_path: Path) -> None:
+    result = run(runner, "check", str(tmp_path / "nope.toml"))
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: configuration file {tmp_path / 'nope.toml'} does not exist\n"
+
+
+def test_check_of_a_directory(runner: CliRunner, tmp_path: Path) -> None:
+    result = run(runner, "check", str(tmp_path))
+    assert result.exit_code == 2
+    assert "is a directory" in result.stderr
+
+
+def test_check_requires_a_config(runner: CliRunner) -> None:
+    result = run(runner, "check")
+    assert result.exit_code == 2
+    assert "Missing argument 'CONFIG'" in result.output
+
+
+# -- routes ---------------------------------------------------------------------
+
+
+def test_routes_prints_the_compiled_table(runner: CliRunner, in_root: None) -> None:
+    result = run(runner, "routes", "routes.example.toml")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["PATH", "NAME", "RESOURCE", "DIR", "TYPE", "HANDLER", "PAYLOAD"]
+    first = lines[1].split()
+    assert first[:2] == ["/ws/chat", "chat"]
+    assert first[3:] == ["in", "join", "examples.chat.handlers:join", "Join"]
+    rows = [line.split()[-4:] for line in lines[1:]]
+    assert ["in", "say", "examples.chat.handlers:say", "Say"] in rows
+    assert ["out", "typing", "-", "TypingNotice"] in rows
+    assert len(lines) == 1 + 10
+
+
+def test_routes_as_json(runner: CliRunner, in_root: None) -> None:
+    result = run(runner, "routes", "routes.example.toml", "--json")
+    assert result.exit_code == 0
+    (route,) = json.loads(result.stdout)
+    assert route["path"] == "/ws/chat"
+    assert route["name"] == "chat"
+    assert route["wire"] == "flat"
+    assert route["tag_field"] == "type"
+    incoming = {m["type"]: m for m in route["messages"] if m["direction"] == "in"}
+    assert set(incoming) == {"join", "leave", "say", "typing"}
+    assert incoming["typing"]["handler"] == "examples.chat.handlers:typing"
+    outgoing = [m["type"] for m in route["messages"] if m["direction"] == "out"]
+    assert outgoing == ["joined", "presence", "message", "typing", "heartbeat", "error"]
+
+
+def test_routes_of_a_broken_file_fails_like_check(runner: CliRunner, tmp_path: Path) -> None:
+    config = tmp_path / "routes.toml"
+    config.write_text(BROKEN)
+    result = run(runner, "routes", str(config))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("3 errors in") or "errors in" in result.stderr.splitlines()[0]
+
+
+# -- asyncapi -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asyncapi_validator() -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+
+
+def test_asyncapi_of_the_example_validates_against_the_official_schema(
+    runner: CliRunner, in_root: None, asyncapi_validator: jsonschema.Draft7Validator,
+) -> None:
+    result = run(runner, "asyncapi", "routes.example.toml", "--title", "Chat",
+                 "--server", "ws://localhost:8000")
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(result.stdout)
+    problems = [f"{list(e.absolute_path)}: {e.message[:200]}"
+                for e in asyncapi_validator.iter_errors(doc)]
+    assert problems == []
+    assert doc["asyncapi"] == "3.0.0"
+    assert doc["info"]["title"] == "Chat"
+    assert doc["channels"]["chat"]["address"] == "/ws/chat"
+    ops = doc["operations"]
+    assert ops["chat.receive"]["action"] == "receive"
+    assert ops["chat.send"]["action"] == "send"
+    assert len(ops["chat.receive"]["messages"]) == 4
+    assert len(ops["chat.send"]["messages"]) == 6
+    join = doc["components"]["schemas"]["Join"]
+    assert join["properties"]["room"]["pattern"] == "^[A-Za-z0-9_-]+$"
+    assert join["properties"]["type"] == {"enum": ["join"]}
+
+
+def test_asyncapi_json_to_a_file(
+    runner: CliRunner, in_root: None, tmp_path: Path,
+    asyncapi_validator: jsonschema.Draft7Validator,
+) -> None:
+    out = tmp_path / "chat.json"
+    result = run(runner, "asyncapi", "routes.example.toml", "--format", "json", "-o", str(out))
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    doc = json.loads(out.read_text())
+    assert doc["info"]["title"] == "routes.example"
+    assert list(asyncapi_validator.iter_errors(doc)) == []
+
+
+def test_asyncapi_refuses_a_bad_server_url(runner: CliRunner, in_root: None) -> None:
+    result = run(runner, "asyncapi", "routes.example.toml", "--server", "localhost:8000")
+    assert result.exit_code == 2
+    assert "server must be a ws:// or wss:// URL" in result.stderr
+
+
+def test_asyncapi_refuses_an_unknown_format(runner: CliRunner, in_root: None) -> None:
+    result = run(runner, "asyncapi", "routes.example.toml", "--format", "xml")
+    assert result.exit_code == 2
+    assert "'xml' is not one of 'yaml', 'json'" in result.output
+
+
+# -- init -----------------------------------------------------------------------
+
+
+def test_init_writes_a_starter_that_checks(runner: CliRunner, tmp_path: Path) -> None:
+    target = tmp_path / "app"
+    result = run(runner, "init", str(target))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in target.iterdir()) == ["handlers.py", "routes.toml"]
+    assert f"cd {target} && pachinko serve" in result.stdout
+    result = run(runner, "check", str(target / "routes.toml"))
+    assert result.exit_code == 0, result.output
+    assert "OK (1 route, 4 message types, 0 workers, 0 services)" in result.stdout
+
+
+def test_init_refuses_to_overwrite(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "routes.toml").write_text("# mine\n")
+    result = run(runner, "init", str(tmp_path))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {tmp_path / 'routes.toml'} already exists; use --force to overwrite\n"
+    )
+    assert (tmp_path / "routes.toml").read_text() == "# mine\n"
+    assert not (tmp_path / "handlers.py").exists()
+    result = run(runner, "init", str(tmp_path), "--force")
+    assert result.exit_code == 0
+    assert "[[routes]]" in (tmp_path / "routes.toml").read_text()
+
+
+def test_init_in_the_current_directory(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run(runner, "init")
+    assert result.exit_code == 0
+    assert (tmp_path / "routes.toml").is_file()
+    assert (tmp_path / "handlers.py").is_file()
+    assert "next: pachinko serve" in result.stdout
+
+
+# -- serve (what is refused before uvicorn starts) ------------------------------
+
+
+def test_serve_refuses_workers_with_the_in_process_backend(
+    runner: CliRunner, in_root: None,
+) -> None:
+    result = run(runner, "serve", "routes.example.toml", "--workers", "3",
+                 env={"PACHINKO_BACKEND": None})
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: --workers 3 needs a shared backend, but routes.example.toml uses the in-process "
+        "backend ('memory://'): rooms, users and broadcasts would not cross the 3 processes. "
+        "Set [settings] backend to a Redis URL (redis://host:6379/0) or serve with one worker.\n"
+    )
+
+
+def test_serve_refuses_reload_with_workers(runner: CliRunner, in_root: None) -> None:
+    result = run(runner, "serve", "routes.example.toml", "--workers", "2", "--reload",
+                 env={"PACHINKO_BACKEND": "redis://127.0.0.1:1/0"})
+    assert result.exit_code == 2
+    assert "--reload runs one process; it cannot be combined with --workers > 1" in result.stderr
+
+
+def test_serve_without_a_config_points_at_init(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run(runner, "serve")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: configuration file routes.toml does not exist (create one with: pachinko init)\n"
+    )
+
+
+def test_serve_of_a_broken_file_prints_every_error(runner: CliRunner, tmp_path: Path) -> None:
+    config = tmp_path / "routes.toml"
+    config.write_text(BROKEN)
+    result = run(runner, "serve", str(config))
+    assert result.exit_code == 1
+    assert "no_such_module_xyz" in result.stderr
+    assert "prefx" in result.stderr
+
+
+@pytest.mark.parametrize("bad", [["--workers", "0"], ["--port", "70000"]])
+def test_serve_validates_numbers(runner: CliRunner, in_root: None, bad: list[str]) -> None:
+    result = run(runner, "serve", "routes.example.toml", *bad)
+    assert result.exit_code == 2
+    assert "Invalid value for" in result.output
+
+
+def test_uvicorn_options_come_from_settings() -> None:
+    settings = Settings(max_message_size=1234, ping_interval=7.0, ping_timeout=3.0,
+                        shutdown_timeout=2.5)
+    options = uvicorn_options(settings, host="127.0.0.1", port=0)
+    assert options == {
+        "lifespan": "on", "ws_max_size": 1234, "ws_ping_interval": 7.0, "ws_ping_timeout": 3.0,
+        "timeout_graceful_shutdown": 3, "host": "127.0.0.1", "port": 0,
+    }
+    assert uvicorn_options(Settings(ping_interval=None))["ws_ping_interval"] is None
