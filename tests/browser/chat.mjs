@@ -1,0 +1,111 @@
+// Drive the example chat page in headless Debian chromium (playwright-core).
+//
+// Usage: node chat.mjs BASE_URL ARTIFACT_DIR
+// Opens BASE_URL/ in three tabs of one fresh browser profile: alice and bob
+// join "lobby", alice types (bob sees the typing indicator) and sends a
+// message (bob sees it), then carol joins and gets it as history. Saves
+// screenshots in ARTIFACT_DIR and prints one JSON line with what was seen.
+// Exits non-zero (with the reason on stderr) on any failure or page error.
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [base, artifacts] = process.argv.slice(2);
+if (!base || !artifacts) {
+  console.error("usage: node chat.mjs BASE_URL ARTIFACT_DIR");
+  process.exit(64);
+}
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const STEP_TIMEOUT = 10_000;
+const watchdog = setTimeout(() => {
+  console.error("browser test: overall timeout (60 s)");
+  process.exit(3);
+}, 60_000);
+
+mkdirSync(artifacts, { recursive: true });
+const profile = mkdtempSync(join(tmpdir(), "pachinko-chromium-"));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath,
+  headless: true,
+  viewport: { width: 900, height: 640 },
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const pageErrors = [];
+const seen = {};
+
+async function open(name) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT);
+  page.on("pageerror", (error) => pageErrors.push(`${name}: ${error.message}`));
+  page.on("console", (msg) => {
+    if (msg.type() === "error") pageErrors.push(`${name} console: ${msg.text()}`);
+  });
+  await page.goto(new URL("/", base).href);
+  await page.locator("#status.open").waitFor();
+  return page;
+}
+
+async function joinRoom(page, name, room = "lobby") {
+  await page.fill("#name", name);
+  await page.fill("#room", room);
+  await page.click("#join");
+  await page.locator("#members li", { hasText: name }).waitFor();
+  await page.locator("#text:enabled").waitFor();
+}
+
+const members = (page) => page.locator("#members li").allTextContents();
+
+let failure = null;
+try {
+  const alice = await open("alice");
+  const bob = await open("bob");
+  await joinRoom(alice, "alice");
+  await joinRoom(bob, "bob");
+  // presence: alice's list grows when bob joins
+  await alice.locator("#members li", { hasText: "bob" }).waitFor();
+  seen.members_alice = await members(alice);
+  seen.members_bob = await members(bob);
+
+  // typing indicator: alice types, bob sees it
+  await alice.locator("#text").pressSequentially("hello from ");
+  await bob.locator("#typing", { hasText: "alice is typing" }).waitFor();
+  seen.typing_bob = await bob.locator("#typing").textContent();
+
+  // a message: alice sends, bob shows it
+  await alice.locator("#text").pressSequentially("alice");
+  await alice.click("#send");
+  const received = bob.locator("#messages li.msg", { hasText: "hello from alice" });
+  await received.waitFor();
+  seen.message_bob = await received.textContent();
+  await alice.locator("#messages li.msg", { hasText: "hello from alice" }).waitFor();
+  await bob.locator("#typing:empty").waitFor();
+  await bob.screenshot({ path: join(artifacts, "chat-bob.png"), fullPage: true });
+  await alice.screenshot({ path: join(artifacts, "chat-alice.png"), fullPage: true });
+
+  // history on join: carol arrives later and gets the message
+  const carol = await open("carol");
+  await joinRoom(carol, "carol");
+  const history = carol.locator("#messages li.history", { hasText: "hello from alice" });
+  await history.waitFor();
+  seen.history_carol = await history.textContent();
+  seen.members_carol = await members(carol);
+  await carol.screenshot({ path: join(artifacts, "chat-carol.png"), fullPage: true });
+} catch (error) {
+  failure = error;
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+  clearTimeout(watchdog);
+}
+
+if (failure || pageErrors.length) {
+  console.error(`browser test failed: ${failure ? failure.message : ""}`);
+  for (const error of pageErrors) console.error(`page error: ${error}`);
+  console.error(`seen so far: ${JSON.stringify(seen)}`);
+  process.exit(1);
+}
+console.log(JSON.stringify(seen));
