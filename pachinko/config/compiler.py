@@ -19,6 +19,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 
+from .._dispatch import RESERVED
 from .._naming import handler_name, snake_case
 from ..errors import HandlerDefinitionError, RouteError
 from ..resource import WebSocketResource, handles_message
@@ -365,7 +366,7 @@ class _Compiler:
         namespace: dict[str, Any] = {"wire": wire, "tag_field": tag_field}
         ok = True
         schema: list[Any] = []
-        taken = set(dir(base))
+        taken = set(dir(base)) | RESERVED
         fields = tuple(_FIELD_NAME.findall(template))
         for tag, raw in route.handlers.items():
             decl = raw if isinstance(raw, HandlerConfig) else HandlerConfig(handler=raw)
@@ -440,6 +441,10 @@ class _Compiler:
         if schema:
             namespace["schema"] = schema[0] if len(schema) == 1 else _union(schema)
         name = self.class_name(route)
+        # NOTE: what the class was built from: hot reload diffs it, export writes it back.
+        namespace["__pachinko_declaration__"] = msgspec.to_builtins(
+            msgspec.structs.replace(route, routes=[]))
+        namespace["__pachinko_services__"] = services
         namespace["__module__"] = "pachinko.config.built"
         namespace["__qualname__"] = name
         try:
@@ -516,6 +521,7 @@ def _copy_function(fn: Any) -> Any:
         copy.__module__ = fn.__module__
         copy.__doc__ = fn.__doc__
         copy.__dict__.update({k: v for k, v in fn.__dict__.items() if not k.startswith("__pachinko")})
+        copy.__pachinko_origin__ = fn  # type: ignore[attr-defined]  # for export
         return copy
 
     async def call(resource: Any, ws: Any, payload: Any) -> Any:
@@ -523,6 +529,7 @@ def _copy_function(fn: Any) -> Any:
 
     call.__name__ = getattr(fn, "__name__", "handler")
     call.__qualname__ = getattr(fn, "__qualname__", call.__name__)
+    call.__pachinko_origin__ = fn  # type: ignore[attr-defined]  # for export
     return call
 
 

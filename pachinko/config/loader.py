@@ -193,6 +193,7 @@ class _Merger:
         source = attrs.evolve(source, lines=key_lines(text))
         self.sources.append(source)
         raw, touched, problems = interpolate(raw, self.environ)
+        _settings_off(raw)
         for problem in problems:
             report.add(source, problem.path, problem.expected, problem.found)
         config = self.checked(raw, source, frozenset(touched))
@@ -297,3 +298,16 @@ def _hooks(hooks: HooksConfig | None, source: Source, path: KeyPath) -> list[tup
 
 
 router_hooks = _hooks
+
+
+def _settings_off(raw: dict[str, Any]) -> None:
+    """``[settings]`` keys that accept none take ``false`` for it (TOML has no null)."""
+    settings = raw.get("settings")
+    if not isinstance(settings, dict):
+        return
+    hints = typing.get_type_hints(Settings)
+    for key, value in settings.items():
+        tp = hints.get(key)
+        if value is False and tp is not None and type(None) in typing.get_args(tp) \
+                and bool not in typing.get_args(tp):
+            settings[key] = None

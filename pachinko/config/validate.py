@@ -22,7 +22,6 @@ from ._toml import KeyPath
 
 __all__ = ["Problem", "check", "describe", "kind_of"]
 
-_ANNOTATED_META = typing.Annotated[int, msgspec.Meta(gt=0)].__class__
 
 
 class Problem:
@@ -134,6 +133,8 @@ def _check(value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath],
         return _check_struct(value, tp, path, lenient, out)
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
         members = [a for a in typing.get_args(tp) if a is not type(None)]
         if isinstance(value, dict):
             tables = [m for m in members if _is_table(m)]

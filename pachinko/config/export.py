@@ -1,0 +1,333 @@
+"""Write a programmatic router tree back as routes.toml (with its schemas).
+
+Each resource class becomes a route built from handlers on top of the class
+itself (``base = "module:Class"``): every message type is listed with its
+handler's import path and its payload schema as a ``[types]`` table, so the
+file documents the API and loading it gives an equivalent router (same
+templates, names, message types, schemas, wire shape; same code).
+Schemas are read with ``msgspec.inspect``; a Struct whose fields have no TOML
+form (renamed fields, constraints on list items, ...) is exported as an
+import path (``struct = "module:Name"``) instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
+import tomli_w
+
+from ..resource import WebSocketResource
+from ..router import RouteInfo, WebSocketRouter
+from ..settings import Settings
+from .errors import ConfigFileError, Issue
+from .imports import ImportFailure, import_path
+
+__all__ = ["export_document", "export_toml"]
+
+_BUILT = "pachinko.config.built"
+_SCALARS: dict[type, str] = {
+    mi.StrType: "str", mi.IntType: "int", mi.FloatType: "float", mi.BoolType: "bool",
+    mi.DateTimeType: "datetime", mi.DateType: "date", mi.TimeType: "time", mi.UUIDType: "uuid",
+    mi.AnyType: "any",
+}
+_CONSTRAINTS = ("min_length", "max_length", "pattern", "ge", "gt", "le", "lt", "multiple_of")
+_LIFECYCLE = {"on_connect": "on_connect", "on_disconnect": "on_disconnect",
+              "on_unhandled": "on_unhandled", "get_child_context": "child_context"}
+_HOOKS = ("before_connect", "after_connect", "before_receive", "after_receive",
+          "before_disconnect", "on_error")
+
+
+class _Unrepresentable(Exception):
+    """A type with no TOML form (the Struct is exported by import path)."""
+
+
+def export_toml(router: WebSocketRouter, *, prefix: str | None = None,
+                settings: Settings | None = None) -> str:
+    """Return ``router``'s tree as a routes.toml document.
+
+    Args:
+        router: Any router of the tree (the whole tree is exported).
+        prefix: Mount prefix to write as ``[app].prefix``.
+        settings: Settings to write as ``[settings]`` (non-default values).
+
+    Raises:
+        ConfigError: Something cannot be named by an import path (a class or
+            function defined inside a function, a lambda, a hook limited to
+            one resource class).
+    """
+    return tomli_w.dumps(export_document(router, prefix=prefix, settings=settings))
+
+
+def export_document(router: WebSocketRouter, *, prefix: str | None = None,
+                    settings: Settings | None = None) -> dict[str, Any]:
+    """Like :func:`export_toml`, as the TOML document's dict."""
+    exporter = _Exporter()
+    body = exporter.router(router.root)
+    exporter.raise_if_any()
+    doc: dict[str, Any] = {}
+    if prefix is not None:
+        doc["app"] = {"prefix": prefix}
+    if settings is not None:
+        values = msgspec.to_builtins(settings)
+        defaults = msgspec.to_builtins(Settings())
+        changed = {k: v for k, v in values.items() if defaults.get(k) != v and v is not None}
+        if changed:
+            doc["settings"] = changed
+    if exporter.types:
+        doc["types"] = exporter.types
+    doc.update(body)
+    return doc
+
+
+class _Exporter:
+    def __init__(self) -> None:
+        self.types: dict[str, Any] = {}
+        self.names: dict[Any, str] = {}
+        self.problems: list[Issue] = []
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigFileError(self.problems)
+
+    def fail(self, where: str, expected: str, found: str) -> None:
+        self.problems.append(Issue("<export>", where, None, expected, found))
+
+    def path_of(self, obj: Any, where: str) -> str | None:
+        obj = getattr(obj, "__pachinko_origin__", obj)
+        module = getattr(obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", None)
+        if not module or not qualname or "<" in qualname:
+            self.fail(where, "a module-level class or function", repr(obj))
+            return None
+        path = f"{module}:{qualname}"
+        try:
+            found = import_path(path)
+        except ImportFailure:
+            found = None
+        if found is not obj and getattr(found, "__func__", None) is not obj:
+            self.fail(where, f"an object importable as {path!r}", repr(obj))
+            return None
+        return path
+
+    # -- tree -------------------------------------------------------------------
+
+    def router(self, router: WebSocketRouter, where: str = "") -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        hooks: dict[str, list[str]] = {}
+        for event, fn, only in router._hooks:
+            if only is not None:
+                self.fail(f"{where}hooks.{event}", "a hook for every resource",
+                          f"a hook limited to {only.__qualname__}")
+                continue
+            path = self.path_of(fn, f"{where}hooks.{event}")
+            if path is not None:
+                hooks.setdefault(event, []).append(path)
+        if hooks:
+            body["hooks"] = {k: v[0] if len(v) == 1 else v for k, v in hooks.items()}
+        own = router._routes
+        tops = [info for info in own if info.parent is None]
+        routes = [self.route(info, own, None, f"{where}routes[{i}]") for i, info in enumerate(tops)]
+        if routes:
+            body["routes"] = routes
+        routers = []
+        for index, (child_prefix, child) in enumerate(router._children):
+            sub = {"prefix": child_prefix, **self.router(child, f"{where}routers[{index}].")}
+            routers.append(sub)
+        if routers:
+            body["routers"] = routers
+        return body
+
+    def route(self, info: RouteInfo, own: list[RouteInfo], parent: RouteInfo | None,
+              where: str) -> dict[str, Any]:
+        path = info.template
+        if parent is not None:
+            path = "/" + info.template[len(parent.template):].lstrip("/")
+        out: dict[str, Any] = {"path": path}
+        if info.name is not None:
+            out["name"] = info.name
+        out.update(self.resource(info.target, where))
+        if info.args:
+            out["args"] = list(info.args)
+        if info.kwargs:
+            out["kwargs"] = dict(info.kwargs)
+        children = [c for c in own if c.parent is info]
+        if children:
+            out["routes"] = [self.route(c, own, info, f"{where}.routes[{i}]")
+                             for i, c in enumerate(children)]
+        return out
+
+    # -- resources --------------------------------------------------------------
+
+    def resource(self, target: Any, where: str) -> dict[str, Any]:
+        if not (isinstance(target, type) and issubclass(target, WebSocketResource)):
+            path = self.path_of(target, f"{where}.resource")
+            return {"resource": path} if path else {}
+        built = target.__module__ == _BUILT
+        base = target.__bases__[0] if built else target
+        out: dict[str, Any] = {}
+        if base is not WebSocketResource:
+            path = self.path_of(base, f"{where}.base")
+            if path:
+                out["base"] = path
+        out["wire"] = target.wire
+        out["tag_field"] = target.tag_field
+        handlers: dict[str, Any] = {}
+        for tag, spec in target.message_types().items():
+            fn = getattr(target, spec.method_name)
+            path = self.handler_path(fn, target, spec.method_name, built, f"{where}.handlers.{tag}")
+            if path is None:
+                continue
+            entry: dict[str, Any] = {"handler": path}
+            if spec.payload_type is not None:
+                entry["payload"] = self.struct(_user_struct(spec.payload_type), with_tag=True)
+            if not spec.strict:
+                entry["strict"] = False
+            handlers[tag] = entry
+        if handlers:
+            out["handlers"] = handlers
+        sends = [self.struct(s, with_tag=True) for s in target.sends]
+        if sends:
+            out["sends"] = sends
+        if built:
+            services = list(getattr(target, "__pachinko_services__", ()))
+            if services:
+                out["services"] = services
+            for attr, key in _LIFECYCLE.items():
+                if attr in vars(target):
+                    path = self.path_of(vars(target)[attr], f"{where}.{key}")
+                    if path:
+                        out[key] = path
+            hooks = {e: p for e in _HOOKS if e in vars(target)
+                     if (p := self.path_of(vars(target)[e], f"{where}.hooks.{e}"))}
+            if hooks:
+                out["hooks"] = hooks
+        return out
+
+    def handler_path(self, fn: Callable[..., Any], target: type, method: str, built: bool,
+                     where: str) -> str | None:
+        if built:
+            return self.path_of(fn, where)
+        owner = next((k for k in target.__mro__ if method in vars(k)), target)
+        path = self.path_of(owner, where)
+        return f"{path}.{method}" if path else None
+
+    # -- schemas ----------------------------------------------------------------
+
+    def struct(self, struct: type, *, with_tag: bool) -> str:
+        key = (struct, with_tag)
+        if key in self.names:
+            return self.names[key]
+        name = struct.__name__
+        count = 2
+        while name in self.types:
+            name = f"{struct.__name__}{count}"
+            count += 1
+        self.names[key] = name
+        self.types[name] = {}  # reserve the name (recursive types)
+        info = mi.type_info(struct)
+        assert isinstance(info, mi.StructType)  # noqa: S101 - a Struct class by construction
+        table: dict[str, Any] = {}
+        try:
+            fields: dict[str, Any] = {}
+            for field in info.fields:
+                if field.encode_name != field.name:
+                    raise _Unrepresentable(f"field {field.name!r} is renamed")
+                fields[field.name] = self.field(field)
+            table["fields"] = fields
+        except _Unrepresentable:
+            path = self.path_of(_user_struct(struct), f"types.{name}")
+            table = {"struct": path or "?"}
+        if with_tag and info.tag is not None and "struct" not in table:
+            table["tag"] = str(info.tag)
+            if info.tag_field != "type":
+                table["tag_field"] = info.tag_field
+        self.types[name] = table
+        return name
+
+    def field(self, field: mi.Field) -> Any:
+        tp, description = _unwrap(field.type)
+        optional = False
+        if isinstance(tp, mi.UnionType):
+            rest = [t for t in tp.types if not isinstance(t, mi.NoneType)]
+            if len(rest) != 1 or len(rest) == len(tp.types) or description is not None:
+                raise _Unrepresentable("a union")
+            optional = True
+            tp, description = _unwrap(rest[0])
+        table: dict[str, Any] = {}
+        if isinstance(tp, mi.LiteralType):
+            if optional:
+                raise _Unrepresentable("an optional literal")
+            table["enum"] = list(tp.values)
+        else:
+            text = self.type_string(tp)
+            table["type"] = f"optional[{text}]" if optional else text
+            for key in _CONSTRAINTS:
+                value = getattr(tp, key, None)
+                if value is not None:
+                    table[key] = value
+        default: Any = msgspec.NODEFAULT
+        if field.default is not msgspec.NODEFAULT:
+            default = field.default
+        elif field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        if default is not msgspec.NODEFAULT and default is not None:
+            try:
+                table["default"] = msgspec.to_builtins(default)
+                tomli_w.dumps({"x": table["default"]})
+            except (TypeError, ValueError) as ex:
+                raise _Unrepresentable("a default without TOML form") from ex
+        if optional and default is msgspec.NODEFAULT:
+            table["required"] = True
+        if description is not None:
+            table["description"] = description
+        if list(table) == ["type"]:
+            return table["type"]
+        return table
+
+    def type_string(self, tp: mi.Type) -> str:
+        for kind, name in _SCALARS.items():
+            if isinstance(tp, kind):
+                return name
+        if isinstance(tp, mi.ListType):
+            return f"list[{self.inner(tp.item_type)}]"
+        if isinstance(tp, mi.DictType):
+            key = self.inner(tp.key_type)
+            if key not in ("str", "int"):
+                raise _Unrepresentable("dict keys")
+            return f"dict[{key}, {self.inner(tp.value_type)}]"
+        if isinstance(tp, mi.StructType):
+            return self.struct(tp.cls, with_tag=True)
+        raise _Unrepresentable(type(tp).__name__)
+
+    def inner(self, tp: mi.Type) -> str:
+        if isinstance(tp, mi.Metadata):
+            raise _Unrepresentable("metadata inside a container")
+        if isinstance(tp, mi.UnionType):
+            rest = [t for t in tp.types if not isinstance(t, mi.NoneType)]
+            if len(rest) != 1 or len(rest) == len(tp.types):
+                raise _Unrepresentable("a union")
+            return f"optional[{self.inner(rest[0])}]"
+        if any(getattr(tp, key, None) is not None for key in _CONSTRAINTS):
+            raise _Unrepresentable("constraints inside a container")
+        return self.type_string(tp)
+
+
+def _unwrap(tp: mi.Type) -> tuple[mi.Type, str | None]:
+    """Split ``Annotated[T, Meta(description=...)]`` into T and the description."""
+    if not isinstance(tp, mi.Metadata):
+        return tp, None
+    extra = dict(tp.extra_json_schema or {})
+    description = extra.pop("description", None)
+    if extra or tp.extra:
+        raise _Unrepresentable("JSON schema extras")
+    return tp.type, description
+
+
+def _user_struct(struct: type) -> type:
+    """The user's class behind pachinko's tagged/strict variants of it (same name)."""
+    while struct.__bases__ and struct.__bases__[0].__name__ == struct.__name__:
+        struct = struct.__bases__[0]
+    return struct

@@ -1,0 +1,234 @@
+"""Property tests: random valid configs compile, corruptions raise ConfigError, export round-trips."""
+
+from __future__ import annotations
+
+import copy
+import string
+from typing import Any
+
+import msgspec
+import pytest
+import tomli_w
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pachinko.config import ConfigFileError, compile_text, export_toml
+from pachinko.errors import ConfigError
+
+HERE = "test_config_properties"
+
+
+async def echo(resource: Any, ws: Any, payload: Any) -> None:
+    await resource.send(msgspec.to_builtins(payload))
+
+
+async def other(resource: Any, ws: Any, payload: Any) -> None:
+    await resource.send({"type": "other"})
+
+
+async def hook(resource: Any, ws: Any, message: Any) -> None:
+    return None
+
+
+class Counter:
+    def __init__(self, start: int = 0) -> None:
+        self.value = start
+
+
+# -- strategies -------------------------------------------------------------------
+
+names = st.text(string.ascii_lowercase, min_size=1, max_size=6)
+type_names = names.map(lambda s: s.capitalize())
+scalar = st.sampled_from(["str", "int", "float", "bool", "datetime", "uuid", "any", "date"])
+
+
+@st.composite
+def field_decl(draw: st.DrawFn, declared: list[str]) -> Any:
+    base = draw(st.one_of(scalar, st.sampled_from(declared) if declared else scalar))
+    wrapped = draw(st.sampled_from(["{}", "list[{}]", "optional[{}]", "dict[str, {}]"]))
+    tp = wrapped.format(base)
+    if draw(st.booleans()):
+        return tp
+    table: dict[str, Any] = {"type": tp}
+    if tp == "str":
+        table["max_length"] = draw(st.integers(3, 50))
+        if draw(st.booleans()):
+            table["pattern"] = "^[a-z]*$"
+            table["default"] = "abc"
+    elif tp == "int":
+        table["ge"] = draw(st.integers(-5, 5))
+        if draw(st.booleans()):
+            table["default"] = 10
+    elif tp.startswith("list["):
+        table["max_length"] = draw(st.integers(0, 5))
+    table["description"] = "a field"
+    return table
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> dict[str, Any]:
+    declared: list[str] = []
+    types: dict[str, Any] = {}
+    for name in draw(st.lists(type_names, max_size=4, unique=True)):
+        fields = draw(st.dictionaries(names, field_decl(declared), max_size=4))
+        types[name] = {"fields": fields}
+        if draw(st.booleans()):
+            types[name]["tag"] = name.lower()
+        declared.append(name)
+    routes = []
+    paths = draw(st.lists(st.tuples(names, st.booleans()), min_size=1, max_size=5,
+                          unique_by=lambda t: t[0]))
+    for index, (segment, dynamic) in enumerate(paths):
+        route: dict[str, Any] = {"path": f"/{segment}" + ("/{key}" if dynamic else "")}
+        if draw(st.booleans()):
+            route["name"] = f"r{index}"
+        handlers = {}
+        for tag in draw(st.lists(names, max_size=3, unique=True)):
+            handler: dict[str, Any] = {"handler": f"{HERE}:{draw(st.sampled_from(['echo', 'other']))}"}
+            if declared and draw(st.booleans()):
+                handler["payload"] = draw(st.sampled_from(declared))
+            if draw(st.booleans()):
+                handler["strict"] = False
+            handlers[tag] = handler
+        if handlers:
+            route["handlers"] = handlers
+        if draw(st.booleans()):
+            route["wire"] = draw(st.sampled_from(["flat", "envelope"]))
+        if draw(st.booleans()):
+            route["hooks"] = {"before_receive": f"{HERE}:hook"}
+        if draw(st.booleans()):
+            route["kwargs"] = {"label": draw(names)}
+        if draw(st.booleans()):
+            route["routes"] = [{"path": "/sub", "handlers": {"ping": f"{HERE}:other"}}]
+        routes.append(route)
+    doc: dict[str, Any] = {"routes": routes}
+    if types:
+        doc["types"] = types
+    if draw(st.booleans()):
+        doc["services"] = {"counter": {"factory": f"{HERE}:Counter", "kwargs": {"start": 1}}}
+    if draw(st.booleans()):
+        doc["settings"] = {"max_message_size": draw(st.integers(1, 10**6))}
+    if draw(st.booleans()):
+        doc["hooks"] = {"after_receive": [f"{HERE}:hook"]}
+    return doc
+
+
+_SETTINGS = settings(max_examples=60, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@_SETTINGS
+@given(configs())
+def test_random_valid_configs_compile(doc: dict[str, Any]) -> None:
+    compiled = compile_text(tomli_w.dumps(doc))
+    tops = [r for r in compiled.router.routes() if r.parent is None]
+    assert [r.template for r in tops] == [r["path"] for r in doc["routes"]]
+    for info, route in zip(tops, doc["routes"], strict=True):
+        assert set(info.target.message_types()) == set(route.get("handlers", {}))
+
+
+# -- corruptions ------------------------------------------------------------------
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out += _paths(item, (*path, index))
+    return out
+
+
+def _set(doc: Any, path: tuple[Any, ...], value: Any) -> None:
+    for key in path[:-1]:
+        doc = doc[key]
+    doc[path[-1]] = value
+
+
+def _delete(doc: Any, path: tuple[Any, ...]) -> None:
+    for key in path[:-1]:
+        doc = doc[key]
+    del doc[path[-1]]
+
+
+junk = st.one_of(st.integers(), st.text(max_size=8), st.booleans(), st.floats(allow_nan=False),
+                 st.lists(st.integers(), max_size=2), st.dictionaries(names, st.integers(), max_size=2),
+                 st.sampled_from(["Nope", "nowhere:f", f"{HERE}:missing", "a.b", "${UNSET_X}",
+                                  f"{HERE}:Counter", "list[Nope]", "/x/{y", "envelope"]))
+
+
+@_SETTINGS
+@given(configs(), st.data())
+def test_random_corruptions_raise_config_error_and_nothing_else(doc: dict[str, Any],
+                                                                 data: st.DataObject) -> None:
+    broken = copy.deepcopy(doc)
+    paths = [p for p in _paths(broken) if p]
+    path = data.draw(st.sampled_from(paths))
+    action = data.draw(st.sampled_from(["replace", "delete", "unknown-key", "text"]))
+    if action == "replace":
+        _set(broken, path, data.draw(junk))
+    elif action == "delete" and not isinstance(path[-1], int):
+        _delete(broken, path)
+    elif action == "unknown-key":
+        broken["zz_unknown"] = 1
+    text = tomli_w.dumps(broken)
+    if action == "text":
+        at = data.draw(st.integers(0, len(text)))
+        text = text[:at] + data.draw(st.sampled_from(["=", "[", '"', "{", "\n[x", "#", "]]"])) + text[at:]
+    try:
+        compile_text(text, environ={})
+    except ConfigError as ex:
+        assert isinstance(ex, ConfigFileError)
+        assert ex.issues
+        if action == "unknown-key":
+            assert any(i.path == "zz_unknown" for i in ex.issues)
+    else:
+        assert action != "unknown-key"
+
+
+# -- export round trip ------------------------------------------------------------
+
+
+def _shape(compiled_router: Any) -> list[Any]:
+    """What makes two router trees equivalent: templates, names, args, message types."""
+    out = []
+    for info in compiled_router.routes():
+        cls = info.target
+        types = {
+            tag: (spec.strict, spec.payload_type and msgspec.json.schema(spec.payload_type))
+            for tag, spec in cls.message_types().items()
+        }
+        out.append((info.template, info.name, info.args, info.kwargs,
+                    info.parent.template if info.parent else None, cls.wire, cls.tag_field, types,
+                    [msgspec.json.schema(s) for s in cls.sends]))
+    return out
+
+
+def _schema_shape(value: Any) -> Any:
+    # NOTE: JSON schema titles name the Struct; an exported type keeps its name.
+    return value
+
+
+@_SETTINGS
+@given(configs())
+def test_load_of_export_is_equivalent(doc: dict[str, Any]) -> None:
+    first = compile_text(tomli_w.dumps(doc))
+    text = export_toml(first.router)
+    second = compile_text(text)
+    assert _shape(second.router) == _shape(first.router)
+    assert export_toml(second.router) == text
+
+
+def test_export_refuses_what_has_no_import_path() -> None:
+    from pachinko.resource import WebSocketResource
+    from pachinko.router import WebSocketRouter
+
+    class Local(WebSocketResource):
+        pass
+
+    router = WebSocketRouter()
+    router.add_route("/x", Local)
+    with pytest.raises(ConfigFileError, match="expected a module-level class or function"):
+        export_toml(router)
