@@ -162,7 +162,8 @@ def uvicorn_options(settings: Settings, **options: Any) -> dict[str, Any]:
 # -- the command group ---------------------------------------------------------
 
 
-@click.group(name="pachinko", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(name="pachinko", context_settings={"help_option_names": ["-h", "--help"],
+                                                "max_content_width": 100})
 @click.version_option(package_name="pachinko", prog_name="pachinko")
 def main() -> None:
     """WebSockets for Falcon: serve, check and document a routes.toml.

@@ -204,8 +204,10 @@ class ServerProcess:
 
     The command must make uvicorn bind port 0 (``pachinko serve --port 0``)
     and log at ``info`` level (the default): the port is read from the line
-    "Uvicorn running on http://127.0.0.1:PORT". The process is terminated
-    (SIGTERM, then SIGKILL after ``timeout``) when the context exits.
+    "Uvicorn running on http://127.0.0.1:PORT", and the server is ready once
+    ``ready_line`` was logged too (with ``--reload`` the app starts in a
+    child process after the first line). The process is terminated (SIGTERM,
+    then SIGKILL after ``timeout``) when the context exits.
 
     Args:
         args: The command, e.g. ``[sys.executable, "-m", "pachinko", "serve",
@@ -213,6 +215,7 @@ class ServerProcess:
         cwd: Working directory.
         env: Extra environment variables.
         timeout: Seconds to wait for the server to start, and to stop.
+        ready_line: Log text that says the app is ready.
 
     Attributes:
         output: Everything the process wrote so far (stdout and stderr).
@@ -222,6 +225,7 @@ class ServerProcess:
     def __init__(
         self, args: Sequence[str], *, cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None, timeout: float = 20.0,
+        ready_line: str = "Application startup complete.",
     ) -> None:
         self.args = list(args)
         self.cwd = cwd
@@ -231,6 +235,8 @@ class ServerProcess:
         self.port = 0
         self.output = ""
         self.returncode: int | None = None
+        self.ready_line = ready_line
+        self._ready = False
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
@@ -253,8 +259,11 @@ class ServerProcess:
             line = raw.decode(errors="replace")
             self.output += line
             found = _RUNNING.search(line)
-            if found and not self._started.is_set():
+            if found and not self.port:
                 self.host, self.port = found.group(2), int(found.group(3))
+            if self.ready_line in line:
+                self._ready = True
+            if self.port and self._ready:
                 self._started.set()
 
     async def __aenter__(self) -> ServerProcess:
@@ -270,6 +279,8 @@ class ServerProcess:
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             started.cancel()
+        if self._started.is_set() and not await self._listening():
+            self._started.clear()
         if not self._started.is_set():
             await self.stop()
             why = ("exited" if self.returncode is not None
@@ -280,8 +291,43 @@ class ServerProcess:
             )
         return self
 
+    async def _listening(self) -> bool:
+        # NOTE: with --reload the app's process logs its startup before it
+        #   listens on the socket the reloader bound: wait until it accepts.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while loop.time() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.timeout
+                )
+            except OSError:
+                if self._process is not None and self._process.returncode is not None:
+                    return False
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True
+        return False
+
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the process (e.g. ``signal.SIGINT``, as Ctrl+C)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(sig)
+
+    async def wait(self, timeout: float | None = None) -> int:
+        """Wait (bounded) until the process exits; return its exit status."""
+        if self._process is None:
+            raise RuntimeError("the server process was not started")
+        self.returncode = await asyncio.wait_for(
+            self._process.wait(), self.timeout if timeout is None else timeout
+        )
+        return self.returncode
 
     async def stop(self) -> int | None:
         """Terminate the process (bounded); return its exit status."""
