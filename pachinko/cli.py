@@ -20,13 +20,13 @@ from urllib.parse import urlsplit
 import click
 
 from .errors import PachinkoError
+from .settings import Settings
 
 if TYPE_CHECKING:
     import falcon.asgi
 
     from .config import Compiled
     from .router import WebSocketRouter
-    from .settings import Settings
 
 __all__ = ["CONFIG_ENV", "asgi_app", "main", "route_table", "uvicorn_options"]
 
@@ -359,17 +359,17 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
     """
     from .config import export_toml
     from .config.imports import ImportFailure, import_path
-    from .router import WebSocketRouter
+    from .router import WebSocketRouter as Router
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         obj = import_path(target)
     except ImportFailure as ex:
-        cause = f"\n{ex.cause}" if ex.cause is not None else ""
-        _fail(f"Error: cannot import {target}: {ex}{cause}")
+        _fail(f"Error: cannot import {target}: {ex}")
     router: Any = obj
-    if not isinstance(obj, WebSocketRouter):
+    settings: Settings | None = None
+    if not isinstance(obj, Router):
         import falcon.asgi
 
         from .app import runtime_of
@@ -377,9 +377,11 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
         mounts = None
         if isinstance(obj, falcon.asgi.App):
             try:
-                mounts = runtime_of(obj).mounts
+                runtime = runtime_of(obj)
             except PachinkoError:
                 mounts = []
+            else:
+                mounts, settings = runtime.mounts, runtime.settings
         if mounts is None or len(mounts) != 1:
             found = type(obj).__name__ if mounts is None else \
                 f"a Falcon app with {len(mounts)} mounted routers"
@@ -388,9 +390,9 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
         router = mounts[0].router
         prefix = prefix or mounts[0].prefix
     try:
-        text = export_toml(router, prefix=prefix) if prefix else export_toml(router)
+        text = export_toml(router, prefix=prefix, settings=settings)
     except PachinkoError as ex:
-        _fail(f"Error: cannot export {target}: {ex}")
+        _fail(f"Error: cannot export {target}:\n{ex}")
     if output is None:
         click.echo(text, nl=False)
     else:

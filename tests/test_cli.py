@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 from pathlib import Path
@@ -313,3 +314,132 @@ def test_uvicorn_options_come_from_settings() -> None:
         "timeout_graceful_shutdown": 3, "host": "127.0.0.1", "port": 0,
     }
     assert uvicorn_options(Settings(ping_interval=None))["ws_ping_interval"] is None
+
+
+# -- export ---------------------------------------------------------------------
+
+EXPORTABLE = textwrap.dedent('''\
+    from typing import Annotated, Any
+
+    import falcon.asgi
+    import msgspec
+
+    import pachinko
+
+
+    class Join(msgspec.Struct, tag="join"):
+        room: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+    class Joined(msgspec.Struct, tag="joined"):
+        room: str
+
+
+    class Rooms(pachinko.WebSocketResource):
+        schema = Join
+        sends = (Joined,)
+
+        # NOTE: not annotated `payload: Join`: the exported file redeclares Join,
+        #   and the config layer then refuses the annotation (reported).
+        async def on_join(self, ws: Any, payload: Any) -> None:
+            await self.send(Joined(room=payload.room))
+
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/rooms", Rooms, name="rooms")
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/api", router, settings=pachinko.Settings(max_message_size=2048))
+    bare = falcon.asgi.App()
+    VALUE = 42
+    lam = pachinko.WebSocketRouter()
+    lam.add_route("/x", lambda: Rooms())
+''')
+
+
+_modules = itertools.count()
+
+
+@pytest.fixture
+def exportable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A Python module defining routers, importable from the working directory."""
+    name = f"exportable_{next(_modules)}"
+    (tmp_path / f"{name}.py").write_text(EXPORTABLE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    return name
+
+
+def test_export_a_router_then_check_and_list_it(
+    runner: CliRunner, exportable: str, tmp_path: Path,
+) -> None:
+    result = run(runner, "export", f"{exportable}:router", "--prefix", "/ws")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert 'prefix = "/ws"' in text
+    assert f'"{exportable}:Rooms"' in text
+    config = tmp_path / "exported.toml"
+    config.write_text(text)
+    assert run(runner, "check", str(config)).exit_code == 0
+    listed = run(runner, "routes", str(config), "--json")
+    (route,) = json.loads(listed.stdout)
+    assert route["path"] == "/ws/rooms"
+    assert route["name"] == "rooms"
+    assert [(m["direction"], m["type"]) for m in route["messages"]] == [
+        ("in", "join"), ("out", "joined"),
+    ]
+
+
+def test_export_a_falcon_app_keeps_its_prefix_and_settings(
+    runner: CliRunner, exportable: str, tmp_path: Path,
+) -> None:
+    out = tmp_path / "app.toml"
+    result = run(runner, "export", f"{exportable}:app", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"wrote {out}\n"
+    compiled = load_config(str(out))
+    assert compiled.prefix == "/api"
+    assert compiled.settings.max_message_size == 2048
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("nocolon", "Error: cannot import nocolon: expected an import path "
+                "'package.module:attribute', found 'nocolon'\n"),
+    ("no_such_module_q:router", "Error: cannot import no_such_module_q:router: expected an "
+                                "importable module 'no_such_module_q', found no module named "
+                                "'no_such_module_q'\n"),
+])
+def test_export_import_errors(runner: CliRunner, target: str, message: str) -> None:
+    result = run(runner, "export", target)
+    assert result.exit_code == 1
+    assert result.stderr == message
+
+
+def test_export_of_a_missing_attribute(runner: CliRunner, exportable: str) -> None:
+    result = run(runner, "export", f"{exportable}:nope")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: cannot import {exportable}:nope: expected an attribute 'nope' in "
+        f"'{exportable}', found '{exportable}' has no attribute 'nope'\n"
+    )
+
+
+@pytest.mark.parametrize(("attr", "found"), [
+    ("VALUE", "found int"),
+    ("bare", "found a Falcon app with 0 mounted routers"),
+])
+def test_export_refuses_what_is_not_a_router(
+    runner: CliRunner, exportable: str, attr: str, found: str,
+) -> None:
+    result = run(runner, "export", f"{exportable}:{attr}")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {exportable}:{attr} must be a WebSocketRouter or a Falcon app with one "
+        f"mounted router, {found}\n"
+    )
+
+
+def test_export_of_something_without_an_import_path(runner: CliRunner, exportable: str) -> None:
+    result = run(runner, "export", f"{exportable}:lam")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: cannot export {exportable}:lam:\n")
+    assert "lambda" in result.stderr
