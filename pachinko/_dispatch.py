@@ -31,9 +31,7 @@ ENVELOPE: Final = 1  # the decoded envelope's ``payload``
 RAW_DICT: Final = 2  # the message as a dict (flat shape, untyped handler)
 
 #: Resource methods that are never message handlers.
-RESERVED: Final = frozenset(
-    {"on_connect", "on_disconnect", "on_unhandled", "on_error"}
-)
+RESERVED: Final = frozenset({"on_connect", "on_disconnect", "on_unhandled", "on_error"})
 
 _MARK: Final = "__pachinko_messages__"
 
@@ -167,12 +165,14 @@ class DispatchTable:
                 "invalid_message", f"Expected a JSON object, got {_json_kind(obj)}", "$", raw
             )
         if tf not in obj:
-            return MessageError("invalid_message", f"Object missing required field `{tf}`",
-                                f"$.{tf}", raw)
+            return MessageError(
+                "invalid_message", f"Object missing required field `{tf}`", f"$.{tf}", raw
+            )
         tag = obj[tf]
         if not isinstance(tag, str):
-            return MessageError("invalid_message", f"Expected `str`, got {_json_kind(tag)}",
-                                f"$.{tf}", raw)
+            return MessageError(
+                "invalid_message", f"Expected `str`, got {_json_kind(tag)}", f"$.{tf}", raw
+            )
         entry = self.by_tag.get(tag) or self.convention.get(handler_name(tag))
         if entry is None:
             return MessageError("unknown_type", f"Unknown message type {tag!r}", f"$.{tf}", raw)
@@ -180,8 +180,12 @@ class DispatchTable:
         if self.wire == "envelope":
             extra = set(obj) - {tf, "payload"}
             if extra and self.specs.get(tag, _LENIENT).strict:
-                return MessageError("validation_error",
-                                    f"Object contains unknown field `{sorted(extra)[0]}`", "$", raw)
+                return MessageError(
+                    "validation_error",
+                    f"Object contains unknown field `{sorted(extra)[0]}`",
+                    "$",
+                    raw,
+                )
         if decoder is None:
             payload = obj.get("payload") if self.wire == "envelope" else obj
             return fn, payload
@@ -279,7 +283,7 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
             )
         plan[tag] = (method, strict, struct)
     # convention handlers annotated with a tagged Struct declare their tag too
-    for method, fn in convention.items():
+    for method in convention:
         declared = _payload_type(cls, method, frame_locals)
         if declared is None or declared.__struct_config__.tag is None:
             continue
@@ -299,15 +303,24 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
             elif wire == "flat":
                 # NOTE: the tag is only known per message, so the tag field is an
                 #   ordinary str field of this variant.
-                dec = msgspec.json.Decoder(msgspec.defstruct(
-                    inner.__name__, [(tag_field, str)], bases=(inner,), module=inner.__module__,
-                    forbid_unknown_fields=True, kw_only=True,
-                ))
+                dec = msgspec.json.Decoder(
+                    msgspec.defstruct(
+                        inner.__name__,
+                        [(tag_field, str)],
+                        bases=(inner,),
+                        module=inner.__module__,
+                        forbid_unknown_fields=True,
+                        kw_only=True,
+                    )
+                )
             else:
-                dec = msgspec.json.Decoder(msgspec.defstruct(
-                    f"{name}.{method}:envelope", [(tag_field, str), ("payload", inner)],
-                    forbid_unknown_fields=True,
-                ))
+                dec = msgspec.json.Decoder(
+                    msgspec.defstruct(
+                        f"{name}.{method}:envelope",
+                        [(tag_field, str), ("payload", inner)],
+                        forbid_unknown_fields=True,
+                    )
+                )
         conventional[method] = (fn, dec)
 
     specs: dict[str, HandlerSpec] = {}
@@ -320,7 +333,10 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
         if wire == "flat":
             if payload is None:
                 member = msgspec.defstruct(
-                    f"{name}.{method}:raw", [], tag=tag, tag_field=tag_field,
+                    f"{name}.{method}:raw",
+                    [],
+                    tag=tag,
+                    tag_field=tag_field,
                     forbid_unknown_fields=False,
                 )
                 by_tag[tag] = (fn, None)
@@ -330,10 +346,15 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
             member = _variant(payload, strict, variants, tag=tag, tag_field=tag_field)
             by_type[member] = (fn, AS_DECODED)
         else:
-            inner: Any = Any if payload is None else _variant(payload, strict, variants)
-            fields: list[Any] = [("payload", inner, None)] if payload is None else [("payload", inner)]
+            payload_tp: Any = Any if payload is None else _variant(payload, strict, variants)
+            fields: list[Any] = (
+                [("payload", payload_tp, None)] if payload is None else [("payload", payload_tp)]
+            )
             member = msgspec.defstruct(
-                f"{name}.{method}:envelope", fields, tag=tag, tag_field=tag_field,
+                f"{name}.{method}:envelope",
+                fields,
+                tag=tag,
+                tag_field=tag_field,
                 forbid_unknown_fields=strict,
             )
             by_type[member] = (fn, ENVELOPE)
@@ -415,7 +436,7 @@ def _payload_type(
         namespace.update(frame_locals or {})
         namespace.update(vars(cls))
         try:
-            annotation = eval(annotation, namespace)  # noqa: S307 - the class's own annotation
+            annotation = eval(annotation, namespace)
         except Exception as ex:
             raise HandlerDefinitionError(
                 f"{cls.__qualname__}.{method}: cannot resolve the payload annotation "
@@ -427,8 +448,12 @@ def _payload_type(
 
 
 def _variant(
-    struct: type[msgspec.Struct], strict: bool, cache: dict[tuple[type, bool], Any],
-    *, tag: str | None = None, tag_field: str | None = None,
+    struct: type[msgspec.Struct],
+    strict: bool,
+    cache: dict[tuple[type, bool], Any],
+    *,
+    tag: str | None = None,
+    tag_field: str | None = None,
 ) -> Any:
     """Return ``struct`` or a subclass with the wanted strictness (and tag), deeply.
 
@@ -464,9 +489,15 @@ def _variant(
                 specs.append((f.name, tp))
         rename = {f.name: f.encode_name for f in fields if f.encode_name != f.name}
         result = msgspec.defstruct(
-            struct.__name__, specs, bases=(struct,), module=struct.__module__,
-            forbid_unknown_fields=strict, tag=wanted_tag, tag_field=wanted_field,
-            rename=rename or None, kw_only=True,
+            struct.__name__,
+            specs,
+            bases=(struct,),
+            module=struct.__module__,
+            forbid_unknown_fields=strict,
+            tag=wanted_tag,
+            tag_field=wanted_field,
+            rename=rename or None,
+            kw_only=True,
         )
     if tag is None:
         cache[key] = result

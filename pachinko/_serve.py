@@ -87,10 +87,12 @@ class Mount:
             if resp is not None:
                 resp.status = falcon.HTTP_426
                 resp.set_header("Upgrade", "websocket")
-                resp.media = {"title": "426 Upgrade Required",
-                              "description": "This path accepts WebSocket connections only."}
+                resp.media = {
+                    "title": "426 Upgrade Required",
+                    "description": "This path accepts WebSocket connections only.",
+                }
             return
-        path = req.path[len(self.prefix):] if self.prefix != "/" else req.path
+        path = req.path[len(self.prefix) :] if self.prefix != "/" else req.path
         await serve(self.runtime, self.router, req, ws, path or "/")
 
 
@@ -118,7 +120,6 @@ async def serve(
     runtime: Runtime, router: WebSocketRouter, req: Request, ws: WebSocket, path: str
 ) -> None:
     """Run one WebSocket connection from handshake to close."""
-    settings = runtime.settings
     if not runtime.accepting:
         await ws.close(CLOSE_GOING_AWAY, "Server shutting down")
         return
@@ -128,8 +129,9 @@ async def serve(
         return
     info, params = found
     if not origin_allowed(req, runtime.allowed_origins):
-        logger.warning("refused WebSocket %s: Origin %r is not allowed", req.path,
-                       req.get_header("Origin"))
+        logger.warning(
+            "refused WebSocket %s: Origin %r is not allowed", req.path, req.get_header("Origin")
+        )
         await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
         return
 
@@ -157,7 +159,11 @@ async def serve(
 
 
 async def _handshake(
-    runtime: Runtime, info: RouteInfo, conn: Connection, req: Request, ws: WebSocket,
+    runtime: Runtime,
+    info: RouteInfo,
+    conn: Connection,
+    req: Request,
+    ws: WebSocket,
     params: dict[str, Any],
 ) -> list[WebSocketResource] | None:
     """Build the resource chain and run on_connect; return None if refused."""
@@ -170,8 +176,11 @@ async def _handshake(
             kwargs = {**level.kwargs, **context}
             if "state" in context:
                 state = kwargs.pop("state")
-            built = (factory(level.target, *level.args, **kwargs) if factory
-                     else level.target(*level.args, **kwargs))
+            built = (
+                factory(level.target, *level.args, **kwargs)
+                if factory
+                else level.target(*level.args, **kwargs)
+            )
             resource = await _maybe_await(built)
             if not isinstance(resource, WebSocketResource):
                 raise TypeError(
@@ -216,8 +225,12 @@ async def _handshake(
 
 
 def _hooks(
-    info: RouteInfo, chain: list[WebSocketResource], leaf: WebSocketResource, event: str,
-    *, reverse: bool = False,
+    info: RouteInfo,
+    chain: list[WebSocketResource],
+    leaf: WebSocketResource,
+    event: str,
+    *,
+    reverse: bool = False,
 ) -> list[Callable[..., Awaitable[Any]]]:
     """Bound hook callables for ``event``: global, parent, child (or reversed)."""
     hooks: list[Callable[..., Awaitable[Any]]] = [
@@ -230,8 +243,11 @@ def _hooks(
 
 
 async def _receive_loop(
-    runtime: Runtime, info: RouteInfo, chain: list[WebSocketResource],
-    leaf: WebSocketResource, ws: WebSocket,
+    runtime: Runtime,
+    info: RouteInfo,
+    chain: list[WebSocketResource],
+    leaf: WebSocketResource,
+    ws: WebSocket,
 ) -> int:
     """Receive, decode, dispatch until the connection closes; return the close code."""
     settings = runtime.settings
@@ -314,8 +330,9 @@ async def _receive_loop(
             raise
         except Exception as exc:
             if not await _run_error_hooks(error_hooks, ws, exc):
-                logger.error("handler of %s raised; closing with 1011", type(leaf).__qualname__,
-                             exc_info=exc)
+                logger.error(
+                    "handler of %s raised; closing with 1011", type(leaf).__qualname__, exc_info=exc
+                )
                 await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
                 return CLOSE_INTERNAL_ERROR
 
@@ -337,7 +354,10 @@ async def _run_error_hooks(
 
 
 async def _disconnect(
-    info: RouteInfo, chain: list[WebSocketResource], leaf: WebSocketResource, ws: WebSocket,
+    info: RouteInfo,
+    chain: list[WebSocketResource],
+    leaf: WebSocketResource,
+    ws: WebSocket,
     close_code: int,
 ) -> None:
     """before_disconnect hooks, then on_disconnect, leaf first; each runs once."""

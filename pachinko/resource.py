@@ -121,10 +121,10 @@ class WebSocketResource:
     @property
     def state(self) -> MutableMapping[str, Any]:
         """Connection-scoped state, shared with nested resources."""
-        state = self.__dict__.get("_pachinko_state")
+        state: MutableMapping[str, Any] | None = self.__dict__.get("_pachinko_state")
         if state is None:
             state = self.__dict__["_pachinko_state"] = {}
-        return state  # type: ignore[no-any-return]
+        return state
 
     @state.setter
     def state(self, mapping: MutableMapping[str, Any]) -> None:
@@ -161,16 +161,24 @@ class WebSocketResource:
         await self.manager.leave_room(self.connection, room)
 
     async def broadcast_to_room(
-        self, room: str, message: Any, *, exclude_self: bool = True,
-        exclude: Iterable[str] = (), timeout: float | None = None,
+        self,
+        room: str,
+        message: Any,
+        *,
+        exclude_self: bool = True,
+        exclude: Iterable[str] = (),
+        timeout: float | None = None,
     ) -> Any:
         """Send ``message`` to every member of ``room`` (by default not to this one)."""
         excluded = {*exclude, self.connection.id} if exclude_self else set(exclude)
-        return await self.manager.broadcast_to_room(room, message, exclude=excluded, timeout=timeout)
+        return await self.manager.broadcast_to_room(
+            room, message, exclude=excluded, timeout=timeout
+        )
 
     def connections(self, room: str | None = None) -> AsyncIterator[Connection]:
         """Iterate over a snapshot of this process's connections (of ``room``)."""
-        return self.manager.connections(room)
+        connections: AsyncIterator[Connection] = self.manager.connections(room)
+        return connections
 
 
 # The base class itself has no handlers; give it an empty table.

@@ -24,9 +24,7 @@ from .hooks import HOOK_EVENTS, HookFn
 
 __all__ = ["Route", "RouteInfo", "WebSocketRouter"]
 
-_FIELD: Final = re.compile(
-    r"{(?P<name>[^}:(]*)(?::(?P<conv>[^}(]*)(?:\((?P<args>[^}]*)\))?)?}"
-)
+_FIELD: Final = re.compile(r"{(?P<name>[^}:(]*)(?::(?P<conv>[^}(]*)(?:\((?P<args>[^}]*)\))?)?}")
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 ConverterMap = dict[str, type[_falcon_converters.BaseConverter]]
@@ -169,7 +167,11 @@ class Route:
         return self._info
 
     def add_subroute(
-        self, path: str, target: Callable[..., Any], *args: Any, name: str | None = None,
+        self,
+        path: str,
+        target: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
         **kwargs: Any,
     ) -> Route:
         """Add a nested resource below this route.
@@ -220,7 +222,11 @@ class WebSocketRouter:
     # -- registration --------------------------------------------------------
 
     def add_route(
-        self, path: str, target: Callable[..., Any], *args: Any, name: str | None = None,
+        self,
+        path: str,
+        target: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
         **kwargs: Any,
     ) -> Route:
         """Route connections to ``path`` to a new ``target(*args, **kwargs)``.
@@ -274,8 +280,13 @@ class WebSocketRouter:
         self._hooks.append((event, hook, resource))
 
     def _register(
-        self, template: str, target: Callable[..., Any], args: tuple[Any, ...],
-        kwargs: dict[str, Any], name: str | None, parent: RouteInfo | None,
+        self,
+        template: str,
+        target: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str | None,
+        parent: RouteInfo | None,
     ) -> Route:
         if not callable(target):
             raise RouteError(
@@ -307,7 +318,9 @@ class WebSocketRouter:
         entries: dict[int, RouteInfo] = {}
         for info, prefix in items:
             template = join_paths(prefix, info.template)
-            parent = info.parent and (entries.get(id(info.parent)) or self._entries[id(info.parent)])
+            parent = info.parent and (
+                entries.get(id(info.parent)) or self._entries[id(info.parent)]
+            )
             entry = attrs.evolve(info, template=template, parent=parent)
             entries[id(info)] = entry
             segments = self._parse(template, info.router._converters)
@@ -319,8 +332,10 @@ class WebSocketRouter:
                 )
             shapes[shape] = template
             if info.name is not None:
-                other = self._names[info.name].template if info.name in self._names else names.get(
-                    info.name
+                other = (
+                    self._names[info.name].template
+                    if info.name in self._names
+                    else names.get(info.name)
                 )
                 if other is not None:
                     raise RouteError(
@@ -351,7 +366,8 @@ class WebSocketRouter:
         """Global hooks of ``event`` that apply to ``resource_class``, outermost first."""
         outer = self._parent.hooks_for(event, resource_class) if self._parent else []
         return outer + [
-            fn for ev, fn, only in self._hooks
+            fn
+            for ev, fn, only in self._hooks
             if ev == event and (only is None or issubclass(resource_class, only))
         ]
 
@@ -456,7 +472,9 @@ class WebSocketRouter:
         self._mount_prefix = prefix
 
 
-def _insert(node: _Node, segments: Iterable[tuple[str | _Segment | _Field, str]], entry: Any) -> None:
+def _insert(
+    node: _Node, segments: Iterable[tuple[str | _Segment | _Field, str]], entry: Any
+) -> None:
     for part, key in segments:
         if isinstance(part, str):
             node = node.literals.setdefault(part, _Node())
@@ -473,7 +491,9 @@ def _insert(node: _Node, segments: Iterable[tuple[str | _Segment | _Field, str]]
                 node.dynamic.append((part, child))
                 # NOTE: fields with converters or literal text are more specific than a
                 #   bare {name}: try them first (stable for equal specificity).
-                node.dynamic.sort(key=lambda pair: pair[0].simple and pair[0].fields[0].converter is None)
+                node.dynamic.sort(
+                    key=lambda pair: pair[0].simple and pair[0].fields[0].converter is None
+                )
                 node = child
     node.entry = entry
 

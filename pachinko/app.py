@@ -1,0 +1,209 @@
+"""Wiring into Falcon: install(), mount() and the per-app Runtime."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._serve import Mount
+from .errors import PachinkoError
+from .manager import WebSocketConnectionManager
+from .settings import Settings
+from .workers import WorkerController
+
+if TYPE_CHECKING:
+    import falcon.asgi
+
+    from .backends import ConnectionBackend
+    from .router import WebSocketRouter
+
+__all__ = ["Runtime", "install", "mount", "runtime_of"]
+
+logger = logging.getLogger("pachinko")
+
+
+class Runtime:
+    """Everything pachinko keeps for one Falcon app.
+
+    One per app, carried by the lifespan middleware that :func:`install`
+    adds (``falcon.asgi.App`` has ``__slots__``: nothing is stored on it).
+    Two apps in one process have two runtimes and share nothing.
+
+    Attributes:
+        settings: The app's :class:`~pachinko.Settings`.
+        manager: The app's connection manager.
+        workers: The controller of the app's background workers.
+        declared_workers: Workers started at startup.
+        service_factories: Name → factory, called once at startup.
+        services: Name → service instance (filled at startup).
+        mounts: Routers mounted on the app.
+        accepting: False once shutdown began: new handshakes are refused.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        manager: WebSocketConnectionManager,
+        workers: Iterable[Callable[..., Any]] = (),
+        services: Mapping[str, Callable[[], Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.workers = WorkerController(stop_timeout=settings.shutdown_timeout)
+        self.declared_workers: list[Callable[..., Any]] = list(workers)
+        self.service_factories: dict[str, Callable[[], Any]] = dict(services or {})
+        self.services: dict[str, Any] = {}
+        self.mounts: list[Mount] = []
+        self.accepting = True
+        origins = settings.allowed_origins
+        self.allowed_origins = (
+            None if origins is None else frozenset(o.lower().rstrip("/") for o in origins)
+        )
+
+    async def startup(self) -> None:
+        """Start the backend, create services, start workers (ASGI lifespan startup)."""
+        await self.manager.start()
+        try:
+            for name, factory in self.service_factories.items():
+                service = factory()
+                self.services[name] = await service if inspect.isawaitable(service) else service
+            await self.workers.start(
+                *self.declared_workers,
+                manager=self.manager,
+                settings=self.settings,
+                **self.services,
+            )
+        except BaseException:
+            # NOTE: a startup that fails half-way leaves nothing running.
+            await self.manager.close()
+            raise
+        self.accepting = True
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close sockets with 1001, stop workers, close the backend."""
+        self.accepting = False
+        try:
+            await self.manager.close_all(1001, "Server shutting down")
+        finally:
+            try:
+                await self.workers.stop()
+            finally:
+                await self.manager.close()
+
+
+class _Lifespan:
+    """Falcon middleware running the Runtime at ASGI lifespan startup/shutdown.
+
+    It defines no request hooks, so it costs nothing per request.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self.runtime.startup()
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self.runtime.shutdown()
+
+
+def runtime_of(app: falcon.asgi.App) -> Runtime:
+    """Return the :class:`Runtime` that :func:`install` attached to ``app``.
+
+    Raises:
+        PachinkoError: pachinko is not installed on ``app``.
+    """
+    runtime = _find_runtime(app)
+    if runtime is None:
+        raise PachinkoError(
+            "pachinko is not installed on this app: call pachinko.install(app) first"
+        )
+    return runtime
+
+
+def _find_runtime(app: falcon.asgi.App) -> Runtime | None:
+    # NOTE: App has __slots__ and no __weakref__: the runtime lives in our
+    #   middleware object, found again in the app's middleware list.
+    for component in getattr(app, "_unprepared_middleware", ()):
+        if isinstance(component, _Lifespan):
+            return component.runtime
+    return None
+
+
+def install(
+    app: falcon.asgi.App,
+    *,
+    settings: Settings | None = None,
+    backend: ConnectionBackend | None = None,
+    workers: Iterable[Callable[..., Any]] = (),
+    services: Mapping[str, Callable[[], Any]] | None = None,
+) -> WebSocketConnectionManager:
+    """Install pachinko on a Falcon ASGI app; return its connection manager.
+
+    Adds lifespan middleware (startup starts the backend, services and
+    workers; shutdown closes sockets with 1001, stops workers, closes the
+    backend) and applies ``settings.receive_queue`` to ``app.ws_options``.
+    Calling it again returns the same manager; passing other options then
+    is an error.
+
+    Args:
+        app: A plain ``falcon.asgi.App``.
+        settings: Limits and options (defaults: :class:`Settings`).
+        backend: Connection backend; default from ``settings.backend``.
+        workers: Background workers started at startup.
+        services: Name → factory; instances are created once at startup and
+            injected into workers by parameter name.
+
+    Raises:
+        PachinkoError: Already installed with different options.
+    """
+    existing = _find_runtime(app)
+    if existing is not None:
+        if (
+            (settings is not None and settings != existing.settings)
+            or backend is not None
+            or workers
+            or services
+        ):
+            raise PachinkoError(
+                "install(): pachinko is already installed on this app; pass settings, backend, "
+                "workers and services to the first install() call"
+            )
+        return existing.manager
+    settings = settings or Settings()
+    manager = WebSocketConnectionManager(settings, backend)
+    runtime = Runtime(settings, manager, workers, services)
+    if settings.receive_queue is not None:
+        app.ws_options.max_receive_queue = settings.receive_queue
+    app.add_middleware(_Lifespan(runtime))
+    return manager
+
+
+def mount(
+    app: falcon.asgi.App, prefix: str, router: WebSocketRouter, **install_options: Any
+) -> Mount:
+    """Serve ``router`` for every WebSocket path at or below ``prefix``.
+
+    Installs pachinko first if needed (``install_options`` go to
+    :func:`install`). Paths below the prefix that match no route are refused
+    as Falcon refuses them (close 3404 during the handshake); plain HTTP
+    requests get ``426 Upgrade Required``.
+
+    Returns:
+        The :class:`Mount`; ``mount.swap(new_router)`` replaces the router
+        atomically for new connections.
+    """
+    if not prefix.startswith("/"):
+        raise PachinkoError(f"mount(): prefix must start with '/', got {prefix!r}")
+    prefix = prefix.rstrip("/") or "/"
+    if _find_runtime(app) is None or install_options:
+        install(app, **install_options)
+    runtime = runtime_of(app)
+    if any(m.prefix == prefix for m in runtime.mounts):
+        raise PachinkoError(f"mount(): a router is already mounted at {prefix!r}")
+    mounted = Mount(runtime, prefix, router)
+    runtime.mounts.append(mounted)
+    app.add_sink(mounted.handle, mounted.pattern)
+    return mounted

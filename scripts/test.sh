@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs, then run it (lint, types, tests).
+# Usage: bash scripts/test.sh [pytest args...]
+# Under CI=true nothing may be skipped for lack of a tool: Redis, the other
+# Pythons and the browser must be there (this script installs what it can).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {  # find_python 3.12 -> path of an interpreter of that version, or nothing
+    local v=$1 candidate
+    for candidate in "python$v" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v"*/bin/"python$v"; do
+        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$v'.split('.'))))" 2>/dev/null; then
+            command -v "$candidate"
+            return
+        fi
+    done
+}
+
+main_python=$(find_python 3.11 || true)
+main_python=${PYTHON:-${main_python:-python3}}
+echo "== setting up .venv with $("$main_python" --version)"
+"$main_python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+
+# Interpreters for the checks that must behave the same on 3.11, 3.12 and 3.13.
+pythons=()
+for v in 3.11 3.12 3.13; do
+    exe=$(find_python "$v" || true)
+    if [ -z "$exe" ]; then
+        if [ "${CI:-}" = "true" ]; then echo "Python $v is required under CI" >&2; exit 1; fi
+        echo "== Python $v not found: cross-version checks will skip it"
+        continue
+    fi
+    echo "== setting up .venv-$v"
+    "$exe" -m venv ".venv-$v"
+    ".venv-$v/bin/python" -m pip install -q --upgrade pip
+    ".venv-$v/bin/python" -m pip install -q -e .
+    pythons+=("$PWD/.venv-$v/bin/python")
+done
+PACHINKO_PYTHONS=$(IFS=:; echo "${pythons[*]}")
+export PACHINKO_PYTHONS
+
+if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_URL:-}" ]; then
+    echo "== redis-server not found: installing it"
+    (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
+        echo "== could not install redis-server (Redis tests will skip, or fail under CI)"
+fi
+
+if [ -f scripts/install-browser-deps.sh ]; then
+    echo "== browser test dependencies"
+    bash scripts/install-browser-deps.sh || {
+        if [ "${CI:-}" = "true" ]; then echo "browser dependencies are required under CI" >&2; exit 1; fi
+        echo "== browser dependencies missing: the browser test will skip"
+    }
+fi
+
+echo "== ruff"
+.venv/bin/ruff check pachinko tests benchmarks examples
+echo "== mypy (strict)"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

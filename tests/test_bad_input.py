@@ -1,0 +1,255 @@
+"""Bad input never crashes the loop: each case has a documented outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pachinko
+from pachinko import MessageError, Settings, WebSocketResource
+from tests.conftest import (
+    FORBIDDEN,
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    TOO_BIG,
+    UNSUPPORTED_DATA,
+    expect_close,
+    make_app,
+    recv_json,
+)
+
+
+class Say(msgspec.Struct, tag="say"):
+    text: str
+
+
+class Echo(WebSocketResource):
+    schema = Say
+
+    async def on_say(self, ws: Any, payload: Say) -> None:
+        if payload.text == "explode!":
+            raise RuntimeError("handler exploded")
+        await self.send({"type": "said", "text": payload.text})
+
+
+def echo_app(**settings: Any) -> Any:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/echo", Echo)
+    return make_app(router, settings=Settings(**settings))
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ("{not json", {"reason": "invalid_json", "path": None}),
+        (
+            "[1, 2]",
+            {
+                "reason": "invalid_message",
+                "path": "$",
+                "detail": "Expected a JSON object, got `array`",
+            },
+        ),
+        ('"text"', {"reason": "invalid_message", "path": "$"}),
+        (
+            "{}",
+            {
+                "reason": "invalid_message",
+                "path": "$.type",
+                "detail": "Object missing required field `type`",
+            },
+        ),
+        (
+            '{"type": 7}',
+            {"reason": "invalid_message", "path": "$.type", "detail": "Expected `str`, got `int`"},
+        ),
+        (
+            '{"type": "nope"}',
+            {"reason": "unknown_type", "path": "$.type", "detail": "Unknown message type 'nope'"},
+        ),
+        (
+            '{"type": "say", "text": 5}',
+            {"reason": "validation_error", "path": "$.text", "detail": "Expected `str`, got `int`"},
+        ),
+    ],
+)
+async def test_error_replies_keep_the_connection(
+    conductor_for: Any, frame: str, expected: dict[str, Any]
+) -> None:
+    conductor = await conductor_for(echo_app())
+    async with conductor.simulate_ws("/ws/echo") as ws:
+        await ws.send_text(frame)
+        reply = await recv_json(ws)
+        assert reply["type"] == "error"
+        assert {k: reply[k] for k in expected} == expected
+        await ws.send_text('{"type": "say", "text": "still here"}')
+        assert await recv_json(ws) == {"type": "said", "text": "still here"}
+
+
+async def test_on_unhandled_is_overridable(conductor_for: Any) -> None:
+    seen: list[MessageError] = []
+
+    class Quiet(Echo):
+        async def on_unhandled(self, ws: Any, error: MessageError) -> None:
+            seen.append(error)
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/echo", Quiet)
+    conductor = await conductor_for(make_app(router))
+    async with conductor.simulate_ws("/ws/echo") as ws:
+        await ws.send_text('{"type": "nope"}')
+        await ws.send_text('{"type": "say", "text": "x"}')
+        assert await recv_json(ws) == {"type": "said", "text": "x"}
+    assert [(e.reason, e.raw) for e in seen] == [("unknown_type", '{"type": "nope"}')]
+
+
+async def test_error_replies_can_be_turned_off(conductor_for: Any) -> None:
+    conductor = await conductor_for(echo_app(error_replies=False))
+    async with conductor.simulate_ws("/ws/echo") as ws:
+        await ws.send_text("{bad")
+        await ws.send_text('{"type": "say", "text": "after"}')
+        assert await recv_json(ws) == {"type": "said", "text": "after"}
+
+
+async def test_binary_frame_closes_1003(conductor_for: Any) -> None:
+    conductor = await conductor_for(echo_app())
+    async with conductor.simulate_ws("/ws/echo") as ws:
+        await ws.send_data(b'{"type": "say", "text": "x"}')
+        assert await expect_close(ws) == UNSUPPORTED_DATA
+
+
+@pytest.mark.parametrize(
+    ("text", "closes"), [("a" * 100, False), ("a" * 101, True), ("é" * 50, False), ("é" * 51, True)]
+)
+async def test_oversize_message_closes_1009(conductor_for: Any, text: str, closes: bool) -> None:
+    # the limit counts UTF-8 bytes: "é" is two bytes
+    frame = '{"type":"say","text":"' + text + '"}'
+    limit = len(frame.encode()) - (1 if closes else 0)
+    conductor = await conductor_for(echo_app(max_message_size=limit))
+    async with conductor.simulate_ws("/ws/echo") as ws:
+        await ws.send_text(frame)
+        if closes:
+            assert await expect_close(ws) == TOO_BIG
+        else:
+            assert (await recv_json(ws))["text"] == text
+
+
+async def test_handler_exception_closes_1011_and_logs(
+    conductor_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    conductor = await conductor_for(echo_app())
+    async with conductor.simulate_ws("/ws/echo") as other, conductor.simulate_ws("/ws/echo") as ws:
+        with caplog.at_level(logging.ERROR, logger="pachinko"):
+            await ws.send_text('{"type": "say", "text": "explode!"}')
+            assert await expect_close(ws) == INTERNAL_ERROR
+        records = [r for r in caplog.records if r.exc_info]
+        assert records, "the traceback must be logged"
+        assert "handler exploded" in str(records[0].exc_info[1])
+        # other connections are unaffected
+        await other.send_text('{"type": "say", "text": "fine"}')
+        assert await recv_json(other) == {"type": "said", "text": "fine"}
+
+
+async def test_error_hook_can_handle_an_exception(conductor_for: Any) -> None:
+    class Forgiving(Echo):
+        async def on_error(self, ws: Any, exc: Exception) -> bool:
+            await self.send({"type": "oops", "error": str(exc)})
+            return True
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/echo", Forgiving)
+    conductor = await conductor_for(make_app(router))
+    async with conductor.simulate_ws("/ws/echo") as ws:
+        await ws.send_text('{"type": "say", "text": "explode!"}')
+        assert await recv_json(ws) == {"type": "oops", "error": "handler exploded"}
+        await ws.send_text('{"type": "say", "text": "again"}')
+        assert await recv_json(ws) == {"type": "said", "text": "again"}
+
+
+async def test_rate_limit_closes_1008(conductor_for: Any) -> None:
+    conductor = await conductor_for(echo_app(rate_limit=0.001, rate_burst=3))
+    async with conductor.simulate_ws("/ws/echo") as ws:
+        for i in range(3):
+            await ws.send_text(f'{{"type": "say", "text": "{i}"}}')
+            assert (await recv_json(ws))["text"] == str(i)
+        await ws.send_text('{"type": "say", "text": "too many"}')
+        assert await expect_close(ws) == POLICY_VIOLATION
+
+
+@pytest.mark.parametrize(
+    ("allowed", "origin", "host", "accepted"),
+    [
+        (None, None, "example.com", True),  # non-browser client
+        (None, "https://example.com", "example.com", True),  # same origin
+        (None, "https://evil.test", "example.com", False),
+        (("https://app.test",), "https://app.test", "api.test", True),
+        (("https://app.test",), "https://evil.test", "api.test", False),
+        (("*",), "https://evil.test", "api.test", True),
+    ],
+)
+async def test_origin_allow_list(
+    conductor_for: Any, allowed: Any, origin: str | None, host: str, accepted: bool
+) -> None:
+    from falcon.errors import WebSocketDisconnected
+
+    conductor = await conductor_for(echo_app(allowed_origins=allowed))
+    headers = {"Origin": origin} if origin else {}
+    if accepted:
+        async with conductor.simulate_ws("/ws/echo", headers=headers, host=host) as ws:
+            await ws.send_text('{"type": "say", "text": "ok"}')
+            assert (await recv_json(ws))["text"] == "ok"
+    else:
+        with pytest.raises(WebSocketDisconnected) as info:
+            async with conductor.simulate_ws("/ws/echo", headers=headers, host=host):
+                pass
+        assert info.value.code == FORBIDDEN
+
+
+frames = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200),
+    st.builds(lambda t: '{"type": "say", "text": ' + t + "}", st.text(max_size=20)),
+    st.dictionaries(
+        st.text(max_size=5), st.none() | st.integers() | st.text(max_size=5), max_size=4
+    ).map(lambda d: msgspec.json.encode(d).decode()),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batch=st.lists(frames, min_size=1, max_size=5))
+async def test_arbitrary_frames_never_crash_the_loop(batch: list[str | bytes]) -> None:
+    import falcon.testing
+    from falcon.errors import WebSocketDisconnected
+
+    app = echo_app(max_message_size=150)
+    async with falcon.testing.ASGIConductor(app) as conductor:
+        async with conductor.simulate_ws("/ws/echo") as ws:
+            try:
+                for frame in batch:
+                    if isinstance(frame, bytes):
+                        await ws.send_data(frame)
+                    else:
+                        await ws.send_text(frame)
+                # the connection either answers a valid message or closed with a
+                # documented code, never 1011
+                await ws.send_text('{"type": "say", "text": "probe"}')
+            except WebSocketDisconnected:
+                pass  # the server closed on an earlier frame: checked below
+            while True:
+                try:
+                    reply = await recv_json(ws)
+                except Exception:
+                    assert ws.closed
+                    assert ws.close_code in (UNSUPPORTED_DATA, TOO_BIG)
+                    break
+                if reply.get("text") == "probe":
+                    break
+        await asyncio.sleep(0)
