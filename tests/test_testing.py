@@ -1,0 +1,250 @@
+"""The testing toolkit, tested on real Falcon apps (in-process and over uvicorn)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import falcon.asgi
+import msgspec
+import pytest
+from falcon.errors import WebSocketDisconnected
+
+import pachinko
+from pachinko.testing import (
+    AppClient,
+    HandshakeRefused,
+    LiveServer,
+    ReceiveTimeout,
+    ResourceHarness,
+    WebSocketClosed,
+    WebSocketSimulator,
+    matches,
+)
+
+NORMAL = 1000
+POLICY_VIOLATION = 1008
+NOT_FOUND = 3404
+FORBIDDEN = 3403
+HTTP_FORBIDDEN = 403
+
+
+class Say(msgspec.Struct, tag="say"):
+    text: str
+
+
+class Bye(msgspec.Struct, tag="bye"):
+    code: int = NORMAL
+
+
+class Echo(pachinko.WebSocketResource):
+    schema = Say | Bye
+
+    async def on_connect(self, req: Any, ws: Any, **params: Any) -> bool:
+        return req is None or req.get_param("deny") is None
+
+    async def on_say(self, ws: Any, payload: Say) -> None:
+        await self.send({"type": "echo", "text": payload.text})
+        await self.send({"type": "count", "n": len(payload.text)})
+
+    async def on_bye(self, ws: Any, payload: Bye) -> None:
+        await ws.close(payload.code)
+
+
+def echo_app() -> falcon.asgi.App[Any, Any]:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/echo", Echo, name="echo")
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router)
+    return app
+
+
+# -- matching -------------------------------------------------------------------
+
+
+def test_matches_is_a_deep_subset_match() -> None:
+    message = {"type": "joined", "members": ["a", "b"], "meta": {"n": 1, "m": 2}}
+    assert matches(message, {"type": "joined"})
+    assert matches(message, {"meta": {"n": 1}})
+    assert matches(message, {"members": ["a", "b"]})
+    assert not matches(message, {"members": ["a"]})  # lists match whole
+    assert not matches(message, {"type": "left"})
+    assert not matches(message, {"absent": None})  # a missing key is not None
+    assert not matches("text", {"type": "joined"})
+    assert matches("text", "text")
+
+
+# -- in-process -----------------------------------------------------------------
+
+
+async def test_in_process_round_trip_and_expect(pachinko_client: Any) -> None:
+    client = await pachinko_client(echo_app())
+    async with client.websocket("/ws/echo") as ws:
+        await ws.send_json({"type": "say", "text": "hi"})
+        # expect skips the echo and finds the count
+        assert await ws.expect(type="count") == {"type": "count", "n": 2}
+        assert ws.received == [{"type": "echo", "text": "hi"}, {"type": "count", "n": 2}]
+        await ws.send_json({"type": "say", "text": "yo"})
+        assert await ws.expect_next({"type": "echo"}, text="yo") == {"type": "echo", "text": "yo"}
+        with pytest.raises(AssertionError, match="expected a message matching"):
+            await ws.expect_next(type="echo")  # the next one is the count
+
+
+async def test_a_missing_message_fails_fast_with_what_came_instead() -> None:
+    async with AppClient(echo_app(), timeout=0.2) as client, \
+            client.websocket("/ws/echo") as ws:
+        await ws.send_json({"type": "say", "text": "hi"})
+        with pytest.raises(ReceiveTimeout) as caught:
+            await ws.expect(type="never")
+        text = str(caught.value)
+        assert "no message matching {'type': 'never'} within 0.2 s" in text
+        assert "'type': 'echo'" in text
+        assert isinstance(caught.value, TimeoutError)
+        with pytest.raises(ReceiveTimeout, match=r"no message within 0\.1 s"):
+            await ws.receive_json(timeout=0.1)
+
+
+async def test_expect_silence(pachinko_client: Any) -> None:
+    client = await pachinko_client(echo_app())
+    async with client.websocket("/ws/echo") as ws:
+        await ws.expect_silence(within=0.05)
+        await ws.send_json({"type": "say", "text": "hi"})
+        with pytest.raises(AssertionError, match="expected no message matching"):
+            await ws.expect_silence(within=1.0)
+        await ws.expect_silence({"type": "error"}, within=0.05)  # the count is not an error
+
+
+async def test_close_codes_and_refusals(pachinko_client: Any) -> None:
+    client = await pachinko_client(echo_app())
+    async with client.websocket("/ws/echo") as ws:
+        await ws.send_json({"type": "bye", "code": POLICY_VIOLATION})
+        assert await ws.expect_close() == POLICY_VIOLATION
+        with pytest.raises(WebSocketClosed) as caught:
+            await ws.receive_json()
+        assert caught.value.code == POLICY_VIOLATION
+    assert await client.refused("/ws/nowhere") == NOT_FOUND
+    assert await client.refused("/ws/echo", query_string="deny=1") == FORBIDDEN
+    with pytest.raises(AssertionError, match="to be refused, it was accepted"):
+        await client.refused("/ws/echo")
+    with pytest.raises(HandshakeRefused, match=r"/ws/nowhere \(close code 3404\)"):
+        async with client.websocket("/ws/nowhere"):
+            pass
+
+
+async def test_expect_close_fails_when_the_server_keeps_the_socket_open() -> None:
+    async with AppClient(echo_app(), timeout=0.1) as client, \
+            client.websocket("/ws/echo") as ws:
+        with pytest.raises(ReceiveTimeout, match=r"did not close within 0\.1 s"):
+            await ws.expect_close()
+
+
+async def test_error_replies_are_visible(pachinko_client: Any) -> None:
+    client = await pachinko_client(echo_app())
+    async with client.websocket("/ws/echo") as ws:
+        await ws.send_text("not json")
+        reply = await ws.expect(type="error")
+        assert reply["reason"] == "invalid_json"
+
+
+def test_timeout_fixture_default(pachinko_timeout: float) -> None:
+    assert pachinko_timeout == 5.0
+
+
+# -- live -----------------------------------------------------------------------
+
+
+@pytest.mark.live
+async def test_live_server_round_trip_over_a_real_socket(pachinko_live: Any) -> None:
+    server = await pachinko_live(echo_app())
+    assert server.port > 0
+    async with server.websocket("/ws/echo") as ws:
+        await ws.send_json({"type": "say", "text": "über"})
+        assert await ws.expect(type="echo") == {"type": "echo", "text": "über"}
+        await ws.send_json({"type": "bye", "code": POLICY_VIOLATION})
+        assert await ws.expect_close() == POLICY_VIOLATION
+    assert await server.refused("/ws/nowhere") == HTTP_FORBIDDEN
+
+
+@pytest.mark.live
+async def test_live_server_stops_and_frees_its_port() -> None:
+    async with LiveServer(echo_app(), timeout=2.0) as server:
+        port = server.port
+        async with server.websocket("/ws/echo") as ws:
+            with pytest.raises(ReceiveTimeout):
+                await ws.receive_json(timeout=0.05)
+    with socket.socket() as probe:
+        probe.settimeout(2.0)
+        with pytest.raises(ConnectionRefusedError):
+            probe.connect(("127.0.0.1", port))
+
+
+# -- unit tests of one resource -------------------------------------------------
+
+
+async def test_simulator_records_what_a_resource_sends() -> None:
+    ws = WebSocketSimulator(timeout=0.5)
+    await ws.accept()
+    await ws.send_media({"a": 1})
+    await ws.send_text("plain")
+    await ws.send_data(b"\x00")
+    assert ws.sent == ['{"a": 1}', "plain", b"\x00"]
+    assert await ws.next_sent() == {"a": 1}
+    with pytest.raises(AssertionError, match="expected JSON, got 'plain'"):
+        await ws.receive_json()
+    assert await ws.receive_bytes() == b"\x00"
+    ws.feed({"type": "say"})
+    assert await ws.receive_text() == '{"type": "say"}'
+    await ws.close(4000, "done")
+    assert await ws.expect_close() == 4000
+    with pytest.raises(WebSocketDisconnected) as caught:
+        await ws.send_text("late")
+    assert caught.value.code == 4000
+
+
+async def test_harness_dispatches_like_the_serve_loop() -> None:
+    async with ResourceHarness(Echo, timeout=0.5) as echo:
+        assert await echo.connect()
+        await echo.receive({"type": "say", "text": "abc"})
+        assert await echo.ws.expect(type="count") == {"type": "count", "n": 3}
+        await echo.receive({"type": "say", "text": 5})
+        error = await echo.ws.expect(type="error")
+        assert error["reason"] == "validation_error"
+        assert error["path"] == "$.text"
+        await echo.receive({"type": "bye"})
+        assert await echo.ws.expect_close() == NORMAL
+
+
+async def test_probe_receives_what_a_room_receives() -> None:
+    class Room(pachinko.WebSocketResource):
+        @pachinko.handles_message("join")
+        async def join(self, ws: Any, payload: Any) -> None:
+            await self.join_room(payload["room"])
+
+        @pachinko.handles_message("say")
+        async def say(self, ws: Any, payload: Any) -> None:
+            await self.broadcast_to_room(payload["room"], {"type": "said", "text": payload["text"]})
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/room", Room)
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router)
+    async with AppClient(app, timeout=2.0) as client:
+        manager = pachinko.runtime_of(app).manager
+        async with pachinko.testing.Probe(manager, rooms=["lobby"]) as lobby, \
+                pachinko.testing.Probe(manager, rooms=["other"]) as other, \
+                client.websocket("/ws/room") as ws:
+            await ws.send_json({"type": "join", "room": "lobby"})
+            await ws.send_json({"type": "say", "room": "lobby", "text": "hi"})
+            assert await lobby.expect(type="said") == {"type": "said", "text": "hi"}
+            await other.expect_silence(within=0.1)
+            await ws.expect_silence(within=0.05)  # exclude_self
+
+
+async def test_timeouts_bound_every_wait() -> None:
+    ws = WebSocketSimulator(timeout=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ReceiveTimeout):
+        await ws.expect(type="x")
+    assert loop.time() - started < 2.0
