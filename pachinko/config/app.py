@@ -8,7 +8,6 @@ and workers, mount the router under ``[app].prefix`` and run the
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 from collections.abc import Callable, Mapping
@@ -141,17 +140,25 @@ def service_factories(
 
 
 def worker_callable(plan: WorkerPlan) -> Callable[..., Any]:
-    """The callable handed to the WorkerController for a declared worker."""
-    target: Callable[..., Any] = plan.target
-    if plan.args or plan.kwargs:
-        target = functools.partial(target, *plan.args, **plan.kwargs)
-    if plan.restart is not None:
-        from ..workers import RestartPolicy, worker
+    """The callable handed to the WorkerController for a declared worker.
 
-        target = worker(restart=RestartPolicy(
-            max_restarts=plan.restart.max_restarts, backoff=plan.restart.backoff,
-            max_backoff=plan.restart.max_backoff,
-        ), name=plan.name)(target)
-    elif not inspect.iscoroutinefunction(target):
-        pass
-    return target
+    Its signature lists only the target's parameters that the declaration
+    does not fill (``args``/``kwargs``), so the controller injects the
+    manager and services by name into exactly those.
+    """
+    target = plan.target
+    signature = inspect.signature(target)
+    bound = signature.bind_partial(*plan.args, **plan.kwargs)
+    free = [p for name, p in signature.parameters.items() if name not in bound.arguments]
+
+    async def run(**context: Any) -> Any:
+        return await target(*plan.args, **plan.kwargs, **context)
+
+    run.__signature__ = signature.replace(parameters=free)  # type: ignore[attr-defined]
+    run.__name__ = run.__qualname__ = plan.name
+    run.__module__ = getattr(target, "__module__", __name__)
+    if plan.restart is not None:
+        from ..workers import worker
+
+        return worker(restart=plan.restart)(run)  # type: ignore[no-any-return]
+    return run

@@ -28,7 +28,8 @@ from ..settings import Settings
 from ._toml import KeyPath
 from .imports import ImportFailure, import_path, is_import_path
 from .loader import Loaded, Located, Report, Source, load, load_text, router_hooks
-from .model import HandlerConfig, RestartConfig, RouteConfig, RouterConfig
+from ..workers import RestartPolicy
+from .model import HandlerConfig, RouteConfig, RouterConfig
 from .schema import compile_types
 
 __all__ = ["Compiled", "ServicePlan", "WorkerPlan", "compile_loaded", "compile_text", "load_config"]
@@ -72,7 +73,7 @@ class WorkerPlan:
     target: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    restart: RestartConfig | None
+    restart: RestartPolicy | None
     declaration: Any = attrs.field(eq=False)
 
 
@@ -382,11 +383,18 @@ class _Compiler:
                 ok = False
                 continue
             if struct is not None:
-                schema.append(msgspec.defstruct(
-                    struct.__name__, [], bases=(struct,), module=struct.__module__,
-                    tag=tag, tag_field=tag_field, kw_only=True,
-                    forbid_unknown_fields=decl.strict,
-                ))
+                try:
+                    schema.append(msgspec.defstruct(
+                        struct.__name__, [], bases=(struct,), module=struct.__module__,
+                        tag=tag, tag_field=tag_field, kw_only=True,
+                        forbid_unknown_fields=decl.strict,
+                    ))
+                except (TypeError, ValueError) as ex:
+                    self.add((source, (*hpath, "payload")),
+                             f"a payload type that can be tagged on field {tag_field!r}",
+                             f"{decl.payload}: {ex}")
+                    ok = False
+                    continue
             method = handler_name(tag)
             if method in taken or method in namespace or not snake_case(tag):
                 method = f"handle_{len(namespace)}_{snake_case(tag) or 'message'}"
@@ -449,7 +457,7 @@ class _Compiler:
         namespace["__qualname__"] = name
         try:
             cls = types.new_class(name, (base,), {}, lambda ns: ns.update(namespace))
-        except HandlerDefinitionError as ex:
+        except (HandlerDefinitionError, TypeError, ValueError) as ex:
             self.add(where, "handlers that fit their message types", str(ex), extra=("handlers",))
             return None
         if services:

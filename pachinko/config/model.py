@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from ..settings import Settings
+from ..workers import RestartPolicy
 
 __all__ = [
     "AppConfig",
@@ -21,7 +22,6 @@ __all__ = [
     "HandlerConfig",
     "HooksConfig",
     "ResourceHooksConfig",
-    "RestartConfig",
     "RouteConfig",
     "RouterConfig",
     "ServiceConfig",
@@ -241,20 +241,6 @@ class ServiceConfig(_Table):
     kwargs: dict[str, Any] = {}
 
 
-class RestartConfig(_Table):
-    """``restart`` of a worker: supervision (default: a crash fails the app).
-
-    Attributes:
-        max_restarts: Restarts allowed before the crash fails the app.
-        backoff: First delay before a restart, in seconds (doubles each time).
-        max_backoff: Longest delay between restarts.
-    """
-
-    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
-    backoff: Annotated[float, msgspec.Meta(ge=0)] = 0.5
-    max_backoff: Annotated[float, msgspec.Meta(ge=0)] = 30.0
-
-
 class WorkerConfig(_Table):
     """``[workers.name]``: a background task bound to the app's lifespan.
 
@@ -263,13 +249,14 @@ class WorkerConfig(_Table):
             ``manager`` or like a service receive them.
         args: Positional arguments.
         kwargs: Keyword arguments.
-        restart: Restart on failure with exponential backoff.
+        restart: Supervision: restart on failure (the fields of
+            ``pachinko.RestartPolicy``). Without it a crash fails the app.
     """
 
     target: ImportPath
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
-    restart: RestartConfig | None = None
+    restart: RestartPolicy | None = None
 
 
 class ConfigFile(_Table):

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from ..settings import Settings
+from ..workers import RestartPolicy
 from . import model
 from .validate import describe
 
@@ -28,7 +29,7 @@ TABLES: list[tuple[str, type[msgspec.Struct]]] = [
     ("[types.NAME.fields] values", model.FieldConfig),
     ("[services.NAME]", model.ServiceConfig),
     ("[workers.NAME]", model.WorkerConfig),
-    ("[workers.NAME.restart]", model.RestartConfig),
+    ("[workers.NAME.restart]", RestartPolicy),
     ("[hooks] (and [routers.hooks])", model.HooksConfig),
     ("[[routes]] (and [[routes.routes]], [[routers.routes]])", model.RouteConfig),
     ("[routes.handlers] values", model.HandlerConfig),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import functools
 import types
 import typing
 from typing import Any, Literal, Union
@@ -181,13 +182,19 @@ def _leaf(value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath],
         return value
 
 
+@functools.cache
+def _struct_info(tp: type[msgspec.Struct]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fields by key and resolved type hints of a model Struct (computed once)."""
+    fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
+    return fields, typing.get_type_hints(tp, include_extras=True)
+
+
 def _check_struct(value: Any, tp: type[msgspec.Struct], path: KeyPath,
                   lenient: frozenset[KeyPath], out: list[Problem]) -> Any:
     if not isinstance(value, dict):
         out.append(Problem(path, "a table", kind_of(value)))
         return value
-    fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
-    hints = typing.get_type_hints(tp, include_extras=True)
+    fields, hints = _struct_info(tp)
     cleaned: dict[str, Any] = {}
     for key, item in value.items():
         field = fields.get(key)

@@ -37,7 +37,7 @@ class Counter:
 
 # -- strategies -------------------------------------------------------------------
 
-names = st.text(string.ascii_lowercase, min_size=1, max_size=6)
+names = st.text(string.ascii_lowercase, min_size=1, max_size=6).filter(lambda s: s != "type")
 type_names = names.map(lambda s: s.capitalize())
 scalar = st.sampled_from(["str", "int", "float", "bool", "datetime", "uuid", "any", "date"])
 
@@ -232,3 +232,17 @@ def test_export_refuses_what_has_no_import_path() -> None:
     router.add_route("/x", Local)
     with pytest.raises(ConfigFileError, match="expected a module-level class or function"):
         export_toml(router)
+
+
+def test_a_payload_type_with_a_field_named_like_the_tag_field_is_a_config_error() -> None:
+    text = (
+        "[types.A.fields]\ntype = \"str\"\n\n[[routes]]\npath = \"/a\"\n"
+        f"handlers.a = {{ handler = \"{HERE}:echo\", payload = \"A\" }}\n"
+    )
+    with pytest.raises(ConfigFileError) as info:
+        compile_text(text)
+    assert str(info.value) == (
+        "1 error in <string>\n  <string>:6: routes[0].handlers.a.payload: expected a payload type "
+        "that can be tagged on field 'type', found A: `tag_field='type' conflicts with an "
+        "existing field of that name"
+    )

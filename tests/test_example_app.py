@@ -1,0 +1,122 @@
+"""The example chat app: routes.example.toml and the same app in Python answer identically."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import falcon.asgi
+import pytest
+
+from examples.chat import app_python
+from pachinko.config import create_app
+from tests.conftest import recv_json
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "routes.example.toml"
+
+# (client, message to send or "<close>", {client: messages it receives after this step})
+SCRIPT: list[tuple[str, Any, dict[str, int]]] = [
+    ("ann", {"type": "join", "room": "lobby", "name": "Ann"}, {"ann": 1}),
+    ("bob", {"type": "join", "room": "lobby", "name": "Bob"}, {"bob": 1, "ann": 1}),
+    ("ann", {"type": "typing", "room": "lobby", "active": True}, {"bob": 1}),
+    ("ann", {"type": "say", "room": "lobby", "text": "hello"}, {"ann": 1, "bob": 1}),
+    ("bob", {"type": "say", "room": "lobby", "text": ""}, {"bob": 1}),
+    ("bob", {"type": "join", "room": "bad room!", "name": "Bob"}, {"bob": 1}),
+    ("bob", {"type": "join", "room": "lobby", "name": "x" * 33}, {"bob": 1}),
+    ("ann", {"type": "shout", "room": "lobby"}, {"ann": 1}),
+    ("ann", "not json", {"ann": 1}),
+    ("ann", {"type": "say", "room": "lobby", "text": "hi", "extra": 1}, {"ann": 1}),
+    ("ann", {"type": "say", "room": "elsewhere", "text": "hi"}, {"ann": 1}),
+    ("ann", {"type": "typing", "room": "lobby"}, {"ann": 1}),
+    ("cat", {"type": "join", "room": "lobby", "name": "Cat"}, {"cat": 1, "ann": 1, "bob": 1}),
+    ("bob", "<close>", {"ann": 1, "cat": 1}),
+    ("ann", {"type": "leave", "room": "lobby"}, {"cat": 1}),
+    ("cat", {"type": "say", "room": "lobby", "text": "alone"}, {"cat": 1}),
+]
+
+
+def _normalize(message: Any) -> Any:
+    """Replace timestamps (checked to be RFC 3339) by a placeholder."""
+    if isinstance(message, dict):
+        out = {}
+        for key, value in message.items():
+            if key == "at":
+                datetime.datetime.fromisoformat(value)
+                out[key] = "<at>"
+            else:
+                out[key] = _normalize(value)
+        return out
+    if isinstance(message, list):
+        return [_normalize(v) for v in message]
+    return message
+
+
+async def converse(app: falcon.asgi.App, conductor_for: Any) -> list[Any]:
+    """Run SCRIPT against ``app``; return everything each client received, in order."""
+    conductor = await conductor_for(app)
+    transcript: list[Any] = []
+    async with contextlib.AsyncExitStack() as stack:
+        clients: dict[str, Any] = {}
+        for name in ("ann", "bob", "cat"):
+            clients[name] = await stack.enter_async_context(conductor.simulate_ws("/ws/chat"))
+        for sender, message, expect in SCRIPT:
+            ws = clients[sender]
+            if message == "<close>":
+                await ws.close(1000)
+            elif isinstance(message, str):
+                await ws.send_text(message)
+            else:
+                await ws.send_text(json.dumps(message))
+            for name in sorted(expect):
+                for _ in range(expect[name]):
+                    transcript.append((name, _normalize(await recv_json(clients[name]))))
+        # nothing else is pending for anyone still connected
+        for name in ("ann", "cat"):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(clients[name].receive_text(), 0.05)
+    return transcript
+
+
+async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) -> None:
+    from_toml = await converse(create_app(EXAMPLE), conductor_for)
+    from_python = await converse(app_python.create_app(), conductor_for)
+    assert from_toml == from_python
+    by_step = dict.fromkeys(range(len(from_toml)))
+    assert len(by_step) == sum(sum(e.values()) for _, _, e in SCRIPT)
+    assert from_toml[0] == ("ann", {"type": "joined", "room": "lobby", "name": "Ann",
+                                    "members": ["Ann"], "history": []})
+    assert from_toml[2] == ("bob", {"type": "joined", "room": "lobby", "name": "Bob",
+                                    "members": ["Ann", "Bob"], "history": []})
+    assert from_toml[6] == ("bob", {
+        "type": "error", "reason": "validation_error", "detail": "Expected `str` of length >= 1",
+        "path": "$.text"})
+    assert ("ann", {"type": "error", "reason": "unknown_type",
+                    "detail": "Unknown message type 'shout'", "path": "$.type"}) in from_toml
+    joined_cat = next(m for n, m in from_toml if n == "cat" and m["type"] == "joined")
+    assert joined_cat["history"] == [{"name": "Ann", "text": "hello", "at": "<at>"}]
+    assert ("ann", {"type": "presence", "room": "lobby", "name": "Bob", "event": "leave",
+                    "members": ["Ann", "Cat"]}) in from_toml
+
+
+async def test_heartbeat_worker_reaches_every_client(conductor_for: Any, tmp_path: Path) -> None:
+    text = EXAMPLE.read_text().replace("interval = 10.0", "interval = 0.05")
+    assert "interval = 0.05" in text
+    config = tmp_path / "routes.toml"
+    config.write_text(text)
+    conductor = await conductor_for(create_app(config))
+    async with conductor.simulate_ws("/ws/chat") as ws:
+        beat = await recv_json(ws)
+    assert beat["type"] == "heartbeat"
+    assert beat["connections"] == 1
+
+
+async def test_the_page_is_served_next_to_the_websocket_routes(conductor_for: Any) -> None:
+    conductor = await conductor_for(create_app(EXAMPLE))
+    page = await conductor.simulate_get("/")
+    assert page.status_code == 200
+    assert "/ws/chat" in page.text
