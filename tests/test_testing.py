@@ -248,3 +248,24 @@ async def test_timeouts_bound_every_wait() -> None:
     with pytest.raises(ReceiveTimeout):
         await ws.expect(type="x")
     assert loop.time() - started < 2.0
+
+
+async def test_probe_receives_what_a_user_receives() -> None:
+    class Direct(pachinko.WebSocketResource):
+        @pachinko.handles_message("dm")
+        async def dm(self, ws: Any, payload: Any) -> None:
+            await self.manager.send_to_user(payload["to"], {"type": "dm", "text": payload["text"]})
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/dm", Direct)
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router)
+    async with AppClient(app, timeout=2.0) as client:
+        manager = pachinko.runtime_of(app).manager
+        async with pachinko.testing.Probe(manager, user_id="u1") as u1, \
+                pachinko.testing.Probe(manager, user_id="u2") as u2, \
+                client.websocket("/ws/dm") as ws:
+            await ws.send_json({"type": "dm", "to": "u1", "text": "psst"})
+            assert await u1.expect(type="dm") == {"type": "dm", "text": "psst"}
+            await u2.expect_silence(within=0.1)
+        assert [c async for c in manager.connections()] == []  # probes deregistered
