@@ -269,3 +269,32 @@ async def test_probe_receives_what_a_user_receives() -> None:
             assert await u1.expect(type="dm") == {"type": "dm", "text": "psst"}
             await u2.expect_silence(within=0.1)
         assert [c async for c in manager.connections()] == []  # probes deregistered
+
+
+async def test_harnesses_sharing_a_manager_see_each_others_broadcasts() -> None:
+    closed: list[int] = []
+
+    class Room(pachinko.WebSocketResource):
+        @pachinko.handles_message("join")
+        async def join(self, ws: Any, payload: Any) -> None:
+            await self.join_room(payload["room"])
+
+        @pachinko.handles_message("say")
+        async def say(self, ws: Any, payload: Any) -> None:
+            await self.broadcast_to_room(payload["room"], {"type": "said", "text": payload["text"]})
+
+        async def on_disconnect(self, ws: Any, close_code: int) -> None:
+            closed.append(close_code)
+
+    async with ResourceHarness(Room, timeout=0.5, user_id="ann") as ann:
+        async with ResourceHarness(Room, manager=ann.manager, timeout=0.5) as bob:
+            assert await ann.connect()
+            assert await bob.connect()
+            assert ann.resource.user_id == "ann"
+            await ann.receive({"type": "join", "room": "r"})
+            await bob.receive({"type": "say", "room": "r", "text": "hi"})
+            assert await ann.ws.expect(type="said") == {"type": "said", "text": "hi"}
+            await bob.ws.expect_silence(within=0.05)  # not a member
+            await bob.disconnect(4000)
+        assert closed == [4000]  # once, not again when the harness exits
+    assert closed == [4000, NORMAL]
