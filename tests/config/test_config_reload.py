@@ -1,0 +1,179 @@
+"""Hot reload over a real uvicorn server: edits are swapped in, open sockets keep working."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import falcon.asgi
+import pytest
+
+from pachinko.config import configure, load_config
+from pachinko.config.reload import Reloader, describe_changes
+from pachinko.testing._stream import HandshakeRefused
+from pachinko.testing.live import LiveServer
+
+HANDLERS = '''
+async def ping(resource, ws, payload):
+    await resource.send({"type": "pong", "v": payload.v, "label": resource.label})
+
+async def tick(manager, every):
+    import asyncio
+    while True:
+        await asyncio.sleep(every)
+'''
+
+BASE = '''
+[app]
+prefix = "/ws"
+
+[types.Ping.fields]
+v = "int"
+
+[[routes]]
+path = "/a"
+kwargs = {{ label = "a" }}
+handlers.ping = {{ handler = "hr_handlers:ping", payload = "Ping" }}
+{extra}
+'''
+
+ROUTE_B = '''
+[[routes]]
+path = "/b"
+kwargs = { label = "b" }
+handlers.ping = { handler = "hr_handlers:ping", payload = "Ping" }
+'''
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Await ``check()`` until it returns a true value (it may be async)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "hr_handlers.py").write_text(HANDLERS)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "hr_handlers", raising=False)
+    path = tmp_path / "routes.toml"
+    path.write_text(BASE.format(extra=""))
+    return path
+
+
+@pytest.fixture
+async def served(project: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Any, Any]]:
+    app = falcon.asgi.App()
+    configured = configure(app, project, reload=True)
+    assert configured.reloader is not None
+    configured.reloader.force_polling = request.param == "polling"
+    async with LiveServer(app, timeout=10.0) as server:
+        yield server, configured
+
+
+async def ping(ws: Any, value: Any) -> Any:
+    await ws.send_json({"type": "ping", "v": value})
+    return await ws.receive_json()
+
+
+async def can_connect(server: Any, path: str) -> bool:
+    try:
+        async with server.websocket(path) as ws:
+            reply = await ping(ws, 1)  # a pong, or a validation error once v is a str
+            return bool(reply["type"] in ("pong", "error"))
+    except HandshakeRefused:
+        return False
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("served", ["watchfiles", "polling"], indirect=True)
+async def test_edits_are_swapped_in_while_a_client_stays_connected(
+    served: tuple[Any, Any], project: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, configured = served
+    reloader: Reloader = configured.reloader
+    caplog.set_level(logging.INFO, logger="pachinko.config")
+    async with server.websocket("/ws/a") as old:
+        assert await ping(old, 1) == {"type": "pong", "v": 1, "label": "a"}
+        assert not await can_connect(server, "/ws/b")
+
+        # 1. add a route
+        project.write_text(BASE.format(extra=ROUTE_B))
+        await eventually(lambda: can_connect(server, "/ws/b"))
+        assert await ping(old, 2) == {"type": "pong", "v": 2, "label": "a"}
+        assert "routes +/b" in caplog.text
+
+        # 2. change a schema: new connections get it, the open one keeps its own
+        project.write_text(BASE.format(extra=ROUTE_B).replace('v = "int"', 'v = "str"'))
+        await eventually(lambda: reloader.reloads >= 2)
+        async with server.websocket("/ws/a") as new:
+            assert await ping(new, "x") == {"type": "pong", "v": "x", "label": "a"}
+            assert (await ping(new, 3))["reason"] == "validation_error"
+        assert await ping(old, 3) == {"type": "pong", "v": 3, "label": "a"}
+        assert (await ping(old, "x"))["detail"] == "Expected `int`, got `str`"
+        assert "types ~Ping" in caplog.text
+
+        # 3. break the file: the previous version keeps serving, the error is logged
+        project.write_text(BASE.format(extra=ROUTE_B).replace('v = "int"', 'v = "str"')
+                           .replace("handlers.ping", "handlerz.ping", 1))
+        await eventually(lambda: reloader.failures >= 1)
+        assert "routes.toml:11: routes[0].handlerz: expected one of the keys" in caplog.text
+        async with server.websocket("/ws/a") as new:
+            assert await ping(new, "y") == {"type": "pong", "v": "y", "label": "a"}
+        assert await can_connect(server, "/ws/b")
+        assert await ping(old, 4) == {"type": "pong", "v": 4, "label": "a"}
+
+        # ... then fix it (and drop /b): the fixed version is served
+        project.write_text(BASE.format(extra=""))
+        await eventually(lambda: reloader.reloads >= 3)
+        assert not await can_connect(server, "/ws/b")
+        async with server.websocket("/ws/a") as new:
+            assert await ping(new, 5) == {"type": "pong", "v": 5, "label": "a"}
+        assert await ping(old, 6) == {"type": "pong", "v": 6, "label": "a"}
+    assert "routes -/b" in caplog.text
+
+
+async def test_a_changed_worker_is_restarted_and_others_keep_running(project: Path) -> None:
+    workers = '''
+[workers.one]
+target = "hr_handlers:tick"
+kwargs = {{ every = {one} }}
+
+[workers.two]
+target = "hr_handlers:tick"
+kwargs = {{ every = 1.0 }}
+'''
+    project.write_text(BASE.format(extra=workers.format(one=1.0)))
+    app = falcon.asgi.App()
+    configured = configure(app, project, reload=False)
+    old = configured.compiled
+    project.write_text(BASE.format(extra=workers.format(one=2.0)))
+    new = load_config(project)
+    changes = describe_changes(old, new)
+    assert changes["workers"] == ["~one"]
+    assert changes["routes"] == changes["types"] == changes["restart"] == []
+
+
+async def test_new_services_are_refused_until_restart(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = falcon.asgi.App()
+    configured = configure(app, project, reload=False)
+    reloader = Reloader(configured)
+    project.write_text(BASE.format(extra='[services.x]\nfactory = "hr_handlers:ping"\n'))
+    assert await reloader.reload() is False
+    assert "new services (x) are created at startup only; restart the server" in caplog.text
+    assert configured.compiled.loaded.services == {}
