@@ -26,10 +26,10 @@ from pachinko.config import load_config
 from pachinko.config.app import configure
 from pachinko.config.reload import Reloader
 
-HANDLERS = '''
+HANDLERS = """
 async def join(resource, ws, payload):
     await resource.send({"type": "joined", "room": payload.room})
-'''
+"""
 
 
 def make_config(folder: Path, routes: int, extra: str = "") -> Path:
@@ -37,12 +37,16 @@ def make_config(folder: Path, routes: int, extra: str = "") -> Path:
     lines = [
         "[types.Join.fields]",
         'room = { type = "str", min_length = 1, max_length = 64 }',
-        'name = "str"', "",
+        'name = "str"',
+        "",
     ]
     for i in range(routes):
         lines += [
-            "[[routes]]", f'path = "/r{i}/rooms/{{room}}"', f'name = "r{i}"',
-            'handlers.join = { handler = "bench_handlers:join", payload = "Join" }', "",
+            "[[routes]]",
+            f'path = "/r{i}/rooms/{{room}}"',
+            f'name = "r{i}"',
+            'handlers.join = { handler = "bench_handlers:join", payload = "Join" }',
+            "",
         ]
     path = folder / f"routes_{routes}.toml"
     path.write_text("\n".join(lines) + extra)
@@ -76,8 +80,10 @@ def bench(sizes: list[int], matches: int, repeat: int) -> None:
                     router.match(p)
 
             match_s = best(match_all, repeat) / matches
-            print(f"{size:>8} {compile_s * 1e3:>8.1f}ms {compile_s / size * 1e6:>9.1f}us "
-                  f"{match_s * 1e9:>8.0f}ns")
+            print(
+                f"{size:>8} {compile_s * 1e3:>8.1f}ms {compile_s / size * 1e6:>9.1f}us "
+                f"{match_s * 1e9:>8.0f}ns"
+            )
         asyncio.run(bench_reload(folder, 1000, repeat))
 
 
@@ -88,19 +94,22 @@ async def bench_reload(folder: Path, size: int, repeat: int) -> None:
     reloader = Reloader(configured)
     times = []
     for i in range(repeat):
-        path.write_text(path.read_text() + f"\n[[routes]]\npath = \"/extra{i}\"\n")
+        path.write_text(path.read_text() + f'\n[[routes]]\npath = "/extra{i}"\n')
         started = time.perf_counter()
         ok = await reloader.reload()
         times.append(time.perf_counter() - started)
-        assert ok and configured.mount.router.match(f"/extra{i}") is not None
+        assert ok
+        assert configured.mount.router.match(f"/extra{i}") is not None
     swap = []
     for _ in range(1000):
         started = time.perf_counter()
         configured.mount.swap(configured.compiled.router)
         swap.append(time.perf_counter() - started)
-    print(f"reload of {size} routes (read, compile, diff, swap): best {min(times) * 1e3:.1f}ms, "
-          f"median {statistics.median(times) * 1e3:.1f}ms; the swap itself: "
-          f"{min(swap) * 1e9:.0f}ns")
+    print(
+        f"reload of {size} routes (read, compile, diff, swap): best {min(times) * 1e3:.1f}ms, "
+        f"median {statistics.median(times) * 1e3:.1f}ms; the swap itself: "
+        f"{min(swap) * 1e9:.0f}ns"
+    )
 
 
 if __name__ == "__main__":

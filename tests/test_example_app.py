@@ -88,19 +88,50 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
     assert from_toml == from_python
     by_step = dict.fromkeys(range(len(from_toml)))
     assert len(by_step) == sum(sum(e.values()) for _, _, e in SCRIPT)
-    assert from_toml[0] == ("ann", {"type": "joined", "room": "lobby", "name": "Ann",
-                                    "members": ["Ann"], "history": []})
-    assert from_toml[2] == ("bob", {"type": "joined", "room": "lobby", "name": "Bob",
-                                    "members": ["Ann", "Bob"], "history": []})
-    assert from_toml[6] == ("bob", {
-        "type": "error", "reason": "validation_error", "detail": "Expected `str` of length >= 1",
-        "path": "$.text"})
-    assert ("ann", {"type": "error", "reason": "unknown_type",
-                    "detail": "Unknown message type 'shout'", "path": "$.type"}) in from_toml
+    assert from_toml[0] == (
+        "ann",
+        {"type": "joined", "room": "lobby", "name": "Ann", "members": ["Ann"], "history": []},
+    )
+    assert from_toml[2] == (
+        "bob",
+        {
+            "type": "joined",
+            "room": "lobby",
+            "name": "Bob",
+            "members": ["Ann", "Bob"],
+            "history": [],
+        },
+    )
+    assert from_toml[6] == (
+        "bob",
+        {
+            "type": "error",
+            "reason": "validation_error",
+            "detail": "Expected `str` of length >= 1",
+            "path": "$.text",
+        },
+    )
+    assert (
+        "ann",
+        {
+            "type": "error",
+            "reason": "unknown_type",
+            "detail": "Unknown message type 'shout'",
+            "path": "$.type",
+        },
+    ) in from_toml
     joined_cat = next(m for n, m in from_toml if n == "cat" and m["type"] == "joined")
     assert joined_cat["history"] == [{"name": "Ann", "text": "hello", "at": "<at>"}]
-    assert ("ann", {"type": "presence", "room": "lobby", "name": "Bob", "event": "leave",
-                    "members": ["Ann", "Cat"]}) in from_toml
+    assert (
+        "ann",
+        {
+            "type": "presence",
+            "room": "lobby",
+            "name": "Bob",
+            "event": "leave",
+            "members": ["Ann", "Cat"],
+        },
+    ) in from_toml
 
 
 async def test_heartbeat_worker_reaches_every_client(conductor_for: Any, tmp_path: Path) -> None:

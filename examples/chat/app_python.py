@@ -39,6 +39,7 @@ class _Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 # -- client -> server ------------------------------------------------------------
 
+
 class Join(_Message):
     room: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9_-]+$")]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
@@ -59,6 +60,7 @@ class Typing(_Message):
 
 
 # -- server -> client ------------------------------------------------------------
+
 
 class HistoryEntry(_Message):
     name: str
@@ -140,7 +142,10 @@ def create_app(*, heartbeat: float = 10.0, page: bool = True) -> falcon.asgi.App
     app = falcon.asgi.App()
     settings = Settings(
         backend=os.environ.get("PACHINKO_BACKEND", "memory://"),
-        max_message_size=16384, rate_limit=20.0, rate_burst=40, allowed_origins=("*",),
+        max_message_size=16384,
+        rate_limit=20.0,
+        rate_burst=40,
+        allowed_origins=("*",),
     )
 
     def inject(target: Any, *args: Any, **kwargs: Any) -> Any:
@@ -148,12 +153,19 @@ def create_app(*, heartbeat: float = 10.0, page: bool = True) -> falcon.asgi.App
 
     router = WebSocketRouter(resource_factory=inject)
     router.add_route("/chat", ChatResource, name="chat")
+
     @worker(restart=RestartPolicy(max_restarts=3))
     async def beat(manager: Any) -> None:
         await handlers.heartbeat(manager, interval=heartbeat)
 
-    mount(app, "/ws", router, settings=settings, workers=[beat],
-          services={"chat": functools.partial(handlers.ChatRooms, history=50)})
+    mount(
+        app,
+        "/ws",
+        router,
+        settings=settings,
+        workers=[beat],
+        services={"chat": functools.partial(handlers.ChatRooms, history=50)},
+    )
     if page:
         add_page(app)
     return app

@@ -92,13 +92,25 @@ async def join(resource: Any, ws: Any, payload: Any) -> None:
     rooms[room] = name
     members = resource.chat.add(room, resource.connection.id, name)
     await resource.join_room(room)
-    await resource.send({
-        "type": "joined", "room": room, "name": name, "members": members,
-        "history": resource.chat.recent(room),
-    })
-    await resource.broadcast_to_room(room, {
-        "type": "presence", "room": room, "name": name, "event": "join", "members": members,
-    })
+    await resource.send(
+        {
+            "type": "joined",
+            "room": room,
+            "name": name,
+            "members": members,
+            "history": resource.chat.recent(room),
+        }
+    )
+    await resource.broadcast_to_room(
+        room,
+        {
+            "type": "presence",
+            "room": room,
+            "name": name,
+            "event": "join",
+            "members": members,
+        },
+    )
 
 
 async def leave(resource: Any, ws: Any, payload: Any) -> None:
@@ -111,22 +123,35 @@ async def say(resource: Any, ws: Any, payload: Any) -> None:
     """Send a message to a room, the sender included; keep it in the history."""
     name = resource.state["rooms"].get(payload.room)
     if name is None:
-        await resource.send({"type": "error", "reason": "not_joined",
-                             "detail": f"join room {payload.room!r} first", "path": "$.room"})
+        await resource.send(
+            {
+                "type": "error",
+                "reason": "not_joined",
+                "detail": f"join room {payload.room!r} first",
+                "path": "$.room",
+            }
+        )
         return
     entry = {"name": name, "text": payload.text, "at": _now()}
     resource.chat.record(payload.room, entry)
-    await resource.broadcast_to_room(payload.room, {"type": "message", "room": payload.room,
-                                                    **entry}, exclude_self=False)
+    await resource.broadcast_to_room(
+        payload.room, {"type": "message", "room": payload.room, **entry}, exclude_self=False
+    )
 
 
 async def typing(resource: Any, ws: Any, payload: Any) -> None:
     """Tell the others in a room that this member is (not) typing."""
     name = resource.state["rooms"].get(payload.room)
     if name is not None:
-        await resource.broadcast_to_room(payload.room, {
-            "type": "typing", "room": payload.room, "name": name, "active": payload.active,
-        })
+        await resource.broadcast_to_room(
+            payload.room,
+            {
+                "type": "typing",
+                "room": payload.room,
+                "name": name,
+                "active": payload.active,
+            },
+        )
 
 
 async def _leave(resource: Any, room: str) -> None:
@@ -134,10 +159,16 @@ async def _leave(resource: Any, room: str) -> None:
     resource.chat.remove(room, resource.connection.id)
     await resource.leave_room(room)
     if name is not None:
-        await resource.broadcast_to_room(room, {
-            "type": "presence", "room": room, "name": name, "event": "leave",
-            "members": resource.chat.names(room),
-        })
+        await resource.broadcast_to_room(
+            room,
+            {
+                "type": "presence",
+                "room": room,
+                "name": name,
+                "event": "leave",
+                "members": resource.chat.names(room),
+            },
+        )
 
 
 async def heartbeat(manager: Any, interval: float = 10.0) -> None:

@@ -47,19 +47,20 @@ class Configured:
         self.runtime = runtime
         self.reloader: Reloader | None = None
 
-    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+    async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         """Start watching the files (Falcon lifespan middleware hook)."""
         if self.reloader is not None:
             await self.reloader.start()
 
-    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+    async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         """Stop watching the files."""
         if self.reloader is not None:
             await self.reloader.stop()
 
 
-def reload_enabled(compiled: Compiled, reload: bool | None,
-                   environ: Mapping[str, str] | None = None) -> bool:
+def reload_enabled(
+    compiled: Compiled, reload: bool | None, environ: Mapping[str, str] | None = None
+) -> bool:
     """Hot reload is on if asked for, else if ``PACHINKO_RELOAD`` or ``[app].reload`` say so."""
     if reload is not None:
         return reload
@@ -69,8 +70,12 @@ def reload_enabled(compiled: Compiled, reload: bool | None,
     return compiled.loaded.app.reload
 
 
-def create_app(path: str | os.PathLike[str], *, reload: bool | None = None,
-               environ: Mapping[str, str] | None = None) -> falcon.asgi.App:
+def create_app(
+    path: str | os.PathLike[str],
+    *,
+    reload: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> falcon.asgi.App[Any, Any]:
     """Build a Falcon ASGI app from a routes.toml.
 
     Args:
@@ -88,8 +93,13 @@ def create_app(path: str | os.PathLike[str], *, reload: bool | None = None,
     return app
 
 
-def configure(app: falcon.asgi.App, path: str | os.PathLike[str], *, reload: bool | None = None,
-              environ: Mapping[str, str] | None = None) -> Configured:
+def configure(
+    app: falcon.asgi.App[Any, Any],
+    path: str | os.PathLike[str],
+    *,
+    reload: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Configured:
     """Serve a routes.toml on an existing Falcon app, next to its HTTP routes.
 
     Installs pachinko on ``app`` (the file's settings, services and workers),
@@ -102,7 +112,10 @@ def configure(app: falcon.asgi.App, path: str | os.PathLike[str], *, reload: boo
     display = os.fspath(path)
     compiled = load_config(display, environ)
     mounted = mount(
-        app, compiled.prefix, compiled.router, settings=compiled.settings,
+        app,
+        compiled.prefix,
+        compiled.router,
+        settings=compiled.settings,
         workers=[worker_callable(plan) for plan in compiled.workers.values()],
         services=service_factories(compiled.services, lambda: runtime_of(app).services),
     )
@@ -120,13 +133,15 @@ def configure(app: falcon.asgi.App, path: str | os.PathLike[str], *, reload: boo
 
 
 def service_factories(
-    plans: Mapping[str, ServicePlan], services: Callable[[], Mapping[str, Any]],
+    plans: Mapping[str, ServicePlan],
+    services: Callable[[], Mapping[str, Any]],
 ) -> dict[str, Callable[[], Any]]:
     """Zero-argument factories for ``install(services=...)``.
 
     A factory's parameters named like a service declared before it get that
     service (found in ``services()`` when the factory runs, at startup).
     """
+
     def bind(plan: ServicePlan) -> Callable[[], Any]:
         def make() -> Any:
             made = services()

@@ -25,10 +25,10 @@ from ..errors import HandlerDefinitionError, RouteError
 from ..resource import WebSocketResource, handles_message
 from ..router import WebSocketRouter
 from ..settings import Settings
+from ..workers import RestartPolicy
 from ._toml import KeyPath
 from .imports import ImportFailure, import_path, is_import_path
 from .loader import Loaded, Located, Report, Source, load, load_text, router_hooks
-from ..workers import RestartPolicy
 from .model import HandlerConfig, RouteConfig, RouterConfig
 from .schema import compile_types
 
@@ -36,11 +36,25 @@ __all__ = ["Compiled", "ServicePlan", "WorkerPlan", "compile_loaded", "compile_t
 
 #: Positional arguments each hook receives (the resource first).
 HOOK_ARITY: Final = {
-    "before_connect": 4, "after_connect": 2, "before_receive": 3, "after_receive": 3,
-    "before_disconnect": 3, "on_error": 3,
+    "before_connect": 4,
+    "after_connect": 2,
+    "before_receive": 3,
+    "after_receive": 3,
+    "before_disconnect": 3,
+    "on_error": 3,
 }
-_BUILT_ONLY: Final = ("base", "wire", "tag_field", "handlers", "sends", "hooks", "on_connect",
-                      "on_disconnect", "on_unhandled", "child_context")
+_BUILT_ONLY: Final = (
+    "base",
+    "wire",
+    "tag_field",
+    "handlers",
+    "sends",
+    "hooks",
+    "on_connect",
+    "on_disconnect",
+    "on_unhandled",
+    "child_context",
+)
 _FIELD_NAME: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -104,8 +118,9 @@ class Compiled:
     box: ServiceBox
 
 
-def compile_loaded(loaded: Loaded, box: ServiceBox | None = None,
-                   report: Report | None = None) -> Compiled:
+def compile_loaded(
+    loaded: Loaded, box: ServiceBox | None = None, report: Report | None = None
+) -> Compiled:
     """Compile ``loaded`` (see module docstring).
 
     Args:
@@ -119,8 +134,11 @@ def compile_loaded(loaded: Loaded, box: ServiceBox | None = None,
     return _Compiler(loaded, box or ServiceBox(), report or Report()).run()
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
-                box: ServiceBox | None = None) -> Compiled:
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    box: ServiceBox | None = None,
+) -> Compiled:
     """Load and compile ``path``, reporting every problem of both steps at once.
 
     Raises:
@@ -130,8 +148,12 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return compile_loaded(load(path, environ, report), box, report)
 
 
-def compile_text(text: str, name: str = "<string>", environ: Mapping[str, str] | None = None,
-                 box: ServiceBox | None = None) -> Compiled:
+def compile_text(
+    text: str,
+    name: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    box: ServiceBox | None = None,
+) -> Compiled:
     """Like :func:`load_config` for a document in a string."""
     report = Report()
     return compile_loaded(load_text(text, name, environ, report), box, report)
@@ -149,8 +171,14 @@ class _Compiler:
 
     # -- helpers ----------------------------------------------------------------
 
-    def add(self, where: Located, expected: str, found: str, cause: BaseException | None = None,
-            extra: KeyPath = ()) -> None:
+    def add(
+        self,
+        where: Located,
+        expected: str,
+        found: str,
+        cause: BaseException | None = None,
+        extra: KeyPath = (),
+    ) -> None:
         source, path = where
         self.report.add(source, (*path, *extra), expected, found, cause)
 
@@ -161,8 +189,15 @@ class _Compiler:
             self.add(where, ex.expected, ex.found, ex.cause)
             return None
 
-    def function(self, where: Located, path: str, arity: int, what: str,
-                 is_async: bool = True, kwargs: tuple[str, ...] = ()) -> Any:
+    def function(
+        self,
+        where: Located,
+        path: str,
+        arity: int,
+        what: str,
+        is_async: bool = True,
+        kwargs: tuple[str, ...] = (),
+    ) -> Any:
         fn = self.resolve(where, path)
         if fn is None:
             return None
@@ -177,8 +212,7 @@ class _Compiler:
             signature = inspect.signature(fn)
             signature.bind(*([None] * arity), **dict.fromkeys(kwargs))
         except (TypeError, ValueError):
-            self.add(where, f"a function that can be called as {what}",
-                     f"{path}{_signature(fn)}")
+            self.add(where, f"a function that can be called as {what}", f"{path}{_signature(fn)}")
             return None
         return fn
 
@@ -205,13 +239,29 @@ class _Compiler:
 
         services = self.compile_services()
         workers = self.compile_workers(services)
-        setup = [fn for index, path in enumerate(loaded.app.setup)
-                 if (fn := self.function((loaded.root, ("app", "setup", index)), path, 1,
-                                         "setup(app)", is_async=False)) is not None]
+        setup = [
+            fn
+            for index, path in enumerate(loaded.app.setup)
+            if (
+                fn := self.function(
+                    (loaded.root, ("app", "setup", index)), path, 1, "setup(app)", is_async=False
+                )
+            )
+            is not None
+        ]
         router = self.compile_router("", loaded.routes, loaded.routers, loaded.hooks)
         self.report.raise_if_any()
-        return Compiled(loaded, router, loaded.app.prefix, loaded.settings, structs,
-                        services, workers, setup, self.box)
+        return Compiled(
+            loaded,
+            router,
+            loaded.app.prefix,
+            loaded.settings,
+            structs,
+            services,
+            workers,
+            setup,
+            self.box,
+        )
 
     def compile_services(self) -> dict[str, ServicePlan]:
         plans: dict[str, ServicePlan] = {}
@@ -220,12 +270,17 @@ class _Compiler:
             if factory is None:
                 continue
             if not callable(factory):
-                self.add(where, "a callable factory", f"{_kind(factory)} {decl.factory}",
-                         extra=("factory",))
+                self.add(
+                    where,
+                    "a callable factory",
+                    f"{_kind(factory)} {decl.factory}",
+                    extra=("factory",),
+                )
                 continue
             inject = tuple(n for n in _parameters(factory) if n in plans and n not in decl.kwargs)
-            plans[name] = ServicePlan(name, factory, tuple(decl.args), dict(decl.kwargs), inject,
-                                      decl)
+            plans[name] = ServicePlan(
+                name, factory, tuple(decl.args), dict(decl.kwargs), inject, decl
+            )
         return plans
 
     def compile_workers(self, services: Mapping[str, ServicePlan]) -> dict[str, WorkerPlan]:
@@ -234,22 +289,28 @@ class _Compiler:
             target = self.resolve((where[0], (*where[1], "target")), decl.target)
             if target is None:
                 continue
-            if not inspect.iscoroutinefunction(target) and not hasattr(target, "__pachinko_worker__"):
-                self.add(where, "an async function", f"{_kind(target)} {decl.target}",
-                         extra=("target",))
+            if not inspect.iscoroutinefunction(target) and not hasattr(
+                target, "__pachinko_worker__"
+            ):
+                self.add(
+                    where, "an async function", f"{_kind(target)} {decl.target}", extra=("target",)
+                )
                 continue
-            plans[name] = WorkerPlan(name, target, tuple(decl.args), dict(decl.kwargs),
-                                     decl.restart, decl)
+            plans[name] = WorkerPlan(
+                name, target, tuple(decl.args), dict(decl.kwargs), decl.restart, decl
+            )
         return plans
 
     def compile_router(
-        self, prefix: str,
-        routes: list[tuple[Located, RouteConfig]], routers: list[tuple[Located, RouterConfig]],
+        self,
+        prefix: str,
+        routes: list[tuple[Located, RouteConfig]],
+        routers: list[tuple[Located, RouterConfig]],
         hooks: list[tuple[Located, str, str]],
     ) -> WebSocketRouter:
         router = WebSocketRouter(resource_factory=self.factory())
-        for where, event, path in hooks:
-            fn = self.function(where, path, HOOK_ARITY[event], _hook_call(event))
+        for where, event, hook_path in hooks:
+            fn = self.function(where, hook_path, HOOK_ARITY[event], _hook_call(event))
             if fn is not None:
                 router.add_hook(event, fn)
         for where, route in routes:
@@ -264,8 +325,12 @@ class _Compiler:
             try:
                 router.add_router(sub.prefix, child)
             except RouteError as ex:
-                self.add((source, path), "a router whose routes do not conflict", str(ex),
-                         extra=("prefix",))
+                self.add(
+                    (source, path),
+                    "a router whose routes do not conflict",
+                    str(ex),
+                    extra=("prefix",),
+                )
         return router
 
     def factory(self) -> Callable[..., Any] | None:
@@ -283,19 +348,31 @@ class _Compiler:
 
         return resource_factory
 
-    def compile_route(self, router: WebSocketRouter, parent: Any, where: Located,
-                      route: RouteConfig, prefix: str, *, register: bool) -> None:
+    def compile_route(
+        self,
+        router: WebSocketRouter,
+        parent: Any,
+        where: Located,
+        route: RouteConfig,
+        prefix: str,
+        *,
+        register: bool,
+    ) -> None:
         source, path = where
         template = f"{prefix}/{route.path}"
         if route.name is not None:
             if route.name in self.names:
                 other_source, other_path = self.names[route.name]
                 from ._toml import format_path, line_of
+
                 line = line_of(other_source.lines, other_path)
                 at = f"{other_source.name}:{line}" if line else other_source.name
-                self.add(where, "a route name used once",
-                         f"{route.name!r} used already by {format_path(other_path)} ({at})",
-                         extra=("name",))
+                self.add(
+                    where,
+                    "a route name used once",
+                    f"{route.name!r} used already by {format_path(other_path)} ({at})",
+                    extra=("name",),
+                )
             else:
                 self.names[route.name] = (source, (*path, "name"))
         # NOTE: a route whose resource failed still takes its path and name, so
@@ -305,22 +382,36 @@ class _Compiler:
         if register:
             try:
                 if parent is None:
-                    handle = router.add_route(route.path, target, *route.args, name=route.name,
-                                              **route.kwargs)
+                    handle = router.add_route(
+                        route.path, target, *route.args, name=route.name, **route.kwargs
+                    )
                 else:
-                    handle = parent.add_subroute(route.path, target, *route.args,
-                                                 name=route.name, **route.kwargs)
+                    handle = parent.add_subroute(
+                        route.path, target, *route.args, name=route.name, **route.kwargs
+                    )
             except RouteError as ex:
                 found = str(ex)
                 key = "name" if "route name" in found else "path"
                 if key == "name" and route.name in self.names:
                     pass  # reported above with both locations
                 else:
-                    self.add(where, "a route path used once" if "conflicts" in found
-                             else "a valid route template", found, extra=(key,))
+                    self.add(
+                        where,
+                        "a route path used once"
+                        if "conflicts" in found
+                        else "a valid route template",
+                        found,
+                        extra=(key,),
+                    )
         for index, sub in enumerate(route.routes):
-            self.compile_route(router, handle, (source, (*path, "routes", index)), sub, template,
-                               register=handle is not None)
+            self.compile_route(
+                router,
+                handle,
+                (source, (*path, "routes", index)),
+                sub,
+                template,
+                register=handle is not None,
+            )
 
     def route_target(self, where: Located, route: RouteConfig, template: str) -> Any:
         source, path = where
@@ -328,19 +419,31 @@ class _Compiler:
         known = self.loaded.services
         for index, name in enumerate(services):
             if name not in known and ("services", name) not in self.loaded.broken:
-                self.add(where, "a declared service (" + (", ".join(known) or "none declared") + ")",
-                         repr(name), extra=("services", index))
+                self.add(
+                    where,
+                    "a declared service (" + (", ".join(known) or "none declared") + ")",
+                    repr(name),
+                    extra=("services", index),
+                )
         if route.resource is not None:
             built = [key for key in _BUILT_ONLY if getattr(route, key) not in (None, [], {})]
             for key in built:
-                self.add(where, f"no {key!r} with 'resource' (it applies to resources built "
-                         "from handlers)", f"{key} = ...", extra=(key,))
+                self.add(
+                    where,
+                    f"no {key!r} with 'resource' (it applies to resources built from handlers)",
+                    f"{key} = ...",
+                    extra=(key,),
+                )
             target = self.resolve((source, (*path, "resource")), route.resource)
             if target is None:
                 return None
             if not callable(target):
-                self.add(where, "a resource class or factory", f"{_kind(target)} {route.resource}",
-                         extra=("resource",))
+                self.add(
+                    where,
+                    "a resource class or factory",
+                    f"{_kind(target)} {route.resource}",
+                    extra=("resource",),
+                )
                 return None
             params = _parameters(target)
             names = tuple(n for n in known if n in params and n not in route.kwargs)
@@ -350,8 +453,9 @@ class _Compiler:
             return target
         return self.build_resource(where, route, services, template)
 
-    def build_resource(self, where: Located, route: RouteConfig, services: tuple[str, ...],
-                       template: str) -> Any:
+    def build_resource(
+        self, where: Located, route: RouteConfig, services: tuple[str, ...], template: str
+    ) -> Any:
         source, path = where
         base: Any = WebSocketResource
         if route.base is not None:
@@ -359,8 +463,12 @@ class _Compiler:
             if base is None:
                 return None
             if not (isinstance(base, type) and issubclass(base, WebSocketResource)):
-                self.add(where, "a WebSocketResource subclass", f"{_kind(base)} {route.base}",
-                         extra=("base",))
+                self.add(
+                    where,
+                    "a WebSocketResource subclass",
+                    f"{_kind(base)} {route.base}",
+                    extra=("base",),
+                )
                 return None
         wire = route.wire or getattr(base, "wire", "flat")
         tag_field = route.tag_field or getattr(base, "tag_field", "type")
@@ -384,15 +492,24 @@ class _Compiler:
                 continue
             if struct is not None:
                 try:
-                    schema.append(msgspec.defstruct(
-                        struct.__name__, [], bases=(struct,), module=struct.__module__,
-                        tag=tag, tag_field=tag_field, kw_only=True,
-                        forbid_unknown_fields=decl.strict,
-                    ))
+                    schema.append(
+                        msgspec.defstruct(
+                            struct.__name__,
+                            [],
+                            bases=(struct,),
+                            module=struct.__module__,
+                            tag=tag,
+                            tag_field=tag_field,
+                            kw_only=True,
+                            forbid_unknown_fields=decl.strict,
+                        )
+                    )
                 except (TypeError, ValueError) as ex:
-                    self.add((source, (*hpath, "payload")),
-                             f"a payload type that can be tagged on field {tag_field!r}",
-                             f"{decl.payload}: {ex}")
+                    self.add(
+                        (source, (*hpath, "payload")),
+                        f"a payload type that can be tagged on field {tag_field!r}",
+                        f"{decl.payload}: {ex}",
+                    )
                     ok = False
                     continue
             method = handler_name(tag)
@@ -425,8 +542,9 @@ class _Compiler:
                 value = getattr(route.hooks, event)
                 if value is None:
                     continue
-                fn = self.function((source, (*path, "hooks", event)), value, arity,
-                                   _hook_call(event))
+                fn = self.function(
+                    (source, (*path, "hooks", event)), value, arity, _hook_call(event)
+                )
                 if fn is None:
                     ok = False
                 else:
@@ -434,14 +552,22 @@ class _Compiler:
         attributes = (*route.kwargs, *services)
         for name in attributes:
             if name in taken or not name.isidentifier():
-                self.add(where, "keyword arguments and services that are free attribute names",
-                         repr(name), extra=("kwargs", name) if name in route.kwargs else ())
+                self.add(
+                    where,
+                    "keyword arguments and services that are free attribute names",
+                    repr(name),
+                    extra=("kwargs", name) if name in route.kwargs else (),
+                )
                 ok = False
         if base.__init__ is object.__init__:
             if route.args:
-                self.add(where, "no positional 'args' for a resource built from handlers "
-                         "(use kwargs: they become attributes)", f"{len(route.args)} args",
-                         extra=("args",))
+                self.add(
+                    where,
+                    "no positional 'args' for a resource built from handlers "
+                    "(use kwargs: they become attributes)",
+                    f"{len(route.args)} args",
+                    extra=("args",),
+                )
                 ok = False
             namespace["__init__"] = _store_attributes
         if not ok:
@@ -451,7 +577,8 @@ class _Compiler:
         name = self.class_name(route)
         # NOTE: what the class was built from: hot reload diffs it, export writes it back.
         namespace["__pachinko_declaration__"] = msgspec.to_builtins(
-            msgspec.structs.replace(route, routes=[]))
+            msgspec.structs.replace(route, routes=[])
+        )
         namespace["__pachinko_services__"] = services
         namespace["__module__"] = "pachinko.config.built"
         namespace["__qualname__"] = name
@@ -479,8 +606,9 @@ class _Compiler:
             return None
         declared = [*self.loaded.types, *(n for k, n in self.loaded.broken if k == "types")]
         known = ", ".join(declared) or "none declared"
-        self.add((source, path), f"a declared type ({known}) or an import path to a Struct",
-                 repr(name))
+        self.add(
+            (source, path), f"a declared type ({known}) or an import path to a Struct", repr(name)
+        )
         return None
 
     def class_name(self, route: RouteConfig) -> str:
@@ -510,6 +638,7 @@ def _store_attributes(self: Any, **kwargs: Any) -> None:
 
 def _union(members: list[Any]) -> Any:
     from typing import Union
+
     return Union[tuple(members)]  # noqa: UP007
 
 
@@ -521,14 +650,17 @@ def _copy_function(fn: Any) -> Any:
     (no wrapper: no extra call per message).
     """
     if isinstance(fn, types.FunctionType):
-        copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
-                                  fn.__closure__)
+        copy = types.FunctionType(
+            fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+        )
         copy.__kwdefaults__ = fn.__kwdefaults__
         copy.__annotations__ = dict(fn.__annotations__)
         copy.__qualname__ = fn.__qualname__
         copy.__module__ = fn.__module__
         copy.__doc__ = fn.__doc__
-        copy.__dict__.update({k: v for k, v in fn.__dict__.items() if not k.startswith("__pachinko")})
+        copy.__dict__.update(
+            {k: v for k, v in fn.__dict__.items() if not k.startswith("__pachinko")}
+        )
         copy.__pachinko_origin__ = fn  # type: ignore[attr-defined]  # for export
         return copy
 
@@ -568,8 +700,11 @@ def _kind(value: Any) -> str:
 
 def _hook_call(event: str) -> str:
     args = {
-        "before_connect": "(resource, req, ws, params)", "after_connect": "(resource, ws)",
-        "before_receive": "(resource, ws, message)", "after_receive": "(resource, ws, message)",
-        "before_disconnect": "(resource, ws, close_code)", "on_error": "(resource, ws, exc)",
+        "before_connect": "(resource, req, ws, params)",
+        "after_connect": "(resource, ws)",
+        "before_receive": "(resource, ws, message)",
+        "after_receive": "(resource, ws, message)",
+        "before_disconnect": "(resource, ws, close_code)",
+        "on_error": "(resource, ws, exc)",
     }
     return args[event]

@@ -29,23 +29,40 @@ __all__ = ["export_document", "export_toml"]
 
 _BUILT = "pachinko.config.built"
 _SCALARS: dict[type, str] = {
-    mi.StrType: "str", mi.IntType: "int", mi.FloatType: "float", mi.BoolType: "bool",
-    mi.DateTimeType: "datetime", mi.DateType: "date", mi.TimeType: "time", mi.UUIDType: "uuid",
+    mi.StrType: "str",
+    mi.IntType: "int",
+    mi.FloatType: "float",
+    mi.BoolType: "bool",
+    mi.DateTimeType: "datetime",
+    mi.DateType: "date",
+    mi.TimeType: "time",
+    mi.UUIDType: "uuid",
     mi.AnyType: "any",
 }
 _CONSTRAINTS = ("min_length", "max_length", "pattern", "ge", "gt", "le", "lt", "multiple_of")
-_LIFECYCLE = {"on_connect": "on_connect", "on_disconnect": "on_disconnect",
-              "on_unhandled": "on_unhandled", "get_child_context": "child_context"}
-_HOOKS = ("before_connect", "after_connect", "before_receive", "after_receive",
-          "before_disconnect", "on_error")
+_LIFECYCLE = {
+    "on_connect": "on_connect",
+    "on_disconnect": "on_disconnect",
+    "on_unhandled": "on_unhandled",
+    "get_child_context": "child_context",
+}
+_HOOKS = (
+    "before_connect",
+    "after_connect",
+    "before_receive",
+    "after_receive",
+    "before_disconnect",
+    "on_error",
+)
 
 
 class _Unrepresentable(Exception):
     """A type with no TOML form (the Struct is exported by import path)."""
 
 
-def export_toml(router: WebSocketRouter, *, prefix: str | None = None,
-                settings: Settings | None = None) -> str:
+def export_toml(
+    router: WebSocketRouter, *, prefix: str | None = None, settings: Settings | None = None
+) -> str:
     """Return ``router``'s tree as a routes.toml document.
 
     Args:
@@ -61,8 +78,9 @@ def export_toml(router: WebSocketRouter, *, prefix: str | None = None,
     return tomli_w.dumps(export_document(router, prefix=prefix, settings=settings))
 
 
-def export_document(router: WebSocketRouter, *, prefix: str | None = None,
-                    settings: Settings | None = None) -> dict[str, Any]:
+def export_document(
+    router: WebSocketRouter, *, prefix: str | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
     """Like :func:`export_toml`, as the TOML document's dict."""
     exporter = _Exporter()
     body = exporter.router(router.root)
@@ -119,8 +137,11 @@ class _Exporter:
         hooks: dict[str, list[str]] = {}
         for event, fn, only in router._hooks:
             if only is not None:
-                self.fail(f"{where}hooks.{event}", "a hook for every resource",
-                          f"a hook limited to {only.__qualname__}")
+                self.fail(
+                    f"{where}hooks.{event}",
+                    "a hook for every resource",
+                    f"a hook limited to {only.__qualname__}",
+                )
                 continue
             path = self.path_of(fn, f"{where}hooks.{event}")
             if path is not None:
@@ -140,11 +161,12 @@ class _Exporter:
             body["routers"] = routers
         return body
 
-    def route(self, info: RouteInfo, own: list[RouteInfo], parent: RouteInfo | None,
-              where: str) -> dict[str, Any]:
+    def route(
+        self, info: RouteInfo, own: list[RouteInfo], parent: RouteInfo | None, where: str
+    ) -> dict[str, Any]:
         path = info.template
         if parent is not None:
-            path = "/" + info.template[len(parent.template):].lstrip("/")
+            path = "/" + info.template[len(parent.template) :].lstrip("/")
         out: dict[str, Any] = {"path": path}
         if info.name is not None:
             out["name"] = info.name
@@ -155,8 +177,9 @@ class _Exporter:
             out["kwargs"] = dict(info.kwargs)
         children = [c for c in own if c.parent is info]
         if children:
-            out["routes"] = [self.route(c, own, info, f"{where}.routes[{i}]")
-                             for i, c in enumerate(children)]
+            out["routes"] = [
+                self.route(c, own, info, f"{where}.routes[{i}]") for i, c in enumerate(children)
+            ]
         return out
 
     # -- resources --------------------------------------------------------------
@@ -200,14 +223,19 @@ class _Exporter:
                     path = self.path_of(vars(target)[attr], f"{where}.{key}")
                     if path:
                         out[key] = path
-            hooks = {e: p for e in _HOOKS if e in vars(target)
-                     if (p := self.path_of(vars(target)[e], f"{where}.hooks.{e}"))}
+            hooks = {
+                e: p
+                for e in _HOOKS
+                if e in vars(target)
+                if (p := self.path_of(vars(target)[e], f"{where}.hooks.{e}"))
+            }
             if hooks:
                 out["hooks"] = hooks
         return out
 
-    def handler_path(self, fn: Callable[..., Any], target: type, method: str, built: bool,
-                     where: str) -> str | None:
+    def handler_path(
+        self, fn: Callable[..., Any], target: type, method: str, built: bool, where: str
+    ) -> str | None:
         if built:
             return self.path_of(fn, where)
         owner = next((k for k in target.__mro__ if method in vars(k)), target)
@@ -228,7 +256,7 @@ class _Exporter:
         self.names[key] = name
         self.types[name] = {}  # reserve the name (recursive types)
         info = mi.type_info(struct)
-        assert isinstance(info, mi.StructType)  # noqa: S101 - a Struct class by construction
+        assert isinstance(info, mi.StructType)
         table: dict[str, Any] = {}
         try:
             fields: dict[str, Any] = {}

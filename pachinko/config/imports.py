@@ -79,11 +79,17 @@ def _user_error(module_name: str, ex: BaseException) -> ImportFailure:
     # NOTE: the import machinery's frames (and ours) say nothing to the user:
     #   show the traceback from their module on, as Python would for a script.
     shown = traceback.TracebackException.from_exception(ex)
-    shown.stack = traceback.StackSummary.from_list([
-        frame for frame in shown.stack
-        if not (frame.filename.startswith("<frozen") or frame.filename == __file__
-                or frame.filename.endswith(("importlib/__init__.py", "importlib\\__init__.py")))
-    ])
+    shown.stack = traceback.StackSummary.from_list(
+        [
+            frame
+            for frame in shown.stack
+            if not (
+                frame.filename.startswith("<frozen")
+                or frame.filename == __file__
+                or frame.filename.endswith(("importlib/__init__.py", "importlib\\__init__.py"))
+            )
+        ]
+    )
     text = "".join(shown.format()).rstrip()
     return ImportFailure(
         f"module {module_name!r} to import cleanly",

@@ -65,19 +65,24 @@ def interpolate(
                 return "${"
             name = match.group("name")
             if name is None:
-                problems.append(InterpolationProblem(
-                    path, "${NAME} or ${NAME:-default}", f"an unterminated '${{' in {text!r}"
-                ))
+                problems.append(
+                    InterpolationProblem(
+                        path, "${NAME} or ${NAME:-default}", f"an unterminated '${{' in {text!r}"
+                    )
+                )
                 return token
             changed = True
             if name in environ:
                 return environ[name]
             if match.group("sep") is not None:
                 return match.group("default") or ""
-            problems.append(InterpolationProblem(
-                path, f"environment variable {name} to be set (or a default: ${{{name}:-...}})",
-                "it is not set",
-            ))
+            problems.append(
+                InterpolationProblem(
+                    path,
+                    f"environment variable {name} to be set (or a default: ${{{name}:-...}})",
+                    "it is not set",
+                )
+            )
             return ""
 
         result = _TOKEN.sub(replace, text)

@@ -55,11 +55,18 @@ class Report:
         self.issues: list[Issue] = []
         self.causes: list[BaseException] = []
 
-    def add(self, source: Source, path: KeyPath, expected: str, found: str,
-            cause: BaseException | None = None) -> None:
+    def add(
+        self,
+        source: Source,
+        path: KeyPath,
+        expected: str,
+        found: str,
+        cause: BaseException | None = None,
+    ) -> None:
         """Record a problem at ``path`` of ``source``."""
-        self.issues.append(Issue(source.name, format_path(path), line_of(source.lines, path),
-                                 expected, found))
+        self.issues.append(
+            Issue(source.name, format_path(path), line_of(source.lines, path), expected, found)
+        )
         if cause is not None:
             self.causes.append(cause)
 
@@ -98,8 +105,11 @@ class Loaded:
         return [s.path for s in self.sources if s.path is not None]
 
 
-def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
-         report: Report | None = None) -> Loaded:
+def load(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    report: Report | None = None,
+) -> Loaded:
     """Read, interpolate, check and merge ``path`` and its includes.
 
     The file's directory is put on ``sys.path`` (if it is not there yet) so
@@ -127,8 +137,12 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
     return loaded.result()
 
 
-def load_text(text: str, name: str = "<string>", environ: Mapping[str, str] | None = None,
-              report: Report | None = None) -> Loaded:
+def load_text(
+    text: str,
+    name: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    report: Report | None = None,
+) -> Loaded:
     """Like :func:`load` for a document in a string (includes are relative to cwd)."""
     own = report is None
     report = report or Report()
@@ -157,12 +171,22 @@ class _Merger:
 
     def result(self) -> Loaded:
         return Loaded(
-            self.sources[0], self.sources, self.app or AppConfig(), self.settings or Settings(),
-            self.types, self.services, self.workers, self.hooks, self.routes, self.routers,
+            self.sources[0],
+            self.sources,
+            self.app or AppConfig(),
+            self.settings or Settings(),
+            self.types,
+            self.services,
+            self.workers,
+            self.hooks,
+            self.routes,
+            self.routers,
             self.broken,
         )
 
-    def file(self, path: Path, display: str, includer: Located | None, chain: tuple[Path, ...]) -> None:
+    def file(
+        self, path: Path, display: str, includer: Located | None, chain: tuple[Path, ...]
+    ) -> None:
         try:
             resolved = path.resolve()
             text = path.read_text(encoding="utf-8")
@@ -182,8 +206,9 @@ class _Merger:
         source = Source(display, path, {})
         self.document(text, source, path.parent, root=includer is None, chain=(*chain, resolved))
 
-    def document(self, text: str, source: Source, base: Path, *, root: bool,
-                 chain: tuple[Path, ...] = ()) -> None:
+    def document(
+        self, text: str, source: Source, base: Path, *, root: bool, chain: tuple[Path, ...] = ()
+    ) -> None:
         report = self.report
         raw, line, message = parse(text)
         if raw is None:
@@ -204,11 +229,16 @@ class _Merger:
             target = Path(include)
             if not target.is_absolute():
                 target = base / target
-            display = include if source.path is None else os.path.join(
-                os.path.dirname(source.name), include)
+            display = (
+                include
+                if source.path is None
+                else os.path.join(os.path.dirname(source.name), include)
+            )
             self.file(target, display, (source, ("include", index)), chain)
 
-    def checked(self, raw: dict[str, Any], source: Source, lenient: frozenset[KeyPath]) -> ConfigFile:
+    def checked(
+        self, raw: dict[str, Any], source: Source, lenient: frozenset[KeyPath]
+    ) -> ConfigFile:
         """Check ``raw`` item by item; keep what is valid so later stages report too.
 
         A broken route or router is left out; a broken type, service or
@@ -220,8 +250,11 @@ class _Merger:
         kept: dict[str, Any] = {}
         for key, value in raw.items():
             field = fields.get(key)
-            if field is None or not isinstance(value, list | dict) or key in (
-                    "include", "app", "settings", "hooks"):
+            if (
+                field is None
+                or not isinstance(value, list | dict)
+                or key in ("include", "app", "settings", "hooks")
+            ):
                 cleaned, found = check({key: value}, ConfigFile, (), lenient)
                 self.report_all(source, found)
                 if not found:
@@ -260,8 +293,9 @@ class _Merger:
         report = self.report
         for key in ("app", "settings"):
             if getattr(config, key) is not None and not root:
-                report.add(source, (key,), f"[{key}] in the root file only",
-                           f"[{key}] in an included file")
+                report.add(
+                    source, (key,), f"[{key}] in the root file only", f"[{key}] in an included file"
+                )
         if root:
             self.app = config.app
             self.settings = config.settings
@@ -272,8 +306,12 @@ class _Merger:
                     (other, other_path), _ = merged[name]
                     line = line_of(other.lines, other_path)
                     at = other.name if line is None else f"{other.name}:{line}"
-                    report.add(source, (section, name), f"a {section[:-1]} name used once",
-                               f"{section}.{name} declared already at {at}")
+                    report.add(
+                        source,
+                        (section, name),
+                        f"a {section[:-1]} name used once",
+                        f"{section}.{name} declared already at {at}",
+                    )
                     continue
                 merged[name] = ((source, (section, name)), item)
         self.hooks.extend(_hooks(config.hooks, source, ("hooks",)))
@@ -283,7 +321,9 @@ class _Merger:
             self.routers.append(((source, ("routers", index)), router))
 
 
-def _hooks(hooks: HooksConfig | None, source: Source, path: KeyPath) -> list[tuple[Located, str, str]]:
+def _hooks(
+    hooks: HooksConfig | None, source: Source, path: KeyPath
+) -> list[tuple[Located, str, str]]:
     """Flatten a hooks table into (where, event, import path)."""
     if hooks is None:
         return []
@@ -293,7 +333,9 @@ def _hooks(hooks: HooksConfig | None, source: Source, path: KeyPath) -> list[tup
         if isinstance(value, str):
             out.append(((source, (*path, field.name)), field.name, value))
         else:
-            out.extend(((source, (*path, field.name, i)), field.name, v) for i, v in enumerate(value))
+            out.extend(
+                ((source, (*path, field.name, i)), field.name, v) for i, v in enumerate(value)
+            )
     return out
 
 
@@ -308,6 +350,10 @@ def _settings_off(raw: dict[str, Any]) -> None:
     hints = typing.get_type_hints(Settings)
     for key, value in settings.items():
         tp = hints.get(key)
-        if value is False and tp is not None and type(None) in typing.get_args(tp) \
-                and bool not in typing.get_args(tp):
+        if (
+            value is False
+            and tp is not None
+            and type(None) in typing.get_args(tp)
+            and bool not in typing.get_args(tp)
+        ):
             settings[key] = None

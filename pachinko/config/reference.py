@@ -109,8 +109,10 @@ def render() -> str:
     """Return the reference as Markdown."""
     parts = [_HEADER]
     for title, cls in TABLES:
-        parts.append(f"\n## {title}\n\n{_summary(cls)}\n\n| key | type | default | meaning |\n"
-                     "|---|---|---|---|\n")
+        parts.append(
+            f"\n## {title}\n\n{_summary(cls)}\n\n| key | type | default | meaning |\n"
+            "|---|---|---|---|\n"
+        )
         docs = _attributes(cls)
         hints = typing.get_type_hints(cls, include_extras=True)
         for field in msgspec.structs.fields(cls):

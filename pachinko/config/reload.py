@@ -49,18 +49,23 @@ def describe_changes(old: Compiled, new: Compiled) -> dict[str, list[str]]:
         ``restart`` (changes that need a process restart); each a list of
         ``+name`` (added), ``-name`` (removed), ``~name`` (changed).
     """
+
     def routes(c: Compiled) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for info in c.router.routes():
             target = info.target
-            decl = (getattr(target, "__pachinko_declaration__", None)
-                    or (target.__module__, target.__qualname__))
+            decl = getattr(target, "__pachinko_declaration__", None) or (
+                target.__module__,
+                target.__qualname__,
+            )
             out[info.template] = (info.name, decl, info.args, info.kwargs)
         return out
 
     def table(items: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: msgspec.to_builtins(decl, builtin_types=(object,))
-                for name, (_, decl) in items.items()}
+        return {
+            name: msgspec.to_builtins(decl, builtin_types=(object,))
+            for name, (_, decl) in items.items()
+        }
 
     changes = {
         "routes": _diff(routes(old), routes(new)),
@@ -105,8 +110,14 @@ class Reloader:
         force_polling: Poll even if ``watchfiles`` is installed.
     """
 
-    def __init__(self, configured: Configured, *, environ: Mapping[str, str] | None = None,
-                 poll_interval: float = 0.25, force_polling: bool | None = None) -> None:
+    def __init__(
+        self,
+        configured: Configured,
+        *,
+        environ: Mapping[str, str] | None = None,
+        poll_interval: float = 0.25,
+        force_polling: bool | None = None,
+    ) -> None:
         self.configured = configured
         self.environ = environ
         self.poll_interval = poll_interval
@@ -152,8 +163,11 @@ class Reloader:
             files = set(self.files)
             folders = sorted({str(p.parent) for p in files})
             async for _ in watchfiles.awatch(
-                *folders, watch_filter=lambda _change, path: Path(path).resolve() in files,
-                stop_event=self._stop, debounce=100, step=20,
+                *folders,
+                watch_filter=lambda _change, path, files=files: Path(path).resolve() in files,
+                stop_event=self._stop,
+                debounce=100,
+                step=20,
             ):
                 await self.reload()
                 if set(self.files) != files:
@@ -186,13 +200,15 @@ class Reloader:
             new = load_config(configured.path, self.environ, ServiceBox())
         except ConfigError as ex:
             self.failures += 1
-            logger.error("reload of %s failed, still serving the previous version:\n%s",
-                         configured.path, ex)
+            logger.error(
+                "reload of %s failed, still serving the previous version:\n%s", configured.path, ex
+            )
             return False
         except Exception:  # a bug must not stop the watcher: keep serving
             self.failures += 1
-            logger.exception("reload of %s failed, still serving the previous version",
-                             configured.path)
+            logger.exception(
+                "reload of %s failed, still serving the previous version", configured.path
+            )
             return False
         changes = describe_changes(old, new)
         added = [c[1:] for c in changes["services"] if c.startswith("+")]
@@ -200,8 +216,10 @@ class Reloader:
             self.failures += 1
             logger.error(
                 "reload of %s refused, still serving the previous version: new services (%s) "
-                "are created at startup only; restart the server", configured.path,
-                ", ".join(added))
+                "are created at startup only; restart the server",
+                configured.path,
+                ", ".join(added),
+            )
             return False
         new.box.services = configured.runtime.services
         configured.mount.swap(new.router)
@@ -209,12 +227,21 @@ class Reloader:
         await self._restart_workers(old, new, changes["workers"])
         elapsed = (time.perf_counter() - started) * 1000
         self.reloads += 1
-        summary = "; ".join(f"{kind} {' '.join(items)}" for kind, items in changes.items()
-                            if items and kind != "restart") or "no change"
+        summary = (
+            "; ".join(
+                f"{kind} {' '.join(items)}"
+                for kind, items in changes.items()
+                if items and kind != "restart"
+            )
+            or "no change"
+        )
         logger.info("reloaded %s in %.1f ms: %s", configured.path, elapsed, summary)
         if changes["restart"]:
-            logger.warning("%s: %s changed; restart the server to apply it", configured.path,
-                           ", ".join(changes["restart"]))
+            logger.warning(
+                "%s: %s changed; restart the server to apply it",
+                configured.path,
+                ", ".join(changes["restart"]),
+            )
         return True
 
     async def _restart_workers(self, old: Compiled, new: Compiled, changes: list[str]) -> None:
@@ -228,8 +255,9 @@ class Reloader:
         context = {"manager": runtime.manager, "settings": runtime.settings, **runtime.services}
         names = [c[1:] for c in changes]
         previous = {name: worker_callable(plan) for name, plan in old.workers.items()}
-        declared = [w for w in runtime.declared_workers
-                    if getattr(w, "__name__", None) not in previous]
+        declared = [
+            w for w in runtime.declared_workers if getattr(w, "__name__", None) not in previous
+        ]
         fresh = {name: worker_callable(plan) for name, plan in new.workers.items()}
         runtime.declared_workers = [*declared, *fresh.values()]
         if hasattr(controller, "stop_worker") and hasattr(controller, "start_worker"):
@@ -240,8 +268,9 @@ class Reloader:
                     await controller.start_worker(fresh[name], **context)
             return
         # NOTE: this WorkerController cannot stop one worker: restart them all.
-        logger.warning("restarting every worker (the controller cannot restart one): %s",
-                       ", ".join(changes))
+        logger.warning(
+            "restarting every worker (the controller cannot restart one): %s", ", ".join(changes)
+        )
         await controller.stop()
         await controller.start(*runtime.declared_workers, **context)
 

@@ -40,7 +40,9 @@ SCALARS: Final[dict[str, Any]] = {
     "any": Any,
 }
 _GENERICS: Final = {"list": 1, "dict": 2, "optional": 1}
-_TOKEN: Final = re.compile(r"\s*(?:(?P<name>[A-Za-z_][\w.]*(?::[A-Za-z_][\w.]*)?)|(?P<punct>[\[\],]))")
+_TOKEN: Final = re.compile(
+    r"\s*(?:(?P<name>[A-Za-z_][\w.]*(?::[A-Za-z_][\w.]*)?)|(?P<punct>[\[\],]))"
+)
 _MODULE: Final = "pachinko.config.types"
 _EXPECTED_TYPE: Final = (
     "a type: str, int, float, bool, datetime, date, time, uuid, any, list[T], dict[str, T], "
@@ -119,7 +121,7 @@ def _parse(tokens: list[str], index: int, resolve: Callable[[str], Any]) -> tupl
             key = _finish(args[0])
             if key not in (str, int):
                 raise ValueError("dict keys must be str or int")
-            return dict[key, _finish(args[1])], index  # type: ignore[valid-type]
+            return dict[key, _finish(args[1])], index  # type: ignore[misc,valid-type]
         return _Optional(_finish(args[0])), index
     if name in SCALARS:
         return SCALARS[name], index
@@ -146,7 +148,7 @@ class _Compiler:
             return self.structs[name]
         if name in self.types:
             if name in self.building:
-                cycle = " -> ".join([*self.building[self.building.index(name):], name])
+                cycle = " -> ".join([*self.building[self.building.index(name) :], name])
                 raise LookupError(f"a type that does not contain itself ({cycle})")
             built = self.build(name)
             if built is None:
@@ -178,16 +180,18 @@ class _Compiler:
     def _build(self, name: str, path: KeyPath, decl: TypeConfig) -> Any:
         if decl.struct is not None:
             if decl.fields:
-                self.problems.append(Problem(
-                    (*path, "struct"), "either 'struct' or 'fields'", "both"))
+                self.problems.append(
+                    Problem((*path, "struct"), "either 'struct' or 'fields'", "both")
+                )
             try:
                 value = import_path(decl.struct)
             except ImportFailure as ex:
                 self.problems.append(Problem((*path, "struct"), ex.expected, ex.found))
                 return None
             if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
-                self.problems.append(Problem(
-                    (*path, "struct"), "a msgspec.Struct subclass", repr(value)))
+                self.problems.append(
+                    Problem((*path, "struct"), "a msgspec.Struct subclass", repr(value))
+                )
                 return None
             return value
         specs: list[Any] = []
@@ -216,8 +220,9 @@ class _Compiler:
     def _field(self, fname: str, fpath: KeyPath, field: FieldConfig, table: bool) -> Any:
         tpath = (*fpath, "type") if table else fpath
         if not fname.isidentifier():
-            self.problems.append(Problem(
-                fpath, "a field name that is a Python identifier", repr(fname)))
+            self.problems.append(
+                Problem(fpath, "a field name that is a Python identifier", repr(fname))
+            )
             return None
         if field.type is None and field.enum is None:
             self.problems.append(Problem(fpath, "a key 'type' (or 'enum')", "no such key"))
@@ -229,9 +234,13 @@ class _Compiler:
                 return None
             tp = Literal[tuple(field.enum)]
             if field.type is not None:
-                self.problems.append(Problem(
-                    (*fpath, "type"), "no 'type' with 'enum' (the values give the type)",
-                    repr(field.type)))
+                self.problems.append(
+                    Problem(
+                        (*fpath, "type"),
+                        "no 'type' with 'enum' (the values give the type)",
+                        repr(field.type),
+                    )
+                )
                 return None
         else:
             assert field.type is not None
@@ -241,16 +250,28 @@ class _Compiler:
                 message = str(ex)
                 if message:
                     found = f"{field.type!r}: {message}"
-                    self.problems.append(Problem(
-                        tpath, message if message.startswith("a type that") else _EXPECTED_TYPE,
-                        f"{field.type!r}" if message.startswith("a type that") else found,
-                    ))
+                    self.problems.append(
+                        Problem(
+                            tpath,
+                            message if message.startswith("a type that") else _EXPECTED_TYPE,
+                            f"{field.type!r}" if message.startswith("a type that") else found,
+                        )
+                    )
                 return None
         optional = _is_optional(tp)
         meta = {
             key: getattr(field, key)
-            for key in ("min_length", "max_length", "pattern", "ge", "gt", "le", "lt",
-                        "multiple_of", "description")
+            for key in (
+                "min_length",
+                "max_length",
+                "pattern",
+                "ge",
+                "gt",
+                "le",
+                "lt",
+                "multiple_of",
+                "description",
+            )
             if getattr(field, key) is not None
         }
         inner = _strip_none(tp) if optional else tp
@@ -262,17 +283,22 @@ class _Compiler:
                 annotated: Any = Annotated[inner, msgspec.Meta(**meta)]
                 msgspec.json.Decoder(annotated)
             except (TypeError, ValueError, re.error) as ex:
-                self.problems.append(Problem(
-                    fpath, "constraints that fit the field's type", str(ex)))
+                self.problems.append(
+                    Problem(fpath, "constraints that fit the field's type", str(ex))
+                )
                 return None
             tp = Union[annotated, None] if optional else annotated  # noqa: UP007
         if field.default is not msgspec.UNSET:
             try:
                 default = msgspec.convert(field.default, tp)
             except msgspec.ValidationError as ex:
-                self.problems.append(Problem(
-                    (*fpath, "default"), f"a default that fits the field ({ex})",
-                    kind_of(field.default)))
+                self.problems.append(
+                    Problem(
+                        (*fpath, "default"),
+                        f"a default that fits the field ({ex})",
+                        kind_of(field.default),
+                    )
+                )
                 return None
             if isinstance(default, list | dict):
                 frozen = default
@@ -289,11 +315,13 @@ def _copy(value: Any) -> Any:
 
 def _is_optional(tp: Any) -> bool:
     from typing import get_args, get_origin
+
     return get_origin(tp) is Union and type(None) in get_args(tp)
 
 
 def _strip_none(tp: Any) -> Any:
     from typing import get_args
+
     rest = [a for a in get_args(tp) if a is not type(None)]
     return rest[0] if len(rest) == 1 else Union[tuple(rest)]  # noqa: UP007
 

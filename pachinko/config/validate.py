@@ -24,7 +24,6 @@ from ._toml import KeyPath
 __all__ = ["Problem", "check", "describe", "kind_of"]
 
 
-
 class Problem:
     """A value that does not fit the model (collected into a ConfigError)."""
 
@@ -90,24 +89,32 @@ def describe(tp: Any) -> str:
         return f"an array of {_plural(describe(args[0]))}" if args else "an array"
     if origin is dict:
         return f"a table of {_plural(describe(typing.get_args(tp)[1]))}"
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-             type(None): "nothing"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "nothing",
+    }
     return names.get(tp, getattr(tp, "__name__", repr(tp)))
 
 
 def _plural(text: str) -> str:
     for article in ("an ", "a "):
         if text.startswith(article):
-            rest = text[len(article):]
+            rest = text[len(article) :]
             if rest.startswith("import path"):
-                return "import paths" + rest[len("import path"):]
+                return "import paths" + rest[len("import path") :]
             head, _, tail = rest.partition(" ")
             return (head + "s" + (" " + tail if tail else "")) if head else rest
     return text
 
 
 def check(
-    value: Any, tp: Any, path: KeyPath = (), lenient: frozenset[KeyPath] = frozenset(),
+    value: Any,
+    tp: Any,
+    path: KeyPath = (),
+    lenient: frozenset[KeyPath] = frozenset(),
 ) -> tuple[Any, list[Problem]]:
     """Check ``value`` against model type ``tp``.
 
@@ -126,8 +133,9 @@ def check(
     return cleaned, problems
 
 
-def _check(value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath],
-           out: list[Problem]) -> Any:
+def _check(
+    value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath], out: list[Problem]
+) -> Any:
     if tp is Any:
         return value
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
@@ -146,8 +154,9 @@ def _check(value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath],
             if arrays:
                 return _check(value, arrays[0], path, lenient, out)
         else:
-            scalars = [m for m in members if not _is_table(m)
-                       and typing.get_origin(m) not in (list, tuple)]
+            scalars = [
+                m for m in members if not _is_table(m) and typing.get_origin(m) not in (list, tuple)
+            ]
             if scalars:
                 scalar: Any = scalars[0] if len(scalars) == 1 else Union[tuple(scalars)]  # noqa: UP007
                 return _leaf(value, scalar, path, lenient, out, describe(tp))
@@ -170,11 +179,19 @@ def _check(value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath],
 
 
 def _is_table(tp: Any) -> bool:
-    return (isinstance(tp, type) and issubclass(tp, msgspec.Struct)) or typing.get_origin(tp) is dict
+    return (isinstance(tp, type) and issubclass(tp, msgspec.Struct)) or typing.get_origin(
+        tp
+    ) is dict
 
 
-def _leaf(value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath],
-          out: list[Problem], expected: str) -> Any:
+def _leaf(
+    value: Any,
+    tp: Any,
+    path: KeyPath,
+    lenient: frozenset[KeyPath],
+    out: list[Problem],
+    expected: str,
+) -> Any:
     try:
         return msgspec.convert(value, tp, strict=path not in lenient)
     except msgspec.ValidationError:
@@ -189,8 +206,13 @@ def _struct_info(tp: type[msgspec.Struct]) -> tuple[dict[str, Any], dict[str, An
     return fields, typing.get_type_hints(tp, include_extras=True)
 
 
-def _check_struct(value: Any, tp: type[msgspec.Struct], path: KeyPath,
-                  lenient: frozenset[KeyPath], out: list[Problem]) -> Any:
+def _check_struct(
+    value: Any,
+    tp: type[msgspec.Struct],
+    path: KeyPath,
+    lenient: frozenset[KeyPath],
+    out: list[Problem],
+) -> Any:
     if not isinstance(value, dict):
         out.append(Problem(path, "a table", kind_of(value)))
         return value
@@ -201,9 +223,13 @@ def _check_struct(value: Any, tp: type[msgspec.Struct], path: KeyPath,
         if field is None:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            out.append(Problem(
-                (*path, key), "one of the keys " + ", ".join(fields), f"unknown key {key!r}{hint}"
-            ))
+            out.append(
+                Problem(
+                    (*path, key),
+                    "one of the keys " + ", ".join(fields),
+                    f"unknown key {key!r}{hint}",
+                )
+            )
             continue
         cleaned[key] = _check(item, hints[field.name], (*path, key), lenient, out)
     for name, field in fields.items():

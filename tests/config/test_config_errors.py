@@ -90,8 +90,11 @@ def _in_fixture_dir(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_failure_kind_has_a_fixture() -> None:
-    fixtures = {p.name for p in ERRORS.glob("*.toml")} - {"include_cycle_b.toml", "multi.toml",
-                                                           "user_import_error.toml"}
+    fixtures = {p.name for p in ERRORS.glob("*.toml")} - {
+        "include_cycle_b.toml",
+        "multi.toml",
+        "user_import_error.toml",
+    }
     assert fixtures == set(EXPECTED)
 
 
@@ -126,7 +129,11 @@ def test_a_file_with_several_errors_reports_all_of_them() -> None:
         "already by routes[0].name (multi.toml:10)"
     )
     issue = info.value.issues[3]
-    assert (issue.file, issue.path, issue.line) == ("multi.toml", "routes[0].handlers.join.handler", 11)
+    assert (issue.file, issue.path, issue.line) == (
+        "multi.toml",
+        "routes[0].handlers.join.handler",
+        11,
+    )
 
 
 def test_the_users_own_import_error_is_shown_unchanged() -> None:
@@ -151,7 +158,9 @@ def test_the_users_own_import_error_is_shown_unchanged() -> None:
 def test_the_users_own_syntax_error_is_shown_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "fx_syntax_error.py").write_text("async def join(resource, ws, payload)\n    pass\n")
+    (tmp_path / "fx_syntax_error.py").write_text(
+        "async def join(resource, ws, payload)\n    pass\n"
+    )
     (tmp_path / "routes.toml").write_text(
         '[[routes]]\npath = "/chat"\nhandlers.join = "fx_syntax_error:join"\n'
     )

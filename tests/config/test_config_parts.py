@@ -27,20 +27,20 @@ class Point(msgspec.Struct):
 
 def test_key_lines_follow_tables_arrays_inline_tables_and_multiline_values() -> None:
     text = (
-        "# comment\n"                                   # 1
-        'include = ["a.toml",\n'                        # 2
-        '  "b.toml"]\n'                                 # 3
-        "[[routes]]\n"                                  # 4
+        "# comment\n"  # 1
+        'include = ["a.toml",\n'  # 2
+        '  "b.toml"]\n'  # 3
+        "[[routes]]\n"  # 4
         "path = '/chat'  # a comment with = and [x]\n"  # 5
-        'handlers.join = { handler = """x\n'            # 6
-        'y""", payload = "Join" }\n'                    # 7
-        "[[routes.routes]]\n"                           # 8
-        'path = "/sub"\n'                               # 9
-        "[[routes]]\n"                                  # 10
-        '"odd.key".list = [ {a = 1},\n'                 # 11
-        "  {b = 2} ]\n"                                 # 12
-        "[types.Join.fields]\n"                         # 13
-        "room = { type = 'str' }\n"                     # 14
+        'handlers.join = { handler = """x\n'  # 6
+        'y""", payload = "Join" }\n'  # 7
+        "[[routes.routes]]\n"  # 8
+        'path = "/sub"\n'  # 9
+        "[[routes]]\n"  # 10
+        '"odd.key".list = [ {a = 1},\n'  # 11
+        "  {b = 2} ]\n"  # 12
+        "[types.Join.fields]\n"  # 13
+        "room = { type = 'str' }\n"  # 14
     )
     lines = key_lines(text)
     expect = {
@@ -63,7 +63,10 @@ def test_line_of_falls_back_to_the_nearest_written_ancestor() -> None:
 
 
 def test_format_path_quotes_keys_that_are_not_bare() -> None:
-    assert format_path(("routes", 2, "handlers", "chat.message")) == 'routes[2].handlers."chat.message"'
+    assert (
+        format_path(("routes", 2, "handlers", "chat.message"))
+        == 'routes[2].handlers."chat.message"'
+    )
 
 
 # -- interpolation ----------------------------------------------------------------
@@ -80,8 +83,11 @@ def test_interpolation_substitutes_defaults_and_escapes() -> None:
 def test_interpolation_reports_unset_and_unterminated_variables() -> None:
     _, _, problems = interpolate({"x": {"y": "${MISSING}"}, "z": "${oops"}, {})
     assert [(p.path, p.expected, p.found) for p in problems] == [
-        (("x", "y"), "environment variable MISSING to be set (or a default: ${MISSING:-...})",
-         "it is not set"),
+        (
+            ("x", "y"),
+            "environment variable MISSING to be set (or a default: ${MISSING:-...})",
+            "it is not set",
+        ),
         (("z",), "${NAME} or ${NAME:-default}", "an unterminated '${' in '${oops'"),
     ]
 
@@ -89,17 +95,29 @@ def test_interpolation_reports_unset_and_unterminated_variables() -> None:
 # -- import paths -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "expected", "found"), [
-    ("json.dumps", "an import path 'package.module:attribute'", "'json.dumps'"),
-    ("json:", "an import path 'package.module:attribute'", "'json:'"),
-    ("no_such_module_x:f", "an importable module 'no_such_module_x'",
-     "no module named 'no_such_module_x'"),
-    ("no_such_pkg_x.sub:f", "an importable module 'no_such_pkg_x.sub'",
-     "no module named 'no_such_pkg_x'"),
-    ("json:nope", "an attribute 'nope' in 'json'", "'json' has no attribute 'nope'"),
-    ("json:JSONDecoder.nope", "an attribute 'nope' in 'json:JSONDecoder'",
-     "'json:JSONDecoder' has no attribute 'nope'"),
-])
+@pytest.mark.parametrize(
+    ("path", "expected", "found"),
+    [
+        ("json.dumps", "an import path 'package.module:attribute'", "'json.dumps'"),
+        ("json:", "an import path 'package.module:attribute'", "'json:'"),
+        (
+            "no_such_module_x:f",
+            "an importable module 'no_such_module_x'",
+            "no module named 'no_such_module_x'",
+        ),
+        (
+            "no_such_pkg_x.sub:f",
+            "an importable module 'no_such_pkg_x.sub'",
+            "no module named 'no_such_pkg_x'",
+        ),
+        ("json:nope", "an attribute 'nope' in 'json'", "'json' has no attribute 'nope'"),
+        (
+            "json:JSONDecoder.nope",
+            "an attribute 'nope' in 'json:JSONDecoder'",
+            "'json:JSONDecoder' has no attribute 'nope'",
+        ),
+    ],
+)
 def test_import_failures_are_precise(path: str, expected: str, found: str) -> None:
     with pytest.raises(ImportFailure) as info:
         import_path(path)
@@ -132,24 +150,37 @@ def _unknown(name: str) -> Any:
     raise LookupError(f"unknown type {name!r}")
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("str", str), ("int", int), ("float", float), ("bool", bool),
-    ("datetime", datetime.datetime), ("date", datetime.date), ("uuid", uuid.UUID),
-    ("list[int]", list[int]), ("dict[str, list[bool]]", dict[str, list[bool]]),
-    ("optional[str]", str | None), ("list[optional[int]]", list[int | None]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("str", str),
+        ("int", int),
+        ("float", float),
+        ("bool", bool),
+        ("datetime", datetime.datetime),
+        ("date", datetime.date),
+        ("uuid", uuid.UUID),
+        ("list[int]", list[int]),
+        ("dict[str, list[bool]]", dict[str, list[bool]]),
+        ("optional[str]", str | None),
+        ("list[optional[int]]", list[int | None]),
+    ],
+)
 def test_parse_type(text: str, expected: Any) -> None:
     assert parse_type(text, _unknown) == expected
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("list", "list needs parameters: list[...]"),
-    ("list[int", "list[...] is not closed"),
-    ("dict[str]", "dict takes 2 parameter(s), got 1"),
-    ("dict[float, int]", "dict keys must be str or int"),
-    ("int]", "unexpected ']'"),
-    ("Nope", "unknown type 'Nope'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("list", "list needs parameters: list[...]"),
+        ("list[int", "list[...] is not closed"),
+        ("dict[str]", "dict takes 2 parameter(s), got 1"),
+        ("dict[float, int]", "dict keys must be str or int"),
+        ("int]", "unexpected ']'"),
+        ("Nope", "unknown type 'Nope'"),
+    ],
+)
 def test_parse_type_errors(text: str, message: str) -> None:
     with pytest.raises((ValueError, LookupError)) as info:
         parse_type(text, _unknown)
@@ -161,45 +192,71 @@ def _types(**decls: TypeConfig) -> dict[str, tuple[Any, TypeConfig]]:
 
 
 def test_declared_types_compile_to_structs_with_constraints_and_defaults() -> None:
-    structs, problems = compile_types(_types(
-        Entry=TypeConfig(fields={"at": "datetime", "tags": FieldConfig(type="list[str]", default=["a"])}),
-        Join=TypeConfig(tag="join", fields={
-            "room": FieldConfig(type="str", min_length=1, max_length=4, pattern="^[a-z]+$"),
-            "mode": FieldConfig(enum=["read", "write"], default="read"),
-            "level": FieldConfig(type="int", ge=0, le=10, default=1),
-            "note": "optional[str]",
-            "entries": "list[Entry]",
-            "point": "test_config_parts:Point",
-            "id": "optional[uuid]",
-        }),
-    ))
+    structs, problems = compile_types(
+        _types(
+            Entry=TypeConfig(
+                fields={"at": "datetime", "tags": FieldConfig(type="list[str]", default=["a"])}
+            ),
+            Join=TypeConfig(
+                tag="join",
+                fields={
+                    "room": FieldConfig(type="str", min_length=1, max_length=4, pattern="^[a-z]+$"),
+                    "mode": FieldConfig(enum=["read", "write"], default="read"),
+                    "level": FieldConfig(type="int", ge=0, le=10, default=1),
+                    "note": "optional[str]",
+                    "entries": "list[Entry]",
+                    "point": "test_config_parts:Point",
+                    "id": "optional[uuid]",
+                },
+            ),
+        )
+    )
     assert problems == []
     join = structs["Join"]
     decoded = msgspec.json.decode(
         b'{"type": "join", "room": "abc", "entries": [{"at": "2024-01-01T00:00:00Z"}],'
-        b' "point": {"x": 1, "y": 2}}', type=join)
+        b' "point": {"x": 1, "y": 2}}',
+        type=join,
+    )
     assert (decoded.room, decoded.mode, decoded.level, decoded.note) == ("abc", "read", 1, None)
     assert decoded.entries[0].tags == ["a"]
     assert decoded.point == Point(1, 2)
-    with pytest.raises(msgspec.ValidationError, match=r"Expected `str` of length <= 4 - at `\$.room`"):
-        msgspec.json.decode(b'{"type": "join", "room": "abcde", "entries": [], "point": {"x": 1, "y": 2}}',
-                            type=join)
+    with pytest.raises(
+        msgspec.ValidationError, match=r"Expected `str` of length <= 4 - at `\$.room`"
+    ):
+        msgspec.json.decode(
+            b'{"type": "join", "room": "abcde", "entries": [], "point": {"x": 1, "y": 2}}',
+            type=join,
+        )
     with pytest.raises(msgspec.ValidationError, match=r"Expected `int` <= 10 - at `\$.level`"):
-        msgspec.convert({"type": "join", "room": "a", "level": 11, "entries": [],
-                         "point": {"x": 1, "y": 2}}, join)
+        msgspec.convert(
+            {"type": "join", "room": "a", "level": 11, "entries": [], "point": {"x": 1, "y": 2}},
+            join,
+        )
     with pytest.raises(msgspec.ValidationError, match="Object contains unknown field `extra`"):
-        msgspec.convert({"type": "join", "room": "a", "entries": [], "point": {"x": 1, "y": 2},
-                         "extra": 1}, join)
+        msgspec.convert(
+            {"type": "join", "room": "a", "entries": [], "point": {"x": 1, "y": 2}, "extra": 1},
+            join,
+        )
 
 
 def test_type_problems_name_the_field_and_cycles_are_refused() -> None:
-    _, problems = compile_types(_types(
-        A=TypeConfig(fields={"b": "B"}), B=TypeConfig(fields={"a": "list[A]"}),
-        C=TypeConfig(fields={"n": FieldConfig(type="int", default="x")}),
-    ))
+    _, problems = compile_types(
+        _types(
+            A=TypeConfig(fields={"b": "B"}),
+            B=TypeConfig(fields={"a": "list[A]"}),
+            C=TypeConfig(fields={"n": FieldConfig(type="int", default="x")}),
+        )
+    )
     assert [(p.path, p.expected, p.found) for p in problems] == [
-        (("types", "B", "fields", "a"), "a type that does not contain itself (A -> B -> A)",
-         "'list[A]'"),
-        (("types", "C", "fields", "n", "default"),
-         "a default that fits the field (Expected `int`, got `str`)", "string 'x'"),
+        (
+            ("types", "B", "fields", "a"),
+            "a type that does not contain itself (A -> B -> A)",
+            "'list[A]'",
+        ),
+        (
+            ("types", "C", "fields", "n", "default"),
+            "a default that fits the field (Expected `int`, got `str`)",
+            "string 'x'",
+        ),
     ]

@@ -1,4 +1,4 @@
-"""Property tests: random valid configs compile, corruptions raise ConfigError, export round-trips."""
+"""Properties: random valid configs compile, corruptions raise ConfigError, export round-trips."""
 
 from __future__ import annotations
 
@@ -76,15 +76,18 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
             types[name]["tag"] = name.lower()
         declared.append(name)
     routes = []
-    paths = draw(st.lists(st.tuples(names, st.booleans()), min_size=1, max_size=5,
-                          unique_by=lambda t: t[0]))
+    paths = draw(
+        st.lists(st.tuples(names, st.booleans()), min_size=1, max_size=5, unique_by=lambda t: t[0])
+    )
     for index, (segment, dynamic) in enumerate(paths):
         route: dict[str, Any] = {"path": f"/{segment}" + ("/{key}" if dynamic else "")}
         if draw(st.booleans()):
             route["name"] = f"r{index}"
         handlers = {}
         for tag in draw(st.lists(names, max_size=3, unique=True)):
-            handler: dict[str, Any] = {"handler": f"{HERE}:{draw(st.sampled_from(['echo', 'other']))}"}
+            handler: dict[str, Any] = {
+                "handler": f"{HERE}:{draw(st.sampled_from(['echo', 'other']))}"
+            }
             if declared and draw(st.booleans()):
                 handler["payload"] = draw(st.sampled_from(declared))
             if draw(st.booleans()):
@@ -113,8 +116,11 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
-_SETTINGS = settings(max_examples=60, deadline=None,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+_SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @_SETTINGS
@@ -153,16 +159,34 @@ def _delete(doc: Any, path: tuple[Any, ...]) -> None:
     del doc[path[-1]]
 
 
-junk = st.one_of(st.integers(), st.text(max_size=8), st.booleans(), st.floats(allow_nan=False),
-                 st.lists(st.integers(), max_size=2), st.dictionaries(names, st.integers(), max_size=2),
-                 st.sampled_from(["Nope", "nowhere:f", f"{HERE}:missing", "a.b", "${UNSET_X}",
-                                  f"{HERE}:Counter", "list[Nope]", "/x/{y", "envelope"]))
+junk = st.one_of(
+    st.integers(),
+    st.text(max_size=8),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(names, st.integers(), max_size=2),
+    st.sampled_from(
+        [
+            "Nope",
+            "nowhere:f",
+            f"{HERE}:missing",
+            "a.b",
+            "${UNSET_X}",
+            f"{HERE}:Counter",
+            "list[Nope]",
+            "/x/{y",
+            "envelope",
+        ]
+    ),
+)
 
 
 @_SETTINGS
 @given(configs(), st.data())
-def test_random_corruptions_raise_config_error_and_nothing_else(doc: dict[str, Any],
-                                                                 data: st.DataObject) -> None:
+def test_random_corruptions_raise_config_error_and_nothing_else(
+    doc: dict[str, Any], data: st.DataObject
+) -> None:
     broken = copy.deepcopy(doc)
     paths = [p for p in _paths(broken) if p]
     path = data.draw(st.sampled_from(paths))
@@ -176,16 +200,23 @@ def test_random_corruptions_raise_config_error_and_nothing_else(doc: dict[str, A
     text = tomli_w.dumps(broken)
     if action == "text":
         at = data.draw(st.integers(0, len(text)))
-        text = text[:at] + data.draw(st.sampled_from(["=", "[", '"', "{", "\n[x", "#", "]]"])) + text[at:]
+        text = (
+            text[:at]
+            + data.draw(st.sampled_from(["=", "[", '"', "{", "\n[x", "#", "]]"]))
+            + text[at:]
+        )
+    error: ConfigError | None = None
     try:
         compile_text(text, environ={})
-    except ConfigError as ex:
-        assert isinstance(ex, ConfigFileError)
-        assert ex.issues
-        if action == "unknown-key":
-            assert any(i.path == "zz_unknown" for i in ex.issues)
-    else:
+    except ConfigError as ex:  # anything else fails the test
+        error = ex
+    if error is None:
         assert action != "unknown-key"
+        return
+    assert isinstance(error, ConfigFileError)
+    assert error.issues
+    if action == "unknown-key":
+        assert any(i.path == "zz_unknown" for i in error.issues)
 
 
 # -- export round trip ------------------------------------------------------------
@@ -200,9 +231,19 @@ def _shape(compiled_router: Any) -> list[Any]:
             tag: (spec.strict, spec.payload_type and msgspec.json.schema(spec.payload_type))
             for tag, spec in cls.message_types().items()
         }
-        out.append((info.template, info.name, info.args, info.kwargs,
-                    info.parent.template if info.parent else None, cls.wire, cls.tag_field, types,
-                    [msgspec.json.schema(s) for s in cls.sends]))
+        out.append(
+            (
+                info.template,
+                info.name,
+                info.args,
+                info.kwargs,
+                info.parent.template if info.parent else None,
+                cls.wire,
+                cls.tag_field,
+                types,
+                [msgspec.json.schema(s) for s in cls.sends],
+            )
+        )
     return out
 
 
@@ -236,8 +277,8 @@ def test_export_refuses_what_has_no_import_path() -> None:
 
 def test_a_payload_type_with_a_field_named_like_the_tag_field_is_a_config_error() -> None:
     text = (
-        "[types.A.fields]\ntype = \"str\"\n\n[[routes]]\npath = \"/a\"\n"
-        f"handlers.a = {{ handler = \"{HERE}:echo\", payload = \"A\" }}\n"
+        '[types.A.fields]\ntype = "str"\n\n[[routes]]\npath = "/a"\n'
+        f'handlers.a = {{ handler = "{HERE}:echo", payload = "A" }}\n'
     )
     with pytest.raises(ConfigFileError) as info:
         compile_text(text)

@@ -17,7 +17,7 @@ from pachinko.config.reload import Reloader, describe_changes
 from pachinko.testing._stream import HandshakeRefused
 from pachinko.testing.live import LiveServer
 
-HANDLERS = '''
+HANDLERS = """
 async def ping(resource, ws, payload):
     await resource.send({"type": "pong", "v": payload.v, "label": resource.label})
 
@@ -25,9 +25,9 @@ async def tick(manager, every):
     import asyncio
     while True:
         await asyncio.sleep(every)
-'''
+"""
 
-BASE = '''
+BASE = """
 [app]
 prefix = "/ws"
 
@@ -39,14 +39,19 @@ path = "/a"
 kwargs = {{ label = "a" }}
 handlers.ping = {{ handler = "hr_handlers:ping", payload = "Ping" }}
 {extra}
-'''
+"""
 
-ROUTE_B = '''
+ROUTE_B = """
 [[routes]]
 path = "/b"
 kwargs = { label = "b" }
 handlers.ping = { handler = "hr_handlers:ping", payload = "Ping" }
-'''
+"""
+
+
+def edit(path: Path, text: str) -> None:
+    """Write the file as an editor would (a quick synchronous write)."""
+    path.write_text(text)
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -70,7 +75,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.delitem(sys.modules, "hr_handlers", raising=False)
     path = tmp_path / "routes.toml"
-    path.write_text(BASE.format(extra=""))
+    edit(path, BASE.format(extra=""))
     return path
 
 
@@ -101,7 +106,9 @@ async def can_connect(server: Any, path: str) -> bool:
 @pytest.mark.live
 @pytest.mark.parametrize("served", ["watchfiles", "polling"], indirect=True)
 async def test_edits_are_swapped_in_while_a_client_stays_connected(
-    served: tuple[Any, Any], project: Path, caplog: pytest.LogCaptureFixture,
+    served: tuple[Any, Any],
+    project: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server, configured = served
     reloader: Reloader = configured.reloader
@@ -111,13 +118,13 @@ async def test_edits_are_swapped_in_while_a_client_stays_connected(
         assert not await can_connect(server, "/ws/b")
 
         # 1. add a route
-        project.write_text(BASE.format(extra=ROUTE_B))
+        edit(project, BASE.format(extra=ROUTE_B))
         await eventually(lambda: can_connect(server, "/ws/b"))
         assert await ping(old, 2) == {"type": "pong", "v": 2, "label": "a"}
         assert "routes +/b" in caplog.text
 
         # 2. change a schema: new connections get it, the open one keeps its own
-        project.write_text(BASE.format(extra=ROUTE_B).replace('v = "int"', 'v = "str"'))
+        edit(project, BASE.format(extra=ROUTE_B).replace('v = "int"', 'v = "str"'))
         await eventually(lambda: reloader.reloads >= 2)
         async with server.websocket("/ws/a") as new:
             assert await ping(new, "x") == {"type": "pong", "v": "x", "label": "a"}
@@ -127,8 +134,12 @@ async def test_edits_are_swapped_in_while_a_client_stays_connected(
         assert "types ~Ping" in caplog.text
 
         # 3. break the file: the previous version keeps serving, the error is logged
-        project.write_text(BASE.format(extra=ROUTE_B).replace('v = "int"', 'v = "str"')
-                           .replace("handlers.ping", "handlerz.ping", 1))
+        edit(
+            project,
+            BASE.format(extra=ROUTE_B)
+            .replace('v = "int"', 'v = "str"')
+            .replace("handlers.ping", "handlerz.ping", 1),
+        )
         await eventually(lambda: reloader.failures >= 1)
         assert "routes.toml:11: routes[0].handlerz: expected one of the keys" in caplog.text
         async with server.websocket("/ws/a") as new:
@@ -137,7 +148,7 @@ async def test_edits_are_swapped_in_while_a_client_stays_connected(
         assert await ping(old, 4) == {"type": "pong", "v": 4, "label": "a"}
 
         # ... then fix it (and drop /b): the fixed version is served
-        project.write_text(BASE.format(extra=""))
+        edit(project, BASE.format(extra=""))
         await eventually(lambda: reloader.reloads >= 3)
         assert not await can_connect(server, "/ws/b")
         async with server.websocket("/ws/a") as new:
@@ -147,7 +158,7 @@ async def test_edits_are_swapped_in_while_a_client_stays_connected(
 
 
 async def test_a_changed_worker_is_restarted_and_others_keep_running(project: Path) -> None:
-    workers = '''
+    workers = """
 [workers.one]
 target = "hr_handlers:tick"
 kwargs = {{ every = {one} }}
@@ -155,12 +166,12 @@ kwargs = {{ every = {one} }}
 [workers.two]
 target = "hr_handlers:tick"
 kwargs = {{ every = 1.0 }}
-'''
-    project.write_text(BASE.format(extra=workers.format(one=1.0)))
+"""
+    edit(project, BASE.format(extra=workers.format(one=1.0)))
     app = falcon.asgi.App()
     configured = configure(app, project, reload=False)
     old = configured.compiled
-    project.write_text(BASE.format(extra=workers.format(one=2.0)))
+    edit(project, BASE.format(extra=workers.format(one=2.0)))
     new = load_config(project)
     changes = describe_changes(old, new)
     assert changes["workers"] == ["~one"]
@@ -173,7 +184,7 @@ async def test_new_services_are_refused_until_restart(
     app = falcon.asgi.App()
     configured = configure(app, project, reload=False)
     reloader = Reloader(configured)
-    project.write_text(BASE.format(extra='[services.x]\nfactory = "hr_handlers:ping"\n'))
+    edit(project, BASE.format(extra='[services.x]\nfactory = "hr_handlers:ping"\n'))
     assert await reloader.reload() is False
     assert "new services (x) are created at startup only; restart the server" in caplog.text
     assert configured.compiled.loaded.services == {}
