@@ -164,7 +164,7 @@ class Reloader:
             folders = sorted({str(p.parent) for p in files})
             async for _ in watchfiles.awatch(
                 *folders,
-                watch_filter=lambda _change, path, files=files: Path(path).resolve() in files,
+                watch_filter=_only(files),
                 stop_event=self._stop,
                 debounce=100,
                 step=20,
@@ -273,6 +273,15 @@ class Reloader:
         )
         await controller.stop()
         await controller.start(*runtime.declared_workers, **context)
+
+
+def _only(files: set[Path]) -> Any:
+    """A watchfiles filter keeping changes to ``files`` only."""
+
+    def keep(_change: Any, path: str) -> bool:
+        return Path(path).resolve() in files
+
+    return keep
 
 
 def _stamps(files: list[Path]) -> list[tuple[int, int] | None]:
