@@ -71,18 +71,41 @@ __version__ = "0.1.0"
 # NOTE: names are imported on first use, so that ``import pachinko`` stays
 #   cheap and optional parts (redis, the TOML layer, the CLI) load only when used.
 _HOMES = {
-    "HandlerSpec": "._dispatch", "MessageError": "._dispatch", "handles_message": "._dispatch",
-    "Runtime": ".app", "install": ".app", "mount": ".app", "runtime_of": ".app",
-    "ConnectionBackend": ".backends", "InProcessBackend": ".backends",
-    "RedisBackend": ".backends.redis", "configure": ".config", "create_app": ".config",
-    "Connection": ".connection", "WebSocketConnectionManager": ".manager",
-    "WebSocketResource": ".resource", "Route": ".router", "RouteInfo": ".router",
-    "WebSocketRouter": ".router", "Settings": ".settings", "RestartPolicy": ".workers",
-    "WorkerController": ".workers", "worker": ".workers",
-    **{name: ".errors" for name in (
-        "BackendUnavailable", "ConfigError", "ConnectionLimitExceeded",
-        "HandlerDefinitionError", "PachinkoError", "Refuse", "RouteError", "WorkerError",
-    )},
+    "HandlerSpec": "._dispatch",
+    "MessageError": "._dispatch",
+    "handles_message": "._dispatch",
+    "Runtime": ".app",
+    "install": ".app",
+    "mount": ".app",
+    "runtime_of": ".app",
+    "ConnectionBackend": ".backends",
+    "InProcessBackend": ".backends",
+    "RedisBackend": ".backends.redis",
+    "configure": ".config",
+    "create_app": ".config",
+    "Connection": ".connection",
+    "WebSocketConnectionManager": ".manager",
+    "WebSocketResource": ".resource",
+    "Route": ".router",
+    "RouteInfo": ".router",
+    "WebSocketRouter": ".router",
+    "Settings": ".settings",
+    "RestartPolicy": ".workers",
+    "WorkerController": ".workers",
+    "worker": ".workers",
+    **dict.fromkeys(
+        (
+            "BackendUnavailable",
+            "ConfigError",
+            "ConnectionLimitExceeded",
+            "HandlerDefinitionError",
+            "PachinkoError",
+            "Refuse",
+            "RouteError",
+            "WorkerError",
+        ),
+        ".errors",
+    ),
 }
 
 

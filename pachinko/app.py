@@ -102,14 +102,14 @@ class _Lifespan:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+    async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         await self.runtime.startup()
 
-    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+    async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         await self.runtime.shutdown()
 
 
-def runtime_of(app: falcon.asgi.App) -> Runtime:
+def runtime_of(app: falcon.asgi.App[Any, Any]) -> Runtime:
     """Return the :class:`Runtime` that :func:`install` attached to ``app``.
 
     Raises:
@@ -123,7 +123,7 @@ def runtime_of(app: falcon.asgi.App) -> Runtime:
     return runtime
 
 
-def _find_runtime(app: falcon.asgi.App) -> Runtime | None:
+def _find_runtime(app: falcon.asgi.App[Any, Any]) -> Runtime | None:
     # NOTE: App has __slots__ and no __weakref__: the runtime lives in our
     #   middleware object, found again in the app's middleware list.
     for component in getattr(app, "_unprepared_middleware", ()):
@@ -133,7 +133,7 @@ def _find_runtime(app: falcon.asgi.App) -> Runtime | None:
 
 
 def install(
-    app: falcon.asgi.App,
+    app: falcon.asgi.App[Any, Any],
     *,
     settings: Settings | None = None,
     backend: ConnectionBackend | None = None,
@@ -182,7 +182,7 @@ def install(
 
 
 def mount(
-    app: falcon.asgi.App, prefix: str, router: WebSocketRouter, **install_options: Any
+    app: falcon.asgi.App[Any, Any], prefix: str, router: WebSocketRouter, **install_options: Any
 ) -> Mount:
     """Serve ``router`` for every WebSocket path at or below ``prefix``.
 
