@@ -188,6 +188,7 @@ async def _handshake(
                     f"{type(resource).__name__}, expected a WebSocketResource"
                 )
             resource._pachinko_connection = conn  # type: ignore[attr-defined]
+            resource._pachinko_send_text = ws.send_text  # type: ignore[attr-defined]
             resource.state = state
             chain.append(resource)
             conn.resource = resource
@@ -299,8 +300,9 @@ async def _receive_loop(
                     await ws.close(CLOSE_POLICY_VIOLATION, "Message rate limit exceeded")
                     return CLOSE_POLICY_VIOLATION
         try:
-            for hook in before:
-                await hook(ws, text)
+            if before:
+                for hook in before:
+                    await hook(ws, text)
             payload: Any
             if decoder is not None:
                 try:
@@ -315,8 +317,9 @@ async def _receive_loop(
                     elif kind == raw_dict:
                         payload = msgspec.json.decode(text)
                     await handler(leaf, ws, payload)
-                    for hook in after:
-                        await hook(ws, text)
+                    if after:
+                        for hook in after:
+                            await hook(ws, text)
                     continue
             outcome = dispatch_slow(text)
             if isinstance(outcome, MessageError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -150,7 +150,11 @@ class WebSocketResource:
         # PERF: a plain function returning Falcon's send coroutine saves a
         #   coroutine frame per reply (bench_dispatch.py: ~0.2 µs of ~2.5).
         text = message if isinstance(message, str) else _encode(message).decode()
-        return self.connection.ws.send_text(text)
+        try:
+            send_text: Callable[[str], Awaitable[None]] = self._pachinko_send_text  # type: ignore[attr-defined]
+        except AttributeError:
+            send_text = self.connection.ws.send_text  # raises the "not bound" error
+        return send_text(text)
 
     async def join_room(self, room: str) -> None:
         """Add this connection to ``room``."""
