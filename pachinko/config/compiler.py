@@ -474,7 +474,6 @@ class _Compiler:
         tag_field = route.tag_field or getattr(base, "tag_field", "type")
         namespace: dict[str, Any] = {"wire": wire, "tag_field": tag_field}
         ok = True
-        schema: list[Any] = []
         taken = set(dir(base)) | RESERVED
         fields = tuple(_FIELD_NAME.findall(template))
         for tag, raw in route.handlers.items():
@@ -490,19 +489,16 @@ class _Compiler:
             if fn is None or not ok:
                 ok = False
                 continue
-            if struct is not None:
+            if struct is not None and wire == "flat":
+                # NOTE: checked here for a precise error; the core builds the tagged variant.
                 try:
-                    schema.append(
-                        msgspec.defstruct(
-                            struct.__name__,
-                            [],
-                            bases=(struct,),
-                            module=struct.__module__,
-                            tag=tag,
-                            tag_field=tag_field,
-                            kw_only=True,
-                            forbid_unknown_fields=decl.strict,
-                        )
+                    msgspec.defstruct(
+                        struct.__name__,
+                        [],
+                        bases=(struct,),
+                        tag=tag,
+                        tag_field=tag_field,
+                        kw_only=True,
                     )
                 except (TypeError, ValueError) as ex:
                     self.add(
@@ -515,13 +511,21 @@ class _Compiler:
             method = handler_name(tag)
             if method in taken or method in namespace or not snake_case(tag):
                 method = f"handle_{len(namespace)}_{snake_case(tag) or 'message'}"
-            namespace[method] = handles_message(tag, strict=decl.strict)(_copy_function(fn))
+            handler = _copy_function(fn)
+            if struct is not None:
+                # The payload type reaches the dispatcher the way a Python user
+                # gives it: as the annotation of the handler's payload parameter.
+                payload_param = list(inspect.signature(handler).parameters)[2]
+                handler.__annotations__ = {**handler.__annotations__, payload_param: struct}
+            namespace[method] = handles_message(tag, strict=decl.strict)(handler)
+        sends: list[Any] = []
         for index, name in enumerate(route.sends):
             struct = self.payload(source, (*path, "sends", index), name)
             if struct is None:
                 ok = False
-        sends = tuple(s for s in (self.structs.get(n) for n in route.sends) if s is not None)
-        namespace["sends"] = sends
+            else:
+                sends.append(struct)
+        namespace["sends"] = tuple(sends)
         lifecycle = (
             ("on_connect", route.on_connect, 3, "(resource, req, ws, **params)", fields, True),
             ("on_disconnect", route.on_disconnect, 3, "(resource, ws, close_code)", (), True),
@@ -572,8 +576,6 @@ class _Compiler:
             namespace["__init__"] = _store_attributes
         if not ok:
             return None
-        if schema:
-            namespace["schema"] = schema[0] if len(schema) == 1 else _union(schema)
         name = self.class_name(route)
         # NOTE: what the class was built from: hot reload diffs it, export writes it back.
         namespace["__pachinko_declaration__"] = msgspec.to_builtins(
@@ -634,12 +636,6 @@ def _store_attributes(self: Any, **kwargs: Any) -> None:
     """Store the route's kwargs and injected services as attributes."""
     for key, value in kwargs.items():
         setattr(self, key, value)
-
-
-def _union(members: list[Any]) -> Any:
-    from typing import Union
-
-    return Union[tuple(members)]  # noqa: UP007
 
 
 def _copy_function(fn: Any) -> Any:
