@@ -151,12 +151,42 @@ class _Builder:
         """Name every used type, fill the pending references, return the schemas."""
         if not self._types:
             return {}
-        refs, components = msgspec.json.schema_components(
-            self._types, ref_template=_SCHEMAS + "{name}"
-        )
+        refs: Sequence[Any]
+        components: dict[str, Any]
+        try:
+            refs, components = msgspec.json.schema_components(
+                self._types, ref_template=_SCHEMAS + "{name}"
+            )
+        except KeyError:
+            refs, components = self._separately()
         for holder, key, index in self._pending:
             holder[key] = _draft7(refs[index])
         return {name: _draft7(schema) for name, schema in components.items()}
+
+    def _separately(self) -> tuple[list[Any], dict[str, Any]]:
+        """Schemas of each type on its own, for types that share a full name.
+
+        NOTE: msgspec names schemas after the class, qualified by module when
+        two differ; two distinct classes with the same module and qualname
+        (built by a factory, say) make it fail. Each type then gets its own
+        names, suffixed with its index.
+        """
+        refs: list[Any] = []
+        components: dict[str, Any] = {}
+        for index, tp in enumerate(self._types):
+            suffix = f"__{index}"
+            try:
+                (ref,), own = msgspec.json.schema_components(
+                    [tp], ref_template=_SCHEMAS + "{name}" + suffix
+                )
+            except KeyError:
+                raise ValueError(
+                    f"cannot describe {tp!r}: it refers to two different types with the same "
+                    f"module and name; give them distinct names"
+                ) from None
+            refs.append(ref)
+            components.update({name + suffix: schema for name, schema in own.items()})
+        return refs, components
 
     def add_route(self, address: str, info: RouteInfo) -> None:
         channel_id = self._unique(self.channels, _key(info.name or address))

@@ -248,3 +248,34 @@ def test_the_validator_rejects_broken_documents(validator: jsonschema.Draft7Vali
     doc = asyncapi.document([("/ws", chat_router())])
     doc["components"]["schemas"]["Join"]["properties"]["room"]["type"] = "text"
     assert errors(validator, doc)
+
+
+def _made(tag: str, field: type) -> Any:
+    """A new Struct class, with the same module and qualname every time."""
+    return msgspec.defstruct("Made", [("value", field)], tag=tag, module=__name__)
+
+
+def test_distinct_types_with_the_same_full_name(validator: jsonschema.Draft7Validator) -> None:
+    class Twins(pachinko.WebSocketResource):
+        sends = (_made("a", int), _made("b", str))
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/t", Twins, name="t")
+    doc = asyncapi.document(router)
+    assert errors(validator, doc) == []
+    payloads = [resolve(doc, resolve(doc, m["$ref"])["payload"]["$ref"])
+                for m in doc["channels"]["t"]["messages"].values()]
+    assert [p["properties"]["value"]["type"] for p in payloads] == ["integer", "string"]
+
+
+def test_one_type_naming_two_same_named_types_is_explained() -> None:
+    both = msgspec.defstruct("Both", [("a", _made("a", int)), ("b", _made("b", str))],
+                             tag="both")
+
+    class Odd(pachinko.WebSocketResource):
+        sends = (both, _made("c", int))
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/o", Odd)
+    with pytest.raises(ValueError, match="refers to two different types with the same module"):
+        asyncapi.document(router)
