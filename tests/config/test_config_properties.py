@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import string
 from typing import Any
@@ -110,7 +111,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         doc["services"] = {"counter": {"factory": f"{HERE}:Counter", "kwargs": {"start": 1}}}
     if draw(st.booleans()):
-        doc["settings"] = {"max_message_size": draw(st.integers(1, 10**6))}
+        doc["settings"] = {"max_message_size": draw(st.integers(10_000, 10**6))}
     if draw(st.booleans()):
         doc["hooks"] = {"after_receive": [f"{HERE}:hook"]}
     return doc
@@ -287,3 +288,95 @@ def test_a_payload_type_with_a_field_named_like_the_tag_field_is_a_config_error(
         "that can be tagged on field 'type', found A: `tag_field='type' conflicts with an "
         "existing field of that name"
     )
+
+
+# -- random valid configs also serve ------------------------------------------------
+
+
+def _sample(tp: Any) -> Any:
+    """A valid JSON value for a msgspec.inspect type (as the generator above builds them)."""
+    import msgspec.inspect as mi
+
+    if isinstance(tp, mi.Metadata):
+        return _sample(tp.type)
+    if isinstance(tp, mi.UnionType):
+        return None if any(isinstance(t, mi.NoneType) for t in tp.types) else _sample(tp.types[0])
+    if isinstance(tp, mi.StructType):
+        out = {tp.tag_field: tp.tag} if tp.tag is not None else {}
+        out.update({f.encode_name: _sample(f.type) for f in tp.fields if f.required})
+        return out
+    simple = {
+        mi.StrType: "abc",
+        mi.IntType: 10,
+        mi.FloatType: 1.5,
+        mi.BoolType: True,
+        mi.DateTimeType: "2024-01-01T00:00:00Z",
+        mi.DateType: "2024-01-01",
+        mi.UUIDType: "4b1c8a3e-0d3a-4a43-9a55-3c1f2f5a6b7c",
+        mi.AnyType: 1,
+        mi.ListType: [],
+        mi.DictType: {},
+    }
+    for kind, value in simple.items():
+        if isinstance(tp, kind):
+            return value
+    if isinstance(tp, mi.LiteralType):
+        return tp.values[0]
+    raise AssertionError(f"no sample for {tp!r}")
+
+
+async def _serve_all(doc: dict[str, Any], folder: Any) -> int:
+    import json
+
+    import falcon.testing
+
+    from pachinko.config import create_app
+
+    path = folder / "routes.toml"
+    path.write_text(tomli_w.dumps(doc))
+    app = create_app(path)
+    answered = 0
+    async with falcon.testing.ASGIConductor(app) as conductor:
+        for info in [r for r in app_routes(app)]:
+            url = "/ws" + info.template.replace("{key}", "k1")
+            cls = info.target
+            async with conductor.simulate_ws(url) as ws:
+                for tag, spec in cls.message_types().items():
+                    body: Any = {}
+                    if spec.payload_type is not None:
+                        import msgspec.inspect as mi
+
+                        body = _sample(mi.type_info(spec.payload_type))
+                    if cls.wire == "envelope":
+                        message = {cls.tag_field: tag, "payload": body}
+                    else:
+                        body = {k: v for k, v in body.items() if k != cls.tag_field}
+                        message = {**body, cls.tag_field: tag}
+                    await ws.send_text(json.dumps(message))
+                    reply = json.loads(await asyncio.wait_for(ws.receive_text(), 5))
+                    assert "error" not in (reply.get("type"), reply.get(cls.tag_field)), reply
+                    answered += 1
+    return answered
+
+
+def app_routes(app: Any) -> list[Any]:
+    from pachinko import runtime_of
+
+    return runtime_of(app).mounts[0].router.routes()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(doc=configs())
+def test_random_valid_configs_serve_every_message_type(doc: dict[str, Any], tmp_path: Any) -> None:
+    expected = sum(
+        len(r.get("handlers", {})) + (1 if r.get("routes") else 0) for r in doc["routes"]
+    )
+    assert asyncio.run(_serve_all(doc, tmp_path)) == expected
