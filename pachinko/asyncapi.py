@@ -16,9 +16,10 @@ Usable without TOML::
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -36,6 +37,7 @@ __all__ = ["ASYNCAPI_VERSION", "document", "document_for_app", "dumps"]
 ASYNCAPI_VERSION: Final = "3.0.0"
 
 _SCHEMAS: Final = "#/components/schemas/"
+_Transform = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 _FIELD: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?}")
 _KEY_UNSAFE: Final = re.compile(r"[^\w.\-]+")
 
@@ -138,14 +140,17 @@ class _Builder:
         self._types: list[Any] = []
         self._type_index: dict[Any, int] = {}
         # message payloads reference types by index until schemas() names them
-        self._pending: list[tuple[Any, Any, int]] = []
+        self._pending: list[tuple[Any, Any, int, _Transform | None]] = []
 
-    def _use(self, tp: Any, holder: dict[str, Any] | list[Any], key: str | int) -> None:
+    def _use(
+        self, tp: Any, holder: dict[str, Any] | list[Any], key: str | int,
+        transform: _Transform | None = None,
+    ) -> None:
         index = self._type_index.get(tp)
         if index is None:
             index = self._type_index[tp] = len(self._types)
             self._types.append(tp)
-        self._pending.append((holder, key, index))
+        self._pending.append((holder, key, index, transform))
 
     def schemas(self) -> dict[str, Any]:
         """Name every used type, fill the pending references, return the schemas."""
@@ -159,9 +164,11 @@ class _Builder:
             )
         except KeyError:
             refs, components = self._separately()
-        for holder, key, index in self._pending:
-            holder[key] = _draft7(refs[index])
-        return {name: _draft7(schema) for name, schema in components.items()}
+        schemas = {name: _draft7(schema) for name, schema in components.items()}
+        for holder, key, index, transform in self._pending:
+            value = _draft7(refs[index])
+            holder[key] = value if transform is None else transform(value, schemas)
+        return schemas
 
     def _separately(self) -> tuple[list[Any], dict[str, Any]]:
         """Schemas of each type on its own, for types that share a full name.
@@ -259,17 +266,18 @@ class _Builder:
             if strict:
                 envelope["additionalProperties"] = False
             return {"payload": envelope}
-        tagged = {"type": "object", "properties": {tag_field: tag_schema}, "required": [tag_field]}
         if payload_type is None:
-            return {"payload": tagged}
+            return {"payload": {"type": "object", "properties": {tag_field: tag_schema},
+                                "required": [tag_field]}}
+        # NOTE: flat messages are the Struct's fields next to the tag field, with
+        #   the handler's strictness: the schema is inlined (its nested types stay
+        #   references), since an allOf of a closed schema and the tag would
+        #   accept no message at all.
         holder: dict[str, Any] = {}
-        if _tag_of(payload_type) == tag and _tag_field_of(payload_type) == tag_field:
-            self._use(payload_type, holder, "payload")
-            return holder
-        # an untagged Struct: the tag field is added on the wire
-        both: list[Any] = [{}, tagged]
-        self._use(payload_type, both, 0)
-        return {"payload": {"allOf": both}}
+        self._use(payload_type, holder, "payload",
+                  transform=lambda schema, components: _flat(
+                      schema, components, tag_field, tag_schema, strict))
+        return holder
 
     @staticmethod
     def _unique(taken: dict[str, Any], key: str) -> str:
@@ -277,6 +285,27 @@ class _Builder:
         while candidate in taken:
             candidate, n = f"{key}_{n}", n + 1
         return candidate
+
+
+def _flat(
+    ref: dict[str, Any], schemas: dict[str, Any], tag_field: str, tag_schema: dict[str, Any],
+    strict: bool,
+) -> dict[str, Any]:
+    """A flat message: the Struct's schema with the tag field, inlined."""
+    target = ref.get("$ref", "")
+    base = schemas.get(target[len(_SCHEMAS):], {}) if target.startswith(_SCHEMAS) else ref
+    base = copy.deepcopy(base)  # NOTE: shared objects would become YAML anchors
+    schema = {k: v for k, v in base.items() if k not in ("properties", "required")}
+    schema["type"] = "object"
+    schema["properties"] = {tag_field: tag_schema, **{
+        name: prop for name, prop in base.get("properties", {}).items() if name != tag_field
+    }}
+    schema["required"] = [tag_field, *(r for r in base.get("required", ()) if r != tag_field)]
+    if strict:
+        schema["additionalProperties"] = False
+    else:
+        schema.pop("additionalProperties", None)
+    return schema
 
 
 def _qualname(fn: Any) -> str:

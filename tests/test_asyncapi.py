@@ -174,8 +174,9 @@ def test_both_directions_are_operations() -> None:
 def test_payloads_are_msgspec_json_schema() -> None:
     doc = asyncapi.document([("/ws", chat_router())])
     join = doc["components"]["messages"]["Chat.receive.join"]
-    schema = resolve(doc, join["payload"]["$ref"])
-    assert schema["properties"]["type"] == {"enum": ["join"]}
+    schema = join["payload"]  # flat: inlined, with the tag and the handler's strictness
+    assert schema["properties"]["type"] == {"type": "string", "const": "join"}
+    assert schema["additionalProperties"] is False
     assert schema["properties"]["room"] == {
         "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$",
     }
@@ -204,9 +205,43 @@ def test_envelope_wire_and_custom_tag_field() -> None:
 def test_untagged_struct_on_flat_wire_gets_the_tag() -> None:
     doc = asyncapi.document([("/ws", chat_router())])
     hello = doc["components"]["messages"]["Untyped.receive.hello"]["payload"]
-    ref, tag = hello["allOf"]
-    assert resolve(doc, ref["$ref"])["title"] == "Point"
-    assert tag["properties"]["type"] == {"type": "string", "const": "hello"}
+    assert hello["title"] == "Point"
+    assert list(hello["properties"]) == ["type", "xy", "shape"]
+    assert hello["properties"]["type"] == {"type": "string", "const": "hello"}
+    assert hello["required"] == ["type", "xy", "shape"]
+    assert "&id" not in asyncapi.dumps(doc)  # no YAML anchors for shared parts
+
+
+def message_validator(doc: dict[str, Any], message: str) -> jsonschema.Draft7Validator:
+    """Validate instances against one message's payload, references resolved in ``doc``."""
+    return jsonschema.Draft7Validator({**doc, "$ref": f"#/components/messages/{message}/payload"})
+
+
+@pytest.mark.parametrize(("message", "instance", "valid"), [
+    ("Chat.receive.join", {"type": "join", "room": "a-1", "name": "ann"}, True),
+    ("Chat.receive.join", {"type": "join", "room": "a b", "name": "ann"}, False),
+    ("Chat.receive.join", {"type": "join", "room": "a", "name": "ann", "x": 1}, False),
+    ("Chat.receive.join", {"type": "say", "room": "a", "name": "ann"}, False),
+    ("Chat.receive.say", {"type": "say", "room": "a", "text": "hi"}, True),
+    ("Chat.receive.say", {"type": "say", "room": "a"}, False),
+    ("Chat.send.presence", {"type": "presence", "room": "a", "name": "b", "event": "join",
+                            "members": ["b"]}, True),
+    ("Chat.send.presence", {"type": "presence", "room": "a", "name": "b", "event": "wave",
+                            "members": ["b"]}, False),
+    ("Board.receive.draw", {"kind": "draw", "payload": {"xy": [1, 2],
+                                                        "shape": {"type": "say", "room": "r",
+                                                                  "text": "t"}}}, True),
+    ("Board.receive.draw", {"kind": "draw", "payload": {"xy": [1, 2, 3],
+                                                        "shape": None}}, False),
+    ("Board.receive.ping", {"kind": "ping", "anything": True}, True),
+    ("Untyped.receive.hello", {"type": "hello", "xy": [0, 0],
+                               "shape": {"type": "join", "room": "r", "name": "n"}}, True),
+])
+def test_message_schemas_accept_what_the_dispatcher_accepts(
+    message: str, instance: dict[str, Any], valid: bool,
+) -> None:
+    doc = json.loads(asyncapi.dumps(asyncapi.document([("/ws", chat_router())]), "json"))
+    assert message_validator(doc, message).is_valid(instance) is valid
 
 
 def test_document_for_app_uses_the_mount_prefix(

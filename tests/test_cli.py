@@ -186,9 +186,16 @@ def test_asyncapi_of_the_example_validates_against_the_official_schema(
     assert ops["chat.send"]["action"] == "send"
     assert len(ops["chat.receive"]["messages"]) == 4
     assert len(ops["chat.send"]["messages"]) == 6
-    join = doc["components"]["schemas"]["Join"]
+    join = doc["components"]["messages"]["ChatResource.receive.join"]["payload"]
     assert join["properties"]["room"]["pattern"] == "^[A-Za-z0-9_-]+$"
-    assert join["properties"]["type"] == {"enum": ["join"]}
+    assert join["properties"]["type"] == {"type": "string", "const": "join"}
+    assert join["additionalProperties"] is False
+    # a real message of the chat protocol validates against its payload schema
+    checker = jsonschema.Draft7Validator(
+        {**doc, "$ref": "#/components/messages/ChatResource.receive.join/payload"}
+    )
+    assert checker.is_valid({"type": "join", "room": "lobby", "name": "ann"})
+    assert not checker.is_valid({"type": "join", "room": "lob by", "name": "ann"})
 
 
 def test_asyncapi_json_to_a_file(
@@ -327,7 +334,7 @@ EXPORTABLE = textwrap.dedent('''\
     import pachinko
 
 
-    class Join(msgspec.Struct, tag="join"):
+    class Join(msgspec.Struct):
         room: Annotated[str, msgspec.Meta(min_length=1)]
 
 
@@ -335,13 +342,13 @@ EXPORTABLE = textwrap.dedent('''\
         room: str
 
 
+    # NOTE: a `schema = Join` union (tagged Join) does not survive export + load
+    #   yet: the loaded handler's annotation and schema type differ (reported).
     class Rooms(pachinko.WebSocketResource):
-        schema = Join
         sends = (Joined,)
 
-        # NOTE: not annotated `payload: Join`: the exported file redeclares Join,
-        #   and the config layer then refuses the annotation (reported).
-        async def on_join(self, ws: Any, payload: Any) -> None:
+        @pachinko.handles_message("join")
+        async def join(self, ws: Any, payload: Join) -> None:
             await self.send(Joined(room=payload.room))
 
 
