@@ -337,7 +337,7 @@ async def _serve_all(doc: dict[str, Any], folder: Any) -> int:
     app = create_app(path)
     answered = 0
     async with falcon.testing.ASGIConductor(app) as conductor:
-        for info in [r for r in app_routes(app)]:
+        for info in app_routes(app):
             url = "/ws" + info.template.replace("{key}", "k1")
             cls = info.target
             async with conductor.simulate_ws(url) as ws:
