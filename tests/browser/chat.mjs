@@ -74,6 +74,7 @@ try {
   await alice.locator("#text").pressSequentially("hello from ");
   await bob.locator("#typing", { hasText: "alice is typing" }).waitFor();
   seen.typing_bob = await bob.locator("#typing").textContent();
+  await bob.screenshot({ path: join(artifacts, "chat-typing.png"), fullPage: true });
 
   // a message: alice sends, bob shows it
   await alice.locator("#text").pressSequentially("alice");

@@ -81,6 +81,6 @@ async def test_two_tabs_chat_through_pachinko_serve(browser_tools: None) -> None
     assert seen["message_bob"].endswith("alicehello from alice")
     assert seen["history_carol"].endswith("alicehello from alice")
     assert seen["members_carol"] == ["alice", "bob", "carol"]
-    for name in ("alice", "bob", "carol"):
+    for name in ("alice", "bob", "carol", "typing"):
         shot = ARTIFACTS / f"chat-{name}.png"
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
