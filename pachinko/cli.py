@@ -23,40 +23,21 @@ from .errors import PachinkoError
 from .settings import Settings
 
 if TYPE_CHECKING:
-    import falcon.asgi
 
     from .config import Compiled
     from .router import WebSocketRouter
 
-__all__ = ["CONFIG_ENV", "asgi_app", "main", "route_table", "uvicorn_options"]
+__all__ = ["main", "route_table", "uvicorn_options"]
 
-#: Environment variable naming the routes.toml that :func:`asgi_app` serves.
-CONFIG_ENV: Final = "PACHINKO_CONFIG"
+#: The config layer's ASGI entry point; it reads the file named in PACHINKO_CONFIG.
+_ASGI_APP: Final = "pachinko.config.asgi:app"
+_CONFIG_ENV: Final = "PACHINKO_CONFIG"
 _RELOAD_ENV: Final = "PACHINKO_RELOAD"
 _DEFAULT_CONFIG: Final = "routes.toml"
 _TEMPLATES: Final = Path(__file__).parent / "config" / "templates"
 #: Starter files written by ``pachinko init``: template name -> file name.
 _STARTER: Final = {"routes.toml.tmpl": "routes.toml", "handlers.py.tmpl": "handlers.py"}
 _IN_PROCESS_SCHEMES: Final = frozenset({"memory", ""})
-
-
-def asgi_app() -> falcon.asgi.App[Any, Any]:
-    """Build the app of the routes.toml named by ``PACHINKO_CONFIG``.
-
-    An ASGI app factory for any server: ``uvicorn --factory
-    pachinko.cli:asgi_app`` (``pachinko serve`` uses it for ``--workers``
-    and ``--reload``).
-
-    Raises:
-        ConfigError: The variable is unset, or the file is invalid.
-    """
-    from .config import create_app
-    from .errors import ConfigError
-
-    path = os.environ.get(CONFIG_ENV)
-    if not path:
-        raise ConfigError(f"{CONFIG_ENV} is not set: it must name the routes.toml to serve")
-    return create_app(path)
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -233,14 +214,14 @@ def serve(config: str, host: str, port: int, workers: int, reload: bool, log_lev
         uvicorn.run(app, **options)
         return
     # NOTE: several processes (or the reloader's child) import the app: they
-    #   build it from the file named in the environment, through a factory.
-    os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    #   build it from the file named in the environment.
+    os.environ[_CONFIG_ENV] = str(Path(config).resolve())
     if reload:
         os.environ[_RELOAD_ENV] = "1"  # TOML edits are swapped in without a restart
         options.update(reload=True, reload_dirs=[str(Path(config).resolve().parent)])
     else:
         options["workers"] = workers
-    uvicorn.run("pachinko.cli:asgi_app", factory=True, **options)
+    uvicorn.run(_ASGI_APP, **options)
 
 
 @main.command()

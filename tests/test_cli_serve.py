@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pachinko import ConfigError
-from pachinko.cli import CONFIG_ENV, asgi_app
-from pachinko.testing import AppClient, ServerProcess
+from pachinko.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TOO_BIG = 1009
@@ -87,7 +85,7 @@ async def test_init_then_serve_then_a_round_trip(starter: Path) -> None:
         assert error["reason"] == "validation_error"
 
 
-async def test_serve_with_reload_builds_the_app_through_the_factory(starter: Path) -> None:
+async def test_serve_with_reload_builds_the_app_in_the_reloaders_child(starter: Path) -> None:
     async with ServerProcess(serve("--reload"), cwd=starter) as server, \
             server.websocket("/ws/echo") as ws:
         await ws.send_json({"type": "join", "room": "r"})
@@ -101,19 +99,6 @@ async def test_a_server_that_cannot_start_reports_why(tmp_path: Path) -> None:
         async with ServerProcess(serve(), cwd=tmp_path, timeout=30):
             pass
     assert "nowhere_xyz" in str(caught.value)
-
-
-async def test_asgi_app_factory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(CONFIG_ENV, raising=False)
-    with pytest.raises(ConfigError, match="PACHINKO_CONFIG is not set"):
-        asgi_app()
-    monkeypatch.setenv(CONFIG_ENV, str(ROOT / "routes.example.toml"))
-    monkeypatch.setenv("PACHINKO_BACKEND", "memory://")
-    async with AppClient(asgi_app()) as client:
-        assert (await client.get("/")).status_code == 200
-        async with client.websocket("/ws/chat") as ws:
-            await ws.send_json({"type": "join", "room": "a", "name": "x"})
-            await ws.expect(type="joined", room="a")
 
 
 async def test_sigint_stops_the_server_gracefully(starter: Path) -> None:
