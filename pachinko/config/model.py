@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 ImportPath = Annotated[str, msgspec.Meta(description="an import path 'package.module:attribute'")]
-Hooks = str | list[str]
+Hooks = ImportPath | list[ImportPath]
 
 
 class _Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -81,6 +81,14 @@ class ResourceHooksConfig(_Table):
 
     The function becomes the resource method of that name, so it is called
     with the same arguments as a global hook (the resource first).
+
+    Attributes:
+        before_connect: ``(resource, req, ws, params)``.
+        after_connect: ``(resource, ws)``.
+        before_receive: ``(resource, ws, message)``.
+        after_receive: ``(resource, ws, message)``.
+        before_disconnect: ``(resource, ws, close_code)``.
+        on_error: ``(resource, ws, exc)``; return True when handled.
     """
 
     before_connect: ImportPath | None = None

@@ -147,7 +147,7 @@ def test_the_users_own_import_error_is_shown_unchanged() -> None:
         "Traceback (most recent call last):\n"
         f'  File "{fx_broken}", line 3, in <module>\n'
         "    import fx_missing_dependency  # noqa: F401\n"
-        + ("    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n" if sys.version_info < (3, 13) else "")
+        + "    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
         + "ModuleNotFoundError: No module named 'fx_missing_dependency'"
     )
     cause = info.value.__cause__
