@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import textwrap
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from pachinko.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TOO_BIG = 1009
+HTTP_FORBIDDEN = 403
 PYTHON = sys.executable
 
 pytestmark = pytest.mark.live
@@ -106,3 +108,29 @@ async def test_sigint_stops_the_server_gracefully(starter: Path) -> None:
         server.send_signal(signal.SIGINT)
         assert await server.wait() == 0
     assert "Application shutdown complete." in server.output
+
+
+async def test_serve_reload_swaps_toml_edits_in_without_dropping_sockets(starter: Path) -> None:
+    config = starter / "routes.toml"
+    async with ServerProcess(serve("--reload"), cwd=starter) as server, \
+            server.websocket("/ws/echo") as old:
+        assert await server.refused("/ws/shout") == HTTP_FORBIDDEN
+        text = config.read_text()
+        config.write_text(text + textwrap.dedent("""
+            [[routes]]
+            path = "/shout"
+            name = "shout"
+            handlers.join = { handler = "handlers:join", payload = "Join" }
+        """))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while await server.refused_status("/ws/shout") is not None:
+            assert loop.time() < deadline, f"the new route never appeared:\n{server.output}"
+            await asyncio.sleep(0.1)
+        async with server.websocket("/ws/shout") as new:
+            await new.send_json({"type": "join", "room": "r"})
+            assert await new.expect_next() == {"type": "joined", "room": "r"}
+        # the socket opened before the edit still works: no process restart
+        await old.send_json({"type": "join", "room": "r"})
+        assert await old.expect_next() == {"type": "joined", "room": "r"}
+    assert "Reloading" not in server.output

@@ -354,3 +354,19 @@ class ServerProcess:
     ]:
         """Open a real WebSocket to ``path`` on this server (see :func:`connect`)."""
         return connect(self.url + path, **kwargs)
+
+    async def refused_status(self, path: str, **kwargs: Any) -> int | None:
+        """The HTTP status refusing a WebSocket to ``path``, or ``None`` if accepted."""
+        try:
+            async with self.websocket(path, **kwargs):
+                return None
+        except HandshakeRefused as refused:
+            return refused.status
+
+    async def refused(self, path: str, **kwargs: Any) -> int | None:
+        """Open a WebSocket that must be refused; return the HTTP status."""
+        status = await self.refused_status(path, **kwargs)
+        if status is None:
+            raise AssertionError(f"expected the handshake for {path} to be refused, it was "
+                                 "accepted")
+        return status
