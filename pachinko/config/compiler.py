@@ -474,7 +474,7 @@ class _Compiler:
         tag_field = route.tag_field or getattr(base, "tag_field", "type")
         namespace: dict[str, Any] = {"wire": wire, "tag_field": tag_field}
         ok = True
-        taken = set(dir(base)) | RESERVED
+        taken = set(dir(base)) | RESERVED | {"types"}
         fields = tuple(_FIELD_NAME.findall(template))
         for tag, raw in route.handlers.items():
             decl = raw if isinstance(raw, HandlerConfig) else HandlerConfig(handler=raw)
@@ -526,6 +526,8 @@ class _Compiler:
             else:
                 sends.append(struct)
         namespace["sends"] = tuple(sends)
+        # Typed sends: handlers build declared types as resource.types.Name(...).
+        namespace["types"] = types.SimpleNamespace(**self.structs)
         lifecycle = (
             ("on_connect", route.on_connect, 3, "(resource, req, ws, **params)", fields, True),
             ("on_disconnect", route.on_disconnect, 3, "(resource, ws, close_code)", (), True),

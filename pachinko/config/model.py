@@ -182,7 +182,8 @@ class RouteConfig(_Table):
         resource: Import path of a resource class or factory.
         args: Positional arguments for the resource's constructor.
         kwargs: Keyword arguments for the constructor. A built resource
-            stores them (and its services) as attributes.
+            stores them (and its services) as attributes; its ``types``
+            attribute holds the declared types (``resource.types.Joined``).
         services: Services injected into the resource by parameter name
             (a built resource gets them as attributes).
         base: Base class of a built resource (a WebSocketResource subclass).

@@ -68,7 +68,7 @@ async def show(resource: Any, ws: Any, payload: Any) -> None:
 
 
 async def greet(resource: Any, ws: Any, payload: Any) -> None:
-    await resource.send({"type": "greet", "text": resource.greeter.text})
+    await resource.send(resource.types.Greeting(text=resource.greeter.text))
 
 
 def _hook(name: str) -> Any:
@@ -109,6 +109,10 @@ kwargs = {{ prefix = ">" }}
 [services.greeter]
 factory = "{HERE}:Greeter"
 kwargs = {{ word = "hello" }}
+
+[types.Greeting]
+tag = "greet"
+fields = {{ text = "str" }}
 
 [types.Point.fields]
 x = {{ type = "int", ge = 0 }}
