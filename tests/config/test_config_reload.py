@@ -188,3 +188,40 @@ async def test_new_services_are_refused_until_restart(
     assert await reloader.reload() is False
     assert "new services (x) are created at startup only; restart the server" in caplog.text
     assert configured.compiled.loaded.services == {}
+
+
+STARTS: list[tuple[str, float]] = []
+
+
+async def recorded(manager: Any, name: str, every: float) -> None:
+    STARTS.append((name, every))
+    await asyncio.Event().wait()  # run until cancelled
+
+
+async def test_reload_restarts_a_changed_worker_with_its_new_declaration(
+    project: Path, conductor_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    STARTS.clear()
+    workers = """
+[workers.one]
+target = "test_config_reload:recorded"
+kwargs = {{ name = "one", every = {one} }}
+
+[workers.two]
+target = "test_config_reload:recorded"
+kwargs = {{ name = "two", every = 1.0 }}
+"""
+    edit(project, BASE.format(extra=workers.format(one=1.0)))
+    app = falcon.asgi.App()
+    configured = configure(app, project, reload=False)
+    reloader = Reloader(configured)
+    await conductor_for(app)  # runs the lifespan: workers start
+    await eventually(lambda: len(STARTS) == 2)
+    assert sorted(STARTS) == [("one", 1.0), ("two", 1.0)]
+    edit(project, BASE.format(extra=workers.format(one=2.0)))
+    assert await reloader.reload()
+    await eventually(lambda: ("one", 2.0) in STARTS)
+    controller = configured.runtime.workers
+    if hasattr(controller, "stop_worker"):  # a controller that restarts one worker
+        assert STARTS.count(("two", 1.0)) == 1
