@@ -23,7 +23,6 @@ from .errors import PachinkoError
 from .settings import Settings
 
 if TYPE_CHECKING:
-
     from .config import Compiled
     from .router import WebSocketRouter
 
@@ -78,7 +77,9 @@ def _qualname(obj: Any) -> str:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or "-" if tp is not None else "-"
+    if tp is None:
+        return "-"
+    return str(getattr(tp, "__name__", None) or tp)
 
 
 def route_table(prefix: str, router: WebSocketRouter) -> list[dict[str, Any]]:
