@@ -239,6 +239,12 @@ class _Compiler:
 
         services = self.compile_services()
         workers = self.compile_workers(services)
+        if not loaded.app.prefix.startswith("/"):
+            self.add(
+                (loaded.root, ("app", "prefix")),
+                "a prefix starting with '/'",
+                repr(loaded.app.prefix),
+            )
         setup = [
             fn
             for index, path in enumerate(loaded.app.setup)
@@ -278,10 +284,58 @@ class _Compiler:
                 )
                 continue
             inject = tuple(n for n in _parameters(factory) if n in plans and n not in decl.kwargs)
+            self.check_call(
+                where,
+                "factory",
+                decl.factory,
+                factory,
+                decl.args,
+                decl.kwargs,
+                set(plans),
+                "services declared before it",
+            )
             plans[name] = ServicePlan(
                 name, factory, tuple(decl.args), dict(decl.kwargs), inject, decl
             )
         return plans
+
+    def check_call(
+        self,
+        where: Located,
+        key: str,
+        path: str,
+        target: Any,
+        args: Any,
+        kwargs: Any,
+        provided: set[str],
+        what: str,
+    ) -> None:
+        """Report a call that will fail at startup or connect time, now."""
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            return
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+        except TypeError as ex:
+            self.add(where, f"arguments that {path} accepts", str(ex), extra=(key,))
+            return
+        missing = [
+            name
+            for name, param in signature.parameters.items()
+            if name not in bound.arguments
+            and name not in provided
+            and param.default is inspect.Parameter.empty
+            and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        ]
+        if missing:
+            names = ", ".join(sorted(provided)) or "none"
+            self.add(
+                where,
+                f"a value for every parameter of {path} (from args, kwargs or {what}: {names})",
+                f"no value for {', '.join(map(repr, missing))}",
+                extra=(key,),
+            )
 
     def compile_workers(self, services: Mapping[str, ServicePlan]) -> dict[str, WorkerPlan]:
         plans: dict[str, WorkerPlan] = {}
@@ -296,6 +350,16 @@ class _Compiler:
                     where, "an async function", f"{_kind(target)} {decl.target}", extra=("target",)
                 )
                 continue
+            self.check_call(
+                where,
+                "target",
+                decl.target,
+                target,
+                decl.args,
+                decl.kwargs,
+                {"manager", "settings", *self.loaded.services},
+                "injected",
+            )
             plans[name] = WorkerPlan(
                 name, target, tuple(decl.args), dict(decl.kwargs), decl.restart, decl
             )
@@ -448,6 +512,16 @@ class _Compiler:
             params = _parameters(target)
             names = tuple(n for n in known if n in params and n not in route.kwargs)
             names = tuple(dict.fromkeys((*services, *names)))
+            self.check_call(
+                where,
+                "resource",
+                route.resource,
+                target,
+                route.args,
+                route.kwargs,
+                set(names),
+                "services",
+            )
             if names:
                 self.inject[target] = names
             return target
@@ -517,7 +591,11 @@ class _Compiler:
                 # gives it: as the annotation of the handler's payload parameter.
                 payload_param = list(inspect.signature(handler).parameters)[2]
                 handler.__annotations__ = {**handler.__annotations__, payload_param: struct}
-            namespace[method] = handles_message(tag, strict=decl.strict)(handler)
+            try:
+                namespace[method] = handles_message(tag, strict=decl.strict)(handler)
+            except HandlerDefinitionError as ex:
+                self.add((source, hpath), "a handler for a valid message type", str(ex))
+                ok = False
         sends: list[Any] = []
         for index, name in enumerate(route.sends):
             struct = self.payload(source, (*path, "sends", index), name)

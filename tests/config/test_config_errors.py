@@ -14,6 +14,15 @@ from pachinko.errors import ConfigError
 ERRORS = Path(__file__).parent / "fixtures" / "errors"
 
 EXPECTED = {
+    "uninjectable.toml": "2 errors in uninjectable.toml\n"
+    "  uninjectable.toml:2: services.store.factory: expected a value for every parameter of "
+    "fx_handlers:Store (from args, kwargs or services declared before it: none), found no "
+    "value for 'size'\n"
+    "  uninjectable.toml:5: workers.beat.target: expected a value for every parameter of "
+    "fx_handlers:needs_interval (from args, kwargs or injected: manager, settings, store), "
+    "found no value for 'interval'",
+    "bad_prefix.toml": "1 error in bad_prefix.toml\n"
+    "  bad_prefix.toml:2: app.prefix: expected a prefix starting with '/', found 'ws'",
     "toml_syntax.toml": "1 error in toml_syntax.toml\n"
     "  toml_syntax.toml:4: expected valid TOML, found Illegal character '\\n'",
     "unknown_key.toml": "1 error in unknown_key.toml\n"

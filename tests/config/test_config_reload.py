@@ -21,6 +21,9 @@ HANDLERS = """
 async def ping(resource, ws, payload):
     await resource.send({"type": "pong", "v": payload.v, "label": resource.label})
 
+def make():
+    return object()
+
 async def tick(manager, every):
     import asyncio
     while True:
@@ -184,7 +187,7 @@ async def test_new_services_are_refused_until_restart(
     app = falcon.asgi.App()
     configured = configure(app, project, reload=False)
     reloader = Reloader(configured)
-    edit(project, BASE.format(extra='[services.x]\nfactory = "hr_handlers:ping"\n'))
+    edit(project, BASE.format(extra='[services.x]\nfactory = "hr_handlers:make"\n'))
     assert await reloader.reload() is False
     assert "new services (x) are created at startup only; restart the server" in caplog.text
     assert configured.compiled.loaded.services == {}
