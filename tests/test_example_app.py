@@ -151,3 +151,22 @@ async def test_the_page_is_served_next_to_the_websocket_routes(conductor_for: An
     page = await conductor.simulate_get("/")
     assert page.status_code == 200
     assert "/ws/chat" in page.text
+
+
+async def test_the_python_app_exported_to_toml_answers_identically(
+    conductor_for: Any, tmp_path: Path
+) -> None:
+    from pachinko import runtime_of
+    from pachinko.config import export_toml
+
+    python_app = app_python.create_app(page=False)
+    runtime = runtime_of(python_app)
+    text = export_toml(runtime.mounts[0].router, prefix="/ws", settings=runtime.settings)
+    assert 'base = "examples.chat.app_python:ChatResource"' in text
+    assert 'handler = "examples.chat.app_python:ChatResource.join"' in text
+    assert "[types.Join.fields.room]" in text
+    # The router does not know the app's services and workers: declare them.
+    config = tmp_path / "routes.toml"
+    config.write_text(text + '\n[services.chat]\nfactory = "examples.chat.handlers:ChatRooms"\n')
+    from_export = await converse(create_app(config), conductor_for)
+    assert from_export == await converse(app_python.create_app(page=False), conductor_for)

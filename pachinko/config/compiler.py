@@ -633,17 +633,17 @@ class _Compiler:
                     ok = False
                 else:
                     namespace[event] = fn
-        attributes = (*route.kwargs, *services)
-        for name in attributes:
-            if name in taken or not name.isidentifier():
-                self.add(
-                    where,
-                    "keyword arguments and services that are free attribute names",
-                    repr(name),
-                    extra=("kwargs", name) if name in route.kwargs else (),
-                )
-                ok = False
         if base.__init__ is object.__init__:
+            # A built resource stores its kwargs and services as attributes.
+            for name in (*route.kwargs, *services):
+                if name in taken or not name.isidentifier():
+                    self.add(
+                        where,
+                        "keyword arguments and services that are free attribute names",
+                        repr(name),
+                        extra=("kwargs", name) if name in route.kwargs else (),
+                    )
+                    ok = False
             if route.args:
                 self.add(
                     where,
@@ -654,6 +654,21 @@ class _Compiler:
                 )
                 ok = False
             namespace["__init__"] = _store_attributes
+        else:
+            # The base's own constructor: services are injected by parameter name.
+            params = _parameters(base)
+            found = tuple(n for n in self.loaded.services if n in params and n not in route.kwargs)
+            services = tuple(dict.fromkeys((*services, *found)))
+            self.check_call(
+                where,
+                "base",
+                route.base or "",
+                base,
+                route.args,
+                route.kwargs,
+                set(services),
+                "services",
+            )
         if not ok:
             return None
         name = self.class_name(route)
