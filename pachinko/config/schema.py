@@ -300,7 +300,9 @@ class _Compiler:
                     )
                 )
                 return None
-            if isinstance(default, list | dict):
+            # NOTE: msgspec copies empty list/dict defaults itself (as a Python
+            #   class body `= []` does); only non-empty ones need a factory.
+            if isinstance(default, list | dict) and default:
                 frozen = default
                 return (fname, tp, msgspec.field(default_factory=lambda: _copy(frozen)))
             return (fname, tp, default)

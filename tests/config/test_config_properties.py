@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import string
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import pytest
+
+from pachinko import WebSocketResource, handles_message
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +31,24 @@ async def other(resource: Any, ws: Any, payload: Any) -> None:
 
 async def hook(resource: Any, ws: Any, message: Any) -> None:
     return None
+
+
+class PyMsg(msgspec.Struct, forbid_unknown_fields=True):
+    n: Annotated[int, msgspec.Meta(ge=0)]
+    tags: list[str] = []
+
+
+class PyRes(WebSocketResource):
+    """A resource written in Python, routed from TOML and exported back."""
+
+    sends = (PyMsg,)
+
+    @handles_message("py", strict=False)
+    async def py(self, ws: Any, payload: PyMsg) -> None:
+        await self.send({"type": "py", "n": payload.n})
+
+    async def on_echo(self, ws: Any, payload: Any) -> None:
+        await self.send(payload)
 
 
 class Counter:
@@ -84,6 +104,10 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
         route: dict[str, Any] = {"path": f"/{segment}" + ("/{key}" if dynamic else "")}
         if draw(st.booleans()):
             route["name"] = f"r{index}"
+        if draw(st.integers(0, 4)) == 0:
+            route["resource"] = f"{HERE}:PyRes"
+            routes.append(route)
+            continue
         handlers = {}
         for tag in draw(st.lists(names, max_size=3, unique=True)):
             handler: dict[str, Any] = {
@@ -131,7 +155,8 @@ def test_random_valid_configs_compile(doc: dict[str, Any]) -> None:
     tops = [r for r in compiled.router.routes() if r.parent is None]
     assert [r.template for r in tops] == [r["path"] for r in doc["routes"]]
     for info, route in zip(tops, doc["routes"], strict=True):
-        assert set(info.target.message_types()) == set(route.get("handlers", {}))
+        expected = {"py"} if "resource" in route else set(route.get("handlers", {}))
+        assert set(info.target.message_types()) == expected
 
 
 # -- corruptions ------------------------------------------------------------------
@@ -377,6 +402,7 @@ def app_routes(app: Any) -> list[Any]:
 @given(doc=configs())
 def test_random_valid_configs_serve_every_message_type(doc: dict[str, Any], tmp_path: Any) -> None:
     expected = sum(
-        len(r.get("handlers", {})) + (1 if r.get("routes") else 0) for r in doc["routes"]
+        1 if "resource" in r else len(r.get("handlers", {})) + (1 if r.get("routes") else 0)
+        for r in doc["routes"]
     )
     assert asyncio.run(_serve_all(doc, tmp_path)) == expected
