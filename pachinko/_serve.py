@@ -8,6 +8,7 @@ connection. See benchmarks/bench_dispatch.py.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -142,6 +143,9 @@ async def serve(
         return
     leaf = chain[-1]
     close_code = CLOSE_NO_STATUS
+    task = asyncio.current_task()
+    if task is not None:
+        runtime.serving.add(task)
     try:
         if ws.unaccepted:
             await ws.accept()
@@ -156,6 +160,7 @@ async def serve(
     finally:
         await _disconnect(info, chain, leaf, ws, close_code)
         await manager.disconnect(conn)
+        runtime.serving.discard(task)  # type: ignore[arg-type]
 
 
 async def _handshake(

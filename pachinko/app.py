@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -11,7 +12,7 @@ from ._serve import Mount
 from .errors import PachinkoError
 from .manager import WebSocketConnectionManager
 from .settings import Settings
-from .workers import WorkerController
+from .workers import WorkerController, shutdown_server
 
 if TYPE_CHECKING:
     import falcon.asgi
@@ -48,15 +49,21 @@ class Runtime:
         manager: WebSocketConnectionManager,
         workers: Iterable[Callable[..., Any]] = (),
         services: Mapping[str, Callable[[], Any]] | None = None,
+        on_worker_crash: Callable[[str, BaseException], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
-        self.workers = WorkerController(stop_timeout=settings.shutdown_timeout)
+        self.workers = WorkerController(
+            stop_timeout=settings.shutdown_timeout, on_crash=on_worker_crash or shutdown_server
+        )
         self.declared_workers: list[Callable[..., Any]] = list(workers)
         self.service_factories: dict[str, Callable[[], Any]] = dict(services or {})
         self.services: dict[str, Any] = {}
         self.mounts: list[Mount] = []
         self.accepting = True
+        # Tasks serving accepted connections: shutdown waits for their on_disconnect.
+        self.serving: set[asyncio.Task[Any]] = set()
+        self._closed_connections = False
         origins = settings.allowed_origins
         self.allowed_origins = (
             None if origins is None else frozenset(o.lower().rstrip("/") for o in origins)
@@ -81,16 +88,43 @@ class Runtime:
             raise
         self.accepting = True
 
-    async def shutdown(self) -> None:
-        """Stop accepting, close sockets with 1001, stop workers, close the backend."""
+    async def close_connections(
+        self, code: int = 1001, reason: str = "Server shutting down"
+    ) -> None:
+        """Stop accepting, close every open socket, wait for their ``on_disconnect``.
+
+        Waits at most ``settings.shutdown_timeout`` seconds. Runs once; the
+        first step of :meth:`shutdown`, and what :class:`pachinko.server.Server`
+        calls before uvicorn closes the sockets itself (with 1012).
+        """
+        if self._closed_connections:
+            return
+        self._closed_connections = True
         self.accepting = False
+        await self.manager.close_all(code, reason)
+        pending = [task for task in self.serving if not task.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
+            if still:
+                logger.error(
+                    "%d connection(s) still open after %.1f s of shutdown",
+                    len(still),
+                    self.settings.shutdown_timeout,
+                )
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close sockets with 1001, stop workers, close the backend.
+
+        This order is the app's graceful shutdown (ASGI lifespan shutdown).
+        """
         try:
-            await self.manager.close_all(1001, "Server shutting down")
+            await self.close_connections()
         finally:
             try:
                 await self.workers.stop()
             finally:
                 await self.manager.close()
+        self._closed_connections = False
 
 
 class _Lifespan:
@@ -139,6 +173,7 @@ def install(
     backend: ConnectionBackend | None = None,
     workers: Iterable[Callable[..., Any]] = (),
     services: Mapping[str, Callable[[], Any]] | None = None,
+    on_worker_crash: Callable[[str, BaseException], Any] | None = None,
 ) -> WebSocketConnectionManager:
     """Install pachinko on a Falcon ASGI app; return its connection manager.
 
@@ -155,6 +190,9 @@ def install(
         workers: Background workers started at startup.
         services: Name → factory; instances are created once at startup and
             injected into workers by parameter name.
+        on_worker_crash: Called as ``f(name, exc)`` when a worker crashes
+            after startup. Default: log at CRITICAL and send SIGTERM to this
+            process, so the server shuts down (see docs/workers.md).
 
     Raises:
         PachinkoError: Already installed with different options.
@@ -166,6 +204,7 @@ def install(
             or backend is not None
             or workers
             or services
+            or on_worker_crash
         ):
             raise PachinkoError(
                 "install(): pachinko is already installed on this app; pass settings, backend, "
@@ -174,7 +213,7 @@ def install(
         return existing.manager
     settings = settings or Settings()
     manager = WebSocketConnectionManager(settings, backend)
-    runtime = Runtime(settings, manager, workers, services)
+    runtime = Runtime(settings, manager, workers, services, on_worker_crash)
     if settings.receive_queue is not None:
         app.ws_options.max_receive_queue = settings.receive_queue
     app.add_middleware(_Lifespan(runtime))
