@@ -9,12 +9,11 @@ from typing import Annotated, Any
 
 import msgspec
 import pytest
-
-from pachinko import WebSocketResource, handles_message
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pachinko import WebSocketResource, handles_message
 from pachinko.config import ConfigFileError, compile_text, export_toml
 from pachinko.errors import ConfigError
 
