@@ -160,7 +160,7 @@ async def serve(
     finally:
         await _disconnect(info, chain, leaf, ws, close_code)
         await manager.disconnect(conn)
-        runtime.serving.discard(task)  # type: ignore[arg-type]
+        runtime.serving.discard(task)
 
 
 async def _handshake(

@@ -180,7 +180,7 @@ def serve(config: str, host: str, port: int, workers: int, reload: bool, log_lev
     becomes uvicorn's ws_max_size, ping_interval / ping_timeout its
     WebSocket pings, shutdown_timeout its graceful shutdown timeout.
     """
-    import uvicorn
+    from .server import run as serve_with_uvicorn
 
     _existing(config)
     compiled = _compile(config)
@@ -212,7 +212,7 @@ def serve(config: str, host: str, port: int, workers: int, reload: bool, log_lev
             app: Any = create_app(config)
         except PachinkoError as ex:
             _fail(str(ex))
-        uvicorn.run(app, **options)
+        serve_with_uvicorn(app, **options)
         return
     # NOTE: several processes (or the reloader's child) import the app: they
     #   build it from the file named in the environment.
@@ -222,7 +222,7 @@ def serve(config: str, host: str, port: int, workers: int, reload: bool, log_lev
         options.update(reload=True, reload_dirs=[str(Path(config).resolve().parent)])
     else:
         options["workers"] = workers
-    uvicorn.run(_ASGI_APP, **options)
+    serve_with_uvicorn(_ASGI_APP, **options)
 
 
 @main.command()

@@ -113,7 +113,7 @@ def _spec(fn: WorkerFn) -> _WorkerSpec:
                 f"worker {getattr(fn, '__qualname__', fn)!r} must be an async function"
             )
         spec = _WorkerSpec(getattr(fn, "__name__", repr(fn)), None)
-    return spec  # type: ignore[no-any-return]
+    return spec
 
 
 def _bind(fn: WorkerFn, spec: _WorkerSpec, context: dict[str, Any]) -> dict[str, Any]:
