@@ -1,0 +1,266 @@
+"""Workers: started and stopped by the ASGI lifespan, supervised, never silently dead."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import falcon.asgi
+import falcon.testing
+import pytest
+
+import pachinko
+from pachinko import RestartPolicy, WorkerController, WorkerError, worker
+from tests.conftest import eventually
+
+
+def app_with(*workers: Any, **install_options: Any) -> falcon.asgi.App:
+    app = falcon.asgi.App()
+    pachinko.install(app, workers=workers, **install_options)
+    return app
+
+
+async def test_workers_start_after_startup_and_are_cancelled_at_shutdown() -> None:
+    events: list[Any] = []
+
+    async def ticker(manager: Any, settings: Any, clock: Any) -> None:
+        events.append(("started", type(manager).__name__, settings.max_message_size, clock))
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    app = app_with(ticker, services={"clock": lambda: "a clock service"})
+    assert events == []  # nothing runs before the lifespan startup
+    async with falcon.testing.ASGIConductor(app):
+        await eventually(lambda: bool(events))
+        assert events == [("started", "WebSocketConnectionManager", 65536, "a clock service")]
+        assert pachinko.runtime_of(app).workers.running == ["ticker"]
+    assert events[-1] == "cancelled"
+    assert pachinko.runtime_of(app).workers.running == []
+
+
+async def test_unknown_parameter_fails_startup_naming_worker_and_parameter() -> None:
+    async def needs_db(manager: Any, db: Any) -> None: ...
+
+    with pytest.raises(RuntimeError, match="lifespan.startup.failed") as info:
+        async with falcon.testing.ASGIConductor(app_with(needs_db)):
+            pass
+    assert (
+        "WorkerError: worker 'needs_db': unknown parameter 'db' (available: manager, settings)"
+        in str(info.value)
+    )
+
+
+async def test_crash_during_startup_fails_startup_with_the_traceback() -> None:
+    started: list[str] = []
+
+    async def healthy() -> None:
+        started.append("healthy")
+        await asyncio.Event().wait()
+
+    async def broken() -> None:
+        raise ConnectionRefusedError("cannot reach the price feed")
+
+    app = app_with(healthy, broken)
+    with pytest.raises(RuntimeError) as info:
+        async with falcon.testing.ASGIConductor(app):
+            pass
+    message = str(info.value)
+    assert "worker 'broken' crashed during startup" in message
+    assert "ConnectionRefusedError: cannot reach the price feed" in message  # the traceback
+    # a start() that fails half-way leaves nothing running
+    assert pachinko.runtime_of(app).workers.running == []
+
+
+async def test_crash_after_startup_is_reported_not_silent() -> None:
+    crashes: list[tuple[str, BaseException]] = []
+    go = asyncio.Event()
+
+    async def later() -> None:
+        await go.wait()
+        raise ValueError("bad tick")
+
+    app = app_with(later, on_worker_crash=lambda name, exc: crashes.append((name, exc)))
+    async with falcon.testing.ASGIConductor(app):
+        go.set()
+        await eventually(lambda: bool(crashes))
+    assert [(name, repr(exc)) for name, exc in crashes] == [("later", "ValueError('bad tick')")]
+
+
+async def test_restart_with_backoff_then_give_up() -> None:
+    delays: list[float] = []
+    crashes: list[str] = []
+    runs = 0
+    now = 0.0
+
+    async def fake_sleep(seconds: float) -> None:
+        nonlocal now
+        delays.append(seconds)
+        now += seconds
+
+    @worker(
+        restart=RestartPolicy(max_restarts=3, window=60, backoff=0.5, factor=2, max_backoff=1.5)
+    )
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0)
+        raise OSError(f"run {runs}")
+
+    controller = WorkerController(
+        on_crash=lambda name, exc: crashes.append(f"{name}: {exc}"),
+        clock=lambda: now,
+        sleep=fake_sleep,
+    )
+    # crashing on every run, even while restarted, fails the startup
+    with pytest.raises(WorkerError, match="worker 'flaky' crashed during startup"):
+        await controller.start(flaky)
+    assert crashes == []  # reported by start(), not by on_crash
+    # after startup the same policy ends with on_crash
+    runs, delays[:] = 0, []
+    gate = asyncio.Event()
+
+    @worker(
+        name="flaky2",
+        restart=RestartPolicy(max_restarts=3, window=60, backoff=0.5, factor=2, max_backoff=1.5),
+    )
+    async def flaky2() -> None:
+        nonlocal runs
+        await gate.wait()
+        runs += 1
+        raise OSError(f"run {runs}")
+
+    await controller.start(flaky2)
+    gate.set()
+    await eventually(lambda: bool(crashes))
+    assert runs == 4  # the first run and three restarts
+    assert delays == [0.5, 1.0, 1.5]  # exponential, capped
+    assert crashes == ["flaky2: run 4"]
+    await controller.stop()
+
+
+async def test_restarts_outside_the_window_do_not_count() -> None:
+    now = 0.0
+    crashes: list[str] = []
+    runs = 0
+    gate = asyncio.Event()
+
+    async def fake_sleep(seconds: float) -> None:
+        nonlocal now
+        now += 100  # every restart happens long after the previous crash
+
+    @worker(restart=RestartPolicy(max_restarts=1, window=10))
+    async def sometimes() -> None:
+        nonlocal runs
+        await gate.wait()
+        runs += 1
+        if runs < 5:
+            raise OSError("transient")
+
+    controller = WorkerController(
+        on_crash=lambda n, e: crashes.append(n), clock=lambda: now, sleep=fake_sleep
+    )
+    await controller.start(sometimes)
+    gate.set()
+    await eventually(lambda: runs == 5)
+    assert crashes == []
+    await controller.stop()
+
+
+async def test_restart_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    gate = asyncio.Event()
+    runs = 0
+
+    @worker(restart=RestartPolicy(max_restarts=1, backoff=0))
+    async def once_flaky() -> None:
+        nonlocal runs
+        await gate.wait()
+        runs += 1
+        if runs == 1:
+            raise OSError("first run fails")
+        await asyncio.Event().wait()
+
+    controller = WorkerController()
+    with caplog.at_level(logging.WARNING, logger="pachinko.workers"):
+        await controller.start(once_flaky)
+        gate.set()
+        await eventually(lambda: runs == 2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert (
+        "worker 'once_flaky' crashed (OSError('first run fails')); restart 1 of 1 in 0.00 s"
+        in messages
+    )
+    assert "worker 'once_flaky' restarting" in messages
+    await controller.stop()
+
+
+async def test_stop_is_bounded_even_if_a_worker_ignores_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue  # swallows the cancellation
+
+    controller = WorkerController(stop_timeout=0.2)
+    await controller.start(stubborn)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with caplog.at_level(logging.ERROR, logger="pachinko.workers"):
+        await controller.stop()
+    assert loop.time() - started < 2.0
+    assert "worker 'stubborn' ignored cancellation for 0.2 s; abandoned" in caplog.messages
+    release.set()
+
+
+async def test_start_and_stop_are_idempotent() -> None:
+    runs = 0
+
+    async def counter() -> None:
+        nonlocal runs
+        runs += 1
+        await asyncio.Event().wait()
+
+    controller = WorkerController()
+    await controller.start(counter)
+    await controller.start(counter)
+    assert runs == 1
+    assert controller.running == ["counter"]
+    await controller.stop()
+    await controller.stop()
+    assert controller.running == []
+    await controller.start(counter)
+    assert runs == 2
+    await controller.stop()
+
+
+def test_worker_decorator_requires_async() -> None:
+    with pytest.raises(TypeError, match="must be an async function"):
+        worker(lambda: None)  # type: ignore[arg-type]
+
+
+async def test_two_workers_with_one_name_are_refused() -> None:
+    async def a() -> None: ...
+
+    b = worker(name="a")(_other)
+    with pytest.raises(WorkerError, match="two workers are named 'a'"):
+        await WorkerController().start(a, b)
+
+
+async def _other() -> None: ...
+
+
+def test_restart_policy_rejects_bad_values() -> None:
+    import msgspec
+
+    with pytest.raises(msgspec.ValidationError, match="Expected `int` >= 0"):
+        msgspec.convert({"max_restarts": -1}, RestartPolicy)
+    with pytest.raises(msgspec.ValidationError, match="Object contains unknown field `retries`"):
+        msgspec.convert({"retries": 3}, RestartPolicy)
