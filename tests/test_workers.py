@@ -45,7 +45,7 @@ async def test_workers_start_after_startup_and_are_cancelled_at_shutdown() -> No
 async def test_unknown_parameter_fails_startup_naming_worker_and_parameter() -> None:
     async def needs_db(manager: Any, db: Any) -> None: ...
 
-    with pytest.raises(RuntimeError, match="lifespan.startup.failed") as info:
+    with pytest.raises(RuntimeError, match=r"lifespan\.startup\.failed") as info:
         async with falcon.testing.ASGIConductor(app_with(needs_db)):
             pass
     assert (
