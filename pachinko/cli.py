@@ -8,6 +8,7 @@ combinations that cannot work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -212,7 +213,7 @@ def serve(config: str, host: str, port: int, workers: int, reload: bool, log_lev
             app: Any = create_app(config)
         except PachinkoError as ex:
             _fail(str(ex))
-        serve_with_uvicorn(app, **options)
+        _run(serve_with_uvicorn, app, options)
         return
     # NOTE: several processes (or the reloader's child) import the app: they
     #   build it from the file named in the environment.
@@ -222,7 +223,14 @@ def serve(config: str, host: str, port: int, workers: int, reload: bool, log_lev
         options.update(reload=True, reload_dirs=[str(Path(config).resolve().parent)])
     else:
         options["workers"] = workers
-    serve_with_uvicorn(_ASGI_APP, **options)
+    _run(serve_with_uvicorn, _ASGI_APP, options)
+
+
+def _run(runner: Any, app: Any, options: dict[str, Any]) -> None:
+    # NOTE: uvicorn re-raises the SIGINT it handled after its graceful
+    #   shutdown; like `uvicorn.run`, Ctrl+C is then a normal exit (status 0).
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(app, **options)
 
 
 @main.command()
