@@ -16,6 +16,7 @@ from pachinko.testing import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TOO_BIG = 1009
+GOING_AWAY = 1001
 HTTP_FORBIDDEN = 403
 PYTHON = sys.executable
 
@@ -70,8 +71,11 @@ async def test_serve_the_example_chat() -> None:
             await ann.send_json({"type": "say", "room": "lobby", "text": "x" * 20000})
             assert await ann.expect_close() == TOO_BIG
             await bob.expect(type="presence", event="leave", name="ann")
-        # SIGTERM: a graceful shutdown; uvicorn re-raises the signal after it
-        assert await server.stop() in (0, -signal.SIGTERM)
+            # SIGTERM: a graceful shutdown, open sockets closed with 1001 "going away"
+            server.send_signal(signal.SIGTERM)
+            assert await bob.expect_close() == GOING_AWAY
+            # uvicorn re-raises the signal once it is done
+            assert await server.wait() in (0, -signal.SIGTERM)
     assert "Application shutdown complete." in server.output
 
 
