@@ -24,6 +24,7 @@ from pachinko.testing import (
 )
 
 NORMAL = 1000
+GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 NOT_FOUND = 3404
 FORBIDDEN = 3403
@@ -164,6 +165,20 @@ async def test_live_server_round_trip_over_a_real_socket(pachinko_live: Any) -> 
         await ws.send_json({"type": "bye", "code": POLICY_VIOLATION})
         assert await ws.expect_close() == POLICY_VIOLATION
     assert await server.refused("/ws/nowhere") == HTTP_FORBIDDEN
+
+
+@pytest.mark.live
+async def test_live_server_shutdown_closes_open_sockets_with_1001() -> None:
+    server = LiveServer(echo_app(), timeout=2.0)
+    async with server:
+        ws_context = server.websocket("/ws/echo")
+        ws = await ws_context.__aenter__()
+        await ws.send_json({"type": "say", "text": "x"})
+        await ws.expect(type="count")
+    try:
+        assert await ws.expect_close() == GOING_AWAY
+    finally:
+        await ws_context.__aexit__(None, None, None)
 
 
 @pytest.mark.live

@@ -151,8 +151,12 @@ class LiveServer:
     async def __aenter__(self) -> LiveServer:
         import uvicorn
 
+        from ..server import Server
+
         config = uvicorn.Config(self.app, host=self.host, port=0, **self._options)
-        self._server = server = uvicorn.Server(config)
+        # NOTE: pachinko's Server, as `pachinko serve` runs: at shutdown open
+        #   sockets are closed with 1001 before uvicorn's own shutdown.
+        self._server = server = Server(config)
         self._task = asyncio.create_task(server.serve())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
