@@ -24,7 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar, overload
 
 import attrs
 import msgspec
@@ -37,8 +37,11 @@ logger = logging.getLogger("pachinko.workers")
 
 WorkerFn = Callable[..., Awaitable[Any]]
 CrashHandler = Callable[[str, BaseException], Any]
+_W = TypeVar("_W", bound=WorkerFn)
 
 _SPEC = "__pachinko_worker__"
+# Event loop iterations start() gives new workers to fail (startup_grace=0).
+_STARTUP_ITERATIONS = 5
 
 
 class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -74,12 +77,31 @@ class _WorkerSpec:
     restart: RestartPolicy | None
 
 
+@attrs.define
+class _Startup:
+    """One :meth:`WorkerController.start` call: crashes before it returns fail it."""
+
+    open: bool = True
+    failure: tuple[str, BaseException] | None = None
+
+
+@overload
+def worker(fn: _W, /) -> _W: ...
+
+
+@overload
 def worker(
-    fn: WorkerFn | None = None,
+    fn: None = None, /, *, name: str | None = None, restart: RestartPolicy | bool | None = None
+) -> Callable[[_W], _W]: ...
+
+
+def worker(
+    fn: _W | None = None,
+    /,
     *,
     name: str | None = None,
     restart: RestartPolicy | bool | None = None,
-) -> Any:
+) -> _W | Callable[[_W], _W]:
     """Declare an async function as a worker (bare or with options).
 
     Args:
@@ -92,8 +114,9 @@ def worker(
         TypeError: ``fn`` is not an ``async`` function.
     """
 
-    def decorate(target: WorkerFn) -> WorkerFn:
-        if not inspect.iscoroutinefunction(target):
+    def decorate(target: _W) -> _W:
+        checked: Any = target  # NOTE: iscoroutinefunction() would narrow _W away
+        if not inspect.iscoroutinefunction(checked):
             raise TypeError(
                 f"@worker: {getattr(target, '__qualname__', target)!r} must be an async "
                 f"function, got {type(target).__name__}"
@@ -176,8 +199,9 @@ class WorkerController:
         self._clock = clock
         self._sleep = sleep
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._starting = False
-        self._startup_failure: tuple[str, BaseException] | None = None
+        # Tasks that ignored cancellation: still referenced so they are not
+        # garbage-collected mid-run.
+        self._abandoned: set[asyncio.Task[None]] = set()
 
     @property
     def running(self) -> list[str]:
@@ -207,26 +231,29 @@ class WorkerController:
             plans.append((spec, fn, _bind(fn, spec, context)))
         if not plans:
             return
-        self._starting = True
-        self._startup_failure = None
+        startup = _Startup()
         started: list[str] = []
         try:
             for spec, fn, kwargs in plans:
                 self._tasks[spec.name] = asyncio.create_task(
-                    self._supervise(spec, fn, kwargs), name=f"pachinko-worker-{spec.name}"
+                    self._supervise(spec, fn, kwargs, startup), name=f"pachinko-worker-{spec.name}"
                 )
                 started.append(spec.name)
-            # NOTE: "during startup" means before start() returns: let the new
-            #   tasks run a few loop iterations (or startup_grace seconds).
+            # NOTE: "during startup" means before start() returns: the new
+            #   tasks get a few event loop iterations (or startup_grace seconds).
             if self.startup_grace > 0:
                 await asyncio.sleep(self.startup_grace)
             else:
-                for _ in range(5):
+                for _ in range(_STARTUP_ITERATIONS):
                     await asyncio.sleep(0)
-        finally:
-            self._starting = False
-        if self._startup_failure is not None:
-            name, exc = self._startup_failure
+        except BaseException:
+            # start() itself was cancelled: leave nothing running.
+            startup.open = False
+            await self._stop_names(started)
+            raise
+        startup.open = False
+        if startup.failure is not None:
+            name, exc = startup.failure
             await self._stop_names(started)
             raise WorkerError(f"worker {name!r} crashed during startup: {exc!r}") from exc
         logger.info("started workers: %s", ", ".join(started))
@@ -262,43 +289,58 @@ class WorkerController:
                     name,
                     self.stop_timeout,
                 )
+                self._abandoned.add(task)
+                task.add_done_callback(self._abandoned.discard)
+        stopped = [name for name, task in tasks.items() if task not in still]
+        if stopped:
+            logger.info("stopped workers: %s", ", ".join(stopped))
 
-    async def _supervise(self, spec: _WorkerSpec, fn: WorkerFn, kwargs: dict[str, Any]) -> None:
+    async def _supervise(
+        self, spec: _WorkerSpec, fn: WorkerFn, kwargs: dict[str, Any], startup: _Startup
+    ) -> None:
+        task = asyncio.current_task()
         crashes: list[float] = []
         while True:
             try:
                 await fn(**kwargs)
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if task is None or task.cancelling():
+                    raise  # stop() (or the loop) cancelled us
+                # NOTE: a CancelledError nobody asked this task for (e.g. from
+                #   an awaited task that was cancelled) ends the worker: a crash.
+                error: BaseException = exc
             except Exception as exc:
-                policy = spec.restart
-                now = self._clock()
-                if policy is not None:
-                    crashes = [t for t in crashes if now - t < policy.window]
-                if policy is None or len(crashes) >= policy.max_restarts:
-                    self._crashed(spec, exc, restarts=len(crashes))
-                    return
-                crashes.append(now)
-                delay = policy.delay(len(crashes))
-                logger.warning(
-                    "worker %r crashed (%r); restart %d of %d in %.2f s",
-                    spec.name,
-                    exc,
-                    len(crashes),
-                    policy.max_restarts,
-                    delay,
-                    exc_info=exc,
-                )
-                await self._sleep(delay)
-                logger.warning("worker %r restarting", spec.name)
+                error = exc
             else:
                 logger.info("worker %r finished", spec.name)
                 return
+            policy = spec.restart
+            now = self._clock()
+            if policy is not None:
+                crashes = [t for t in crashes if now - t < policy.window]
+            if policy is None or len(crashes) >= policy.max_restarts:
+                self._crashed(spec, error, len(crashes), startup)
+                return
+            crashes.append(now)
+            delay = policy.delay(len(crashes))
+            logger.warning(
+                "worker %r crashed (%r); restart %d of %d in %.2f s",
+                spec.name,
+                error,
+                len(crashes),
+                policy.max_restarts,
+                delay,
+                exc_info=error,
+            )
+            await self._sleep(delay)
+            logger.warning("worker %r restarting", spec.name)
 
-    def _crashed(self, spec: _WorkerSpec, exc: BaseException, restarts: int) -> None:
-        if self._starting:
-            if self._startup_failure is None:
-                self._startup_failure = (spec.name, exc)
+    def _crashed(
+        self, spec: _WorkerSpec, exc: BaseException, restarts: int, startup: _Startup
+    ) -> None:
+        if startup.open:
+            if startup.failure is None:
+                startup.failure = (spec.name, exc)
             return
         if restarts:
             logger.error(

@@ -74,15 +74,15 @@ async def test_shutdown_closes_sockets_with_1001_and_runs_on_disconnect() -> Non
     assert order == ["on_disconnect 1001"] * 3 + ["worker cancelled"]
 
 
-def test_a_worker_crash_after_startup_shuts_the_server_down() -> None:
+def test_a_worker_crash_after_startup_shuts_plain_uvicorn_down() -> None:
     port = free_port()
-    env = {**os.environ, "CRASH_AFTER": "0.5"}
+    env = {**os.environ, "PACHINKO_CRASH_AFTER": "0.5"}
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "tests.workers_crash_app:app",
+            "tests.apps.workers_app:app",
             "--host",
             "127.0.0.1",
             "--port",
@@ -103,6 +103,6 @@ def test_a_worker_crash_after_startup_shuts_the_server_down() -> None:
             proc.kill()
             proc.wait()
     assert "Application startup complete" in output
-    assert "worker 'doomed' crashed; shutting the server down (SIGTERM)" in output
+    assert "worker 'ticker' crashed; shutting the server down (SIGTERM)" in output
     assert "RuntimeError: the feed went away" in output
     assert "Application shutdown complete" in output

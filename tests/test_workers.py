@@ -15,7 +15,7 @@ from pachinko import RestartPolicy, WorkerController, WorkerError, worker
 from tests.conftest import eventually
 
 
-def app_with(*workers: Any, **install_options: Any) -> falcon.asgi.App:
+def app_with(*workers: Any, **install_options: Any) -> falcon.asgi.App[Any, Any]:
     app = falcon.asgi.App()
     pachinko.install(app, workers=workers, **install_options)
     return app
@@ -243,7 +243,7 @@ async def test_start_and_stop_are_idempotent() -> None:
 
 def test_worker_decorator_requires_async() -> None:
     with pytest.raises(TypeError, match="must be an async function"):
-        worker(lambda: None)  # type: ignore[arg-type]
+        worker(lambda: None)  # type: ignore[type-var]
 
 
 async def test_two_workers_with_one_name_are_refused() -> None:
@@ -264,3 +264,82 @@ def test_restart_policy_rejects_bad_values() -> None:
         msgspec.convert({"max_restarts": -1}, RestartPolicy)
     with pytest.raises(msgspec.ValidationError, match="Object contains unknown field `retries`"):
         msgspec.convert({"retries": 3}, RestartPolicy)
+
+
+async def test_a_cancelled_start_leaves_nothing_running() -> None:
+    cancelled: list[str] = []
+
+    async def slow_to_fail() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append("slow_to_fail")
+            raise
+
+    controller = WorkerController(startup_grace=10)
+    starting = asyncio.create_task(controller.start(slow_to_fail))
+    await eventually(lambda: controller.running == ["slow_to_fail"])
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert controller.running == []
+    assert cancelled == ["slow_to_fail"]
+
+
+async def test_an_earlier_worker_crashing_during_a_later_start_goes_to_on_crash() -> None:
+    crashes: list[str] = []
+    gate = asyncio.Event()
+
+    async def first() -> None:
+        await gate.wait()
+        raise OSError("first broke")
+
+    async def second() -> None:
+        gate.set()  # makes ``first`` crash while start(second) is still running
+        await asyncio.Event().wait()
+
+    controller = WorkerController(on_crash=lambda name, exc: crashes.append(f"{name}: {exc}"))
+    await controller.start(first)
+    await controller.start(second)  # not failed by the crash of ``first``
+    assert crashes == ["first: first broke"]
+    assert controller.running == ["second"]
+    await controller.stop()
+
+
+async def test_a_stray_cancelled_error_is_a_crash_not_a_silent_stop() -> None:
+    crashes: list[tuple[str, str]] = []
+    gate = asyncio.Event()
+
+    async def waits_on_a_cancelled_task() -> None:
+        await gate.wait()
+        helper = asyncio.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        helper.cancel()
+        await helper  # raises CancelledError, but nobody cancelled this worker
+
+    controller = WorkerController(
+        on_crash=lambda name, exc: crashes.append((name, type(exc).__name__))
+    )
+    await controller.start(waits_on_a_cancelled_task)
+    gate.set()
+    await eventually(lambda: bool(crashes))
+    assert crashes == [("waits_on_a_cancelled_task", "CancelledError")]
+    await controller.stop()
+
+
+async def test_a_worker_that_returns_is_logged_and_not_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs = 0
+
+    @worker(restart=True)
+    async def one_shot() -> None:
+        nonlocal runs
+        runs += 1
+
+    controller = WorkerController()
+    with caplog.at_level(logging.INFO, logger="pachinko.workers"):
+        await controller.start(one_shot)
+    assert runs == 1
+    assert controller.running == []
+    assert "worker 'one_shot' finished" in caplog.messages
