@@ -13,6 +13,7 @@ with plain ``uvicorn module:app`` or several workers, clients see 1012 and
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any
 
 import falcon.asgi
@@ -22,6 +23,8 @@ from uvicorn.supervisors import ChangeReload, Multiprocess
 from .app import _find_runtime
 
 __all__ = ["Server", "run"]
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
 
 
 def _falcon_app(app: Any) -> falcon.asgi.App[Any, Any] | None:
@@ -50,16 +53,24 @@ def run(app: Any, **options: Any) -> None:
     """Run ``app`` (an app or an import string) like ``uvicorn.run``.
 
     ``reload`` and ``workers > 1`` need an import string, as with uvicorn.
+    Exits with status 3 (uvicorn's ``STARTUP_FAILURE``) if the app did not start.
     """
     config = uvicorn.Config(app, **options)
-    server = Server(config)
     if (config.reload or config.workers > 1) and not isinstance(app, str):
         raise ValueError("reload or several workers need the app as an import string")
-    if config.should_reload:
-        ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
-    elif config.workers > 1:
-        # NOTE: uvicorn's worker processes build their own uvicorn.Server, so
-        #   with several workers clients see uvicorn's 1012 at shutdown.
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-    else:
-        server.run()
+    if not (config.reload or config.workers > 1):
+        config.load_app()
+    server = Server(config)
+    try:
+        if config.should_reload:
+            ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
+        elif config.workers > 1:
+            # NOTE: uvicorn's worker processes build their own uvicorn.Server, so
+            #   with several workers clients see uvicorn's 1012 at shutdown.
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the SIGINT it handled, once it has shut down
+    if not server.started and not config.should_reload and config.workers == 1:
+        sys.exit(STARTUP_FAILURE)
