@@ -201,13 +201,16 @@ async def test_stop_is_bounded_even_if_a_worker_ignores_cancellation(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     release = asyncio.Event()
+    finished = False
 
     async def stubborn() -> None:
+        nonlocal finished
         while not release.is_set():
             try:
-                await asyncio.sleep(10)
+                await release.wait()
             except asyncio.CancelledError:
                 continue  # swallows the cancellation
+        finished = True
 
     controller = WorkerController(stop_timeout=0.2)
     await controller.start(stubborn)
@@ -218,6 +221,7 @@ async def test_stop_is_bounded_even_if_a_worker_ignores_cancellation(
     assert loop.time() - started < 2.0
     assert "worker 'stubborn' ignored cancellation for 0.2 s; abandoned" in caplog.messages
     release.set()
+    await eventually(lambda: finished)  # the abandoned task still ran to its end
 
 
 async def test_start_and_stop_are_idempotent() -> None:
@@ -343,3 +347,50 @@ async def test_a_worker_that_returns_is_logged_and_not_restarted(
     assert runs == 1
     assert controller.running == []
     assert "worker 'one_shot' finished" in caplog.messages
+
+
+async def test_restart_through_the_lifespan_with_real_tiny_backoff() -> None:
+    runs = 0
+
+    @worker(restart=RestartPolicy(max_restarts=2, window=60, backoff=0.01, factor=2))
+    async def recovers() -> None:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.02)
+        if runs <= 2:
+            raise OSError(f"run {runs}")
+        await asyncio.Event().wait()
+
+    crashes: list[str] = []
+    app = app_with(recovers, on_worker_crash=lambda name, exc: crashes.append(name))
+    async with falcon.testing.ASGIConductor(app):
+        await eventually(lambda: runs == 3)
+        assert pachinko.runtime_of(app).workers.running == ["recovers"]
+    assert crashes == []
+    assert pachinko.runtime_of(app).workers.running == []
+
+
+async def test_a_worker_ignoring_cancellation_does_not_hang_the_lifespan_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = asyncio.Event()
+    finished = False
+
+    async def stubborn() -> None:
+        nonlocal finished
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+        finished = True
+
+    app = app_with(stubborn, settings=pachinko.Settings(shutdown_timeout=0.2))
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.ERROR, logger="pachinko.workers"):
+        async with falcon.testing.ASGIConductor(app):
+            started = loop.time()
+    assert loop.time() - started < 3.0
+    assert "worker 'stubborn' ignored cancellation for 0.2 s; abandoned" in caplog.messages
+    release.set()
+    await eventually(lambda: finished)
