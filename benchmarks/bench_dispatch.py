@@ -1,6 +1,6 @@
 """Per-message cost: pachinko vs a hand-written Falcon ``on_websocket`` loop.
 
-Run:  python benchmarks/bench_dispatch.py [--messages 20000] [--rounds 7]
+Run:  python benchmarks/bench_dispatch.py [--messages 20000] [--rounds 9]
 
 Both apps are real ``falcon.asgi.App`` instances driven in-process over ASGI
 by the same minimal driver (a ``receive`` that returns prepared events and a
