@@ -128,7 +128,7 @@ async def test_plain_uvicorn_closes_with_1012_and_on_disconnect_still_runs(
 async def test_a_worker_crash_after_startup_shuts_the_server_down_gracefully(
     start_server: Start, events_file: Path
 ) -> None:
-    proc, port = start_server("pachinko", PACHINKO_CRASH_AFTER="1.0")
+    proc, port = start_server("pachinko", PACHINKO_CRASH_AFTER="hello")
     ws = await connect(port)
     code = await close_code_seen(ws)  # nobody sent a signal: the crash did
     output = await wait_exit(proc)

@@ -3,7 +3,8 @@
 Environment:
     PACHINKO_EVENTS: file to which the app appends what happens, one line each
         ("worker started", "on_disconnect 1001", "worker cancelled", "backend closed").
-    PACHINKO_CRASH_AFTER: if set, the worker crashes after that many seconds.
+    PACHINKO_CRASH_AFTER: if set, the worker crashes after that many seconds,
+        or, if it is "hello", once a client has said hello.
 
 Run: ``python -m tests.apps.workers_app PORT [pachinko|uvicorn]`` (pachinko's
 Server, or plain uvicorn), or ``uvicorn tests.apps.workers_app:app``.
@@ -32,9 +33,13 @@ def record(event: str) -> None:
             file.write(event + "\n")
 
 
+HELLO = asyncio.Event()
+
+
 class Room(WebSocketResource):
     async def on_hello(self, ws: Any, payload: Any) -> None:
         await self.send({"type": "hi"})
+        HELLO.set()
 
     async def on_disconnect(self, ws: Any, close_code: int) -> None:
         record(f"on_disconnect {close_code}")
@@ -44,6 +49,9 @@ async def ticker(manager: Any) -> None:
     record("worker started")
     crash_after = os.environ.get("PACHINKO_CRASH_AFTER")
     try:
+        if crash_after == "hello":
+            await HELLO.wait()
+            raise RuntimeError("the feed went away")
         if crash_after is not None:
             await asyncio.sleep(float(crash_after))
             raise RuntimeError("the feed went away")
