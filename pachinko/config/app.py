@@ -175,5 +175,5 @@ def worker_callable(plan: WorkerPlan) -> Callable[..., Any]:
     if plan.restart is not None:
         from ..workers import worker
 
-        return worker(restart=plan.restart)(run)  # type: ignore[no-any-return]
+        return worker(restart=plan.restart)(run)
     return run

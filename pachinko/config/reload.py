@@ -127,6 +127,9 @@ class Reloader:
         self.reloads = 0
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
+        # What the files looked like when the served version was read: a
+        # change made before the watcher starts is not missed.
+        self._stamps = _stamps(self.files)
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -152,6 +155,8 @@ class Reloader:
             await asyncio.wait_for(task, 1.0)
 
     async def _run(self) -> None:
+        if _stamps(self.files) != self._stamps:
+            await self.reload()
         while not self._stop.is_set():
             try:
                 if self.force_polling:
@@ -174,13 +179,10 @@ class Reloader:
                     break  # an include was added or removed: watch the new set
 
     async def _poll(self) -> None:
-        seen = _stamps(self.files)
         while not self._stop.is_set():
             await asyncio.sleep(self.poll_interval)
-            now = _stamps(self.files)
-            if now != seen:
+            if _stamps(self.files) != self._stamps:
                 await self.reload()
-                seen = _stamps(self.files)
 
     async def reload(self) -> bool:
         """Load, compile and swap in the file now.
@@ -196,6 +198,7 @@ class Reloader:
         configured = self.configured
         old = configured.compiled
         started = time.perf_counter()
+        self._stamps = _stamps(self.files)  # read before loading: a later write is seen
         try:
             new = load_config(configured.path, self.environ, ServiceBox())
         except ConfigError as ex:

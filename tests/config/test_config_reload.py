@@ -241,3 +241,26 @@ kwargs = {{ name = "two", every = 1.0 }}
     controller = configured.runtime.workers
     if hasattr(controller, "stop_worker"):  # a controller that restarts one worker
         assert STARTS.count(("two", 1.0)) == 1
+
+
+@pytest.mark.parametrize("polling", [False, True])
+async def test_a_change_to_an_included_file_is_reloaded(
+    project: Path, conductor_for: Any, polling: bool
+) -> None:
+    part = project.parent / "part.toml"
+    edit(part, '[[routes]]\npath = "/p1"\nhandlers.ping = "hr_handlers:ping"\n')
+    edit(project, 'include = ["part.toml"]\n' + BASE.format(extra=""))
+    app = falcon.asgi.App()
+    configured = configure(app, project, reload=True)
+    assert configured.reloader is not None
+    configured.reloader.force_polling = polling
+    await conductor_for(app)  # the lifespan starts the watcher
+    try:
+        router = configured.mount.router
+        assert router.match("/p1") is not None
+        edit(part, '[[routes]]\npath = "/p2"\nhandlers.ping = "hr_handlers:ping"\n')
+        await eventually(lambda: configured.mount.router.match("/p2") is not None)
+        assert configured.mount.router.match("/p1") is None
+        assert [p.name for p in configured.reloader.files] == ["routes.toml", "part.toml"]
+    finally:
+        await configured.reloader.stop()
