@@ -71,6 +71,12 @@ class Runtime:
 
     async def startup(self) -> None:
         """Start the backend, create services, start workers (ASGI lifespan startup)."""
+        reserved = sorted({"manager", "settings"} & self.service_factories.keys())
+        if reserved:
+            raise PachinkoError(
+                f"services: {', '.join(map(repr, reserved))} is reserved for the app's own "
+                "object (injected into workers by that name); rename the service"
+            )
         await self.manager.start()
         try:
             for name, factory in self.service_factories.items():
@@ -84,6 +90,7 @@ class Runtime:
             )
         except BaseException:
             # NOTE: a startup that fails half-way leaves nothing running.
+            self.services.clear()
             await self.manager.close()
             raise
         self.accepting = True

@@ -394,3 +394,16 @@ async def test_a_worker_ignoring_cancellation_does_not_hang_the_lifespan_shutdow
     assert "worker 'stubborn' ignored cancellation for 0.2 s; abandoned" in caplog.messages
     release.set()
     await eventually(lambda: finished)
+
+
+async def test_a_service_cannot_shadow_the_manager() -> None:
+    async def uses_manager(manager: Any) -> None: ...
+
+    app = app_with(uses_manager, services={"manager": lambda: "not the manager"})
+    with pytest.raises(RuntimeError) as info:
+        async with falcon.testing.ASGIConductor(app):
+            pass
+    assert (
+        "PachinkoError: services: 'manager' is reserved for the app's own object "
+        "(injected into workers by that name); rename the service" in str(info.value)
+    )
