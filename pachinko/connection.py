@@ -23,7 +23,8 @@ class Connection:
     construct one; they reach it as ``resource.connection``.
 
     Attributes:
-        id: Identifier, unique across processes (a random UUID in hex).
+        id: Identifier, unique across processes: the manager's node id, a dot
+            and a counter (``"9f2c41d0e8a7b3c6.1a"``).
         ws: The Falcon WebSocket.
         path: The request path below the mount prefix.
         params: Values of the route template's fields.
@@ -36,6 +37,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_user_id",
         "id",
         "manager",
         "outbox",
@@ -44,7 +46,6 @@ class Connection:
         "resource",
         "rooms",
         "state",
-        "user_id",
         "ws",
     )
 
@@ -55,16 +56,33 @@ class Connection:
         params: dict[str, Any],
         manager: WebSocketConnectionManager,
     ) -> None:
-        self.id: str = uuid.uuid4().hex
+        new_id = getattr(manager, "new_connection_id", None)
+        self.id: str = new_id() if new_id is not None else uuid.uuid4().hex
         self.ws = ws
         self.path = path
         self.params = params
         self.manager = manager
         self.resource: WebSocketResource | None = None
-        self.user_id: str | None = None
+        self._user_id: str | None = None
         self.rooms: set[str] = set()
         self.state: MutableMapping[str, Any] = {}
         self.outbox: Any = None
+
+    @property
+    def user_id(self) -> str | None:
+        """The user this connection belongs to, if the app set one."""
+        return self._user_id
+
+    @user_id.setter
+    def user_id(self, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"user_id must be a str or None, got {type(value).__name__}")
+        old, self._user_id = self._user_id, value
+        if old != value and self.outbox is not None:
+            # NOTE: registered already: the manager re-indexes it (and tells
+            #   the backend in the background); before registration the
+            #   manager reads it in connect().
+            self.manager._user_changed(self, old)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} path={self.path!r} user={self.user_id!r}>"

@@ -1,138 +1,470 @@
-"""WebSocketConnectionManager (interim in-process version; see issue 3)."""
+"""WebSocketConnectionManager: connections, rooms, users and broadcasts.
+
+The manager keeps this process's index (connections by id, rooms and users
+to their local connections) and delivers to local connections through each
+one's bounded :class:`~pachinko._outbox.Outbox`. Its backend carries
+broadcasts to other processes and keeps membership cluster-wide.
+
+PERF: a broadcast encodes the message once, awaits one backend publish
+(nothing in-process), then appends the same ``str`` to each recipient's
+queue without awaiting any socket; the sends run concurrently, one task per
+busy connection. See benchmarks/bench_fanout.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import itertools
+import logging
+import secrets
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConnectionLimitExceeded
+from ._outbox import DROPPED, QUEUED, Outbox, Ticket
+from .backends import ConnectionBackend, backend_from_url
+from .errors import ConnectionLimitExceeded, PachinkoError
 from .resource import encode_text
 
 if TYPE_CHECKING:
-    from .backends import ConnectionBackend
     from .connection import Connection
     from .settings import Settings
 
-__all__ = ["WebSocketConnectionManager"]
+__all__ = ["Delivery", "WebSocketConnectionManager"]
+
+logger = logging.getLogger("pachinko")
+
+_NO_EXCLUDE: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a send or a broadcast did (returned by every send method).
+
+    Local recipients are counted one by one:
+    ``recipients == delivered + pending + dropped + failed``.
+
+    Attributes:
+        recipients: Local connections the message was meant for.
+        delivered: Written to the socket before the call returned. Only
+            counted when the call was given a ``timeout`` (it then waits up
+            to that long); without one the call never waits for sockets.
+        pending: Queued, not yet written when the call returned (they will
+            be written unless the connection fails meanwhile).
+        dropped: Not queued: the connection's outgoing queue was full (a
+            slow consumer; the slow-consumer policy was applied to it).
+        failed: The connection had already failed or closed (it is being
+            evicted), or its send failed while the call waited.
+        remote: Other processes the backend handed the message to (with
+            Redis, the receivers of the one PUBLISH; always 0 in-process).
+            Their own local outcome is not reported back (at-most-once).
+    """
+
+    recipients: int = 0
+    delivered: int = 0
+    pending: int = 0
+    dropped: int = 0
+    failed: int = 0
+    remote: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """No local recipient missed the message (none dropped or failed)."""
+        return self.dropped == 0 and self.failed == 0
 
 
 class WebSocketConnectionManager:
-    """Registry of this process's connections, rooms and users."""
+    """Registry of this process's connections; rooms, users, broadcasts.
+
+    One per app (``install(app)`` returns it; ``runtime_of(app).manager``,
+    ``resource.manager`` and a worker's ``manager`` parameter reach it).
+    Connections register themselves at the handshake and deregister when
+    they close: never call :meth:`connect` or :meth:`disconnect` yourself.
+
+    Args:
+        settings: Limits and the slow-consumer policy.
+        backend: Where rooms and broadcasts meet across processes; default
+            built from ``settings.backend`` (``memory://``: in-process).
+
+    Raises:
+        ConfigError: ``settings.backend`` names an unknown scheme, or Redis
+            without the ``redis`` package.
+    """
 
     def __init__(self, settings: Settings, backend: ConnectionBackend | None = None) -> None:
         self.settings = settings
-        self.backend = backend
+        self.backend: ConnectionBackend = (
+            backend if backend is not None else backend_from_url(settings.backend)
+        )
+        self._node_id = secrets.token_hex(8)
+        self._counter = itertools.count(1)
         self._connections: dict[str, Connection] = {}
-        self._rooms: dict[str, set[str]] = {}
-        self._users: dict[str, set[str]] = {}
+        self._rooms: dict[str, dict[str, Connection]] = {}
+        self._users: dict[str, dict[str, Connection]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- identity and lifecycle ------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """This process's id in the cluster (prefix of its connection ids)."""
+        return self._node_id
+
+    def new_connection_id(self) -> str:
+        """Return a connection id unique across processes."""
+        return f"{self._node_id}.{next(self._counter):x}"
 
     async def start(self) -> None:
-        """Start the backend."""
+        """Start the backend (ASGI lifespan startup)."""
+        await self.backend.start(self)
 
     async def close(self) -> None:
-        """Close the backend."""
+        """Close the backend (ASGI lifespan shutdown, after the sockets)."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
+        await self.backend.close()
+
+    def __len__(self) -> int:
+        """Open connections registered in this process."""
+        return len(self._connections)
+
+    # -- registration (called by the serve loop) ----------------------------------
 
     async def connect(self, conn: Connection) -> None:
-        """Register ``conn`` before accept; enforce connection limits."""
-        limit = self.settings.max_connections
+        """Register ``conn`` before the handshake is accepted.
+
+        Raises:
+            ConnectionLimitExceeded: ``max_connections`` (this process) or
+                ``max_connections_per_user`` (every process) is reached;
+                the handshake is refused with 1013.
+        """
+        settings = self.settings
+        limit = settings.max_connections
         if limit is not None and len(self._connections) >= limit:
-            raise ConnectionLimitExceeded(f"Connection limit reached ({limit})")
-        per_user = self.settings.max_connections_per_user
-        if (
-            per_user is not None
-            and conn.user_id is not None
-            and len(self._users.get(conn.user_id, ())) >= per_user
-        ):
-            raise ConnectionLimitExceeded(f"Connection limit per user reached ({per_user})")
+            raise ConnectionLimitExceeded(f"Connection limit reached ({limit} open connections)")
+        user = conn.user_id
+        per_user = settings.max_connections_per_user
+        if per_user is not None and user is not None:
+            count = len(await self.backend.user_connections(user))
+            if count >= per_user:
+                raise ConnectionLimitExceeded(
+                    f"Connection limit per user reached ({per_user} open connections)"
+                )
+        conn.outbox = Outbox(
+            conn.ws,
+            settings.send_queue_size,
+            settings.slow_consumer,
+            settings.slow_consumer_close_code,
+            settings.send_timeout,
+            lambda: self._evict(conn),
+        )
         self._connections[conn.id] = conn
-        if conn.user_id is not None:
-            self._users.setdefault(conn.user_id, set()).add(conn.id)
+        first = False
+        if user is not None:
+            members = self._users.get(user)
+            first = members is None
+            if members is None:
+                members = self._users[user] = {}
+            members[conn.id] = conn
+        await self.backend.add_connection(conn.id, user, first)
 
     def opened(self, conn: Connection) -> None:
-        """Mark ``conn`` as accepted."""
+        """Start writing to ``conn``: its handshake was accepted."""
+        if conn.outbox is not None:
+            conn.outbox.start()
 
     async def disconnect(self, conn: Connection) -> None:
-        """Deregister ``conn`` and remove it from its rooms."""
-        for room in list(conn.rooms):
-            await self.leave_room(conn, room)
-        self._connections.pop(conn.id, None)
-        if conn.user_id is not None:
-            self._users.get(conn.user_id, set()).discard(conn.id)
+        """Deregister ``conn``: leave its rooms, here and in the backend.
+
+        Idempotent; called once the connection's ``on_disconnect`` ran.
+        """
+        outbox = conn.outbox
+        if outbox is None:
+            return
+        conn.outbox = None
+        outbox.discard()
+        self._unindex(conn)
+        rooms = list(conn.rooms)
+        conn.rooms.clear()
+        backend = self.backend
+        for room in rooms:
+            await backend.leave(room, conn.id, room not in self._rooms)
+        user = conn.user_id
+        await backend.remove_connection(conn.id, user, user is None or user not in self._users)
+
+    def _unindex(self, conn: Connection) -> None:
+        cid = conn.id
+        self._connections.pop(cid, None)
+        for room in conn.rooms:
+            members = self._rooms.get(room)
+            if members is not None and members.pop(cid, None) is not None and not members:
+                del self._rooms[room]
+        user = conn.user_id
+        if user is not None:
+            conns = self._users.get(user)
+            if conns is not None and conns.pop(cid, None) is not None and not conns:
+                del self._users[user]
+
+    def _evict(self, conn: Connection) -> None:
+        # The outbox died (send failed, slow consumer): no more deliveries. The
+        # backend learns it in disconnect(), when the connection's loop ends.
+        self._unindex(conn)
 
     async def close_all(self, code: int = 1001, reason: str = "Server shutting down") -> None:
-        """Close every local connection."""
-        await asyncio.gather(
-            *(c.ws.close(code, reason) for c in list(self._connections.values())),
-            return_exceptions=True,
-        )
+        """Close every local connection with ``code`` (shutdown: 1001).
 
-    def _conn(self, conn: Connection | str) -> Connection:
-        return self._connections[conn] if isinstance(conn, str) else conn
+        Queued messages are flushed first, each connection bounded by
+        ``send_timeout``; the connections deregister as their loops end.
+        """
+        closing = []
+        for conn in list(self._connections.values()):
+            outbox = conn.outbox
+            if outbox is not None:
+                closing.append(outbox.aclose(code, reason))
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
+
+    # -- rooms and users ------------------------------------------------------------
+
+    def _resolve(self, conn: Connection | str, action: str) -> Connection:
+        if isinstance(conn, str):
+            found = self._connections.get(conn)
+            if found is None:
+                raise PachinkoError(f"{action}: no open connection {conn!r} in this process")
+            return found
+        if conn.outbox is None:
+            raise PachinkoError(
+                f"{action}: {conn!r} is not registered (rooms can be joined once the "
+                "handshake is accepted: from after_connect or a handler, not on_connect)"
+            )
+        return conn
 
     async def join_room(self, conn: Connection | str, room: str) -> None:
-        c = self._conn(conn)
+        """Add a local connection (or its id) to ``room``; no-op if a member."""
+        if not isinstance(room, str) or not room:
+            raise ValueError(f"join_room(): room must be a non-empty str, got {room!r}")
+        c = self._resolve(conn, "join_room()")
+        if room in c.rooms:
+            return
         c.rooms.add(room)
-        self._rooms.setdefault(room, set()).add(c.id)
+        if c.outbox is not None and c.outbox.dead:
+            return  # evicted: it will leave everything on disconnect
+        members = self._rooms.get(room)
+        first = members is None
+        if members is None:
+            members = self._rooms[room] = {}
+        members[c.id] = c
+        await self.backend.join(room, c.id, first)
 
     async def leave_room(self, conn: Connection | str, room: str) -> None:
-        c = self._conn(conn)
+        """Remove a local connection (or its id) from ``room``; no-op if not a member."""
+        c = self._resolve(conn, "leave_room()")
+        if room not in c.rooms:
+            return
         c.rooms.discard(room)
         members = self._rooms.get(room)
-        if members is not None:
-            members.discard(c.id)
-            if not members:
-                del self._rooms[room]
+        if members is not None and members.pop(c.id, None) is not None and not members:
+            del self._rooms[room]
+        await self.backend.leave(room, c.id, room not in self._rooms)
 
     async def members(self, room: str) -> set[str]:
-        return set(self._rooms.get(room, ()))
+        """Connection ids in ``room``, in every (live) process."""
+        return await self.backend.members(room)
 
     async def rooms(self, prefix: str = "") -> list[str]:
-        return sorted(r for r in self._rooms if r.startswith(prefix))
+        """Rooms with members (in any process) whose name starts with ``prefix``."""
+        return await self.backend.rooms(prefix)
 
-    async def set_user(self, conn: Connection, user_id: str | None) -> None:
-        if conn.user_id is not None:
-            self._users.get(conn.user_id, set()).discard(conn.id)
-        conn.user_id = user_id
-        if user_id is not None:
-            self._users.setdefault(user_id, set()).add(conn.id)
+    async def user_connections(self, user_id: str) -> set[str]:
+        """Connection ids of ``user_id``, in every (live) process."""
+        return await self.backend.user_connections(user_id)
 
-    async def _send(self, ids: Iterable[str], message: Any, timeout: float | None) -> int:
+    async def set_user(self, conn: Connection | str, user_id: str | None) -> None:
+        """Set the user a local connection belongs to (``None``: no user)."""
+        c = self._resolve(conn, "set_user()") if isinstance(conn, str) else conn
+        old = c.user_id
+        if old == user_id:
+            return
+        c._user_id = user_id
+        if c.outbox is not None:
+            await self._move_user(c, old)
+
+    def _user_changed(self, conn: Connection, old: str | None) -> None:
+        # Connection.user_id was assigned after registration (a sync setter).
+        task = asyncio.get_running_loop().create_task(self._move_user(conn, old))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _move_user(self, conn: Connection, old: str | None) -> None:
+        cid = conn.id
+        if old is not None:
+            conns = self._users.get(old)
+            if conns is not None and conns.pop(cid, None) is not None and not conns:
+                del self._users[old]
+            await self.backend.remove_connection(cid, old, old not in self._users)
+        new = conn.user_id
+        if new is not None and conn.outbox is not None and not conn.outbox.dead:
+            conns = self._users.get(new)
+            first = conns is None
+            if conns is None:
+                conns = self._users[new] = {}
+            conns[cid] = conn
+            await self.backend.add_connection(cid, new, first)
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def send_to_connection(
+        self, conn_id: str, message: Any, *, timeout: float | None = None
+    ) -> Delivery:
+        """Send ``message`` to one connection, local or in another process.
+
+        ``message`` is a Struct, dict or list (sent as JSON) or a str (as is).
+        """
         text = encode_text(message)
-        targets = [self._connections[i] for i in ids if i in self._connections]
-        await asyncio.wait_for(
-            asyncio.gather(*(t.ws.send_text(text) for t in targets), return_exceptions=True),
-            timeout,
-        )
-        return len(targets)
+        conn = self._connections.get(conn_id)
+        if conn is not None:
+            return await self._fanout((conn,), text, timeout, 0)
+        remote = await self.backend.publish_connection(conn_id, text)
+        return Delivery(remote=remote)
 
-    async def send_to_connection(self, conn_id: str, message: Any) -> int:
-        return await self._send([conn_id], message, None)
-
-    async def send_to_user(self, user_id: str, message: Any) -> int:
-        return await self._send(list(self._users.get(user_id, ())), message, None)
+    async def send_to_user(
+        self, user_id: str, message: Any, *, timeout: float | None = None
+    ) -> Delivery:
+        """Send ``message`` to every connection of ``user_id``, in every process."""
+        text = encode_text(message)
+        remote = await self.backend.publish_user(user_id, text)
+        conns = self._users.get(user_id)
+        return await self._fanout(list(conns.values()) if conns else (), text, timeout, remote)
 
     async def broadcast_to_room(
-        self, room: str, message: Any, *, exclude: Iterable[str] = (), timeout: float | None = None
-    ) -> int:
-        excluded = set(exclude)
-        ids = [i for i in self._rooms.get(room, ()) if i not in excluded]
-        return await self._send(ids, message, timeout)
+        self,
+        room: str,
+        message: Any,
+        *,
+        exclude: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> Delivery:
+        """Send ``message`` to every member of ``room``, in every process.
+
+        Args:
+            room: The room.
+            message: A Struct, dict or list (JSON) or a str (as is); encoded once.
+            exclude: Connection ids that must not receive it.
+            timeout: If given, wait up to this many seconds for the local
+                sends to complete (see :class:`Delivery`); never longer.
+
+        Raises:
+            BackendUnavailable: The backend (Redis) is unreachable; nothing
+                was sent.
+        """
+        text = encode_text(message)
+        excluded = frozenset(exclude) if exclude else _NO_EXCLUDE
+        remote = await self.backend.publish_room(room, text, excluded)
+        members = self._rooms.get(room)
+        if not members:
+            return Delivery(remote=remote)
+        if excluded:
+            targets: Collection[Connection] = [
+                c for cid, c in members.items() if cid not in excluded
+            ]
+        else:
+            targets = list(members.values())
+        return await self._fanout(targets, text, timeout, remote)
 
     async def broadcast_to_all(
-        self, message: Any, *, exclude: Iterable[str] = (), timeout: float | None = None
-    ) -> int:
-        excluded = set(exclude)
-        return await self._send(
-            [i for i in self._connections if i not in excluded], message, timeout
-        )
+        self,
+        message: Any,
+        *,
+        exclude: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> Delivery:
+        """Send ``message`` to every connection, in every process."""
+        text = encode_text(message)
+        excluded = frozenset(exclude) if exclude else _NO_EXCLUDE
+        remote = await self.backend.publish_all(text, excluded)
+        targets = [c for cid, c in self._connections.items() if cid not in excluded]
+        return await self._fanout(targets, text, timeout, remote)
+
+    async def _fanout(
+        self, targets: Collection[Connection], text: str, timeout: float | None, remote: int
+    ) -> Delivery:
+        ticket = Ticket() if timeout is not None else None
+        queued = dropped = failed = 0
+        for conn in targets:
+            outbox = conn.outbox
+            if outbox is None:
+                failed += 1
+                continue
+            outcome = outbox.offer(text, ticket)
+            if outcome == QUEUED:
+                queued += 1
+            elif outcome == DROPPED:
+                dropped += 1
+            else:
+                failed += 1
+        delivered = 0
+        if ticket is not None and queued:
+            if ticket.remaining > 0:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(ticket.waiter)
+                except TimeoutError:
+                    pass
+            delivered = ticket.delivered
+            failed += ticket.failed
+            queued -= ticket.delivered + ticket.failed
+        return Delivery(len(targets), delivered, queued, dropped, failed, remote)
+
+    # -- iteration ----------------------------------------------------------------------
 
     async def connections(self, room: str | None = None) -> AsyncIterator[Connection]:
-        ids = list(self._rooms.get(room, ())) if room is not None else list(self._connections)
-        for i in ids:
-            conn = self._connections.get(i)
-            if conn is not None:
-                yield conn
+        """Iterate over a snapshot of this process's connections (of ``room``)."""
+        if room is None:
+            snapshot = list(self._connections.values())
+        else:
+            snapshot = list(self._rooms.get(room, {}).values())
+        for conn in snapshot:
+            yield conn
 
     def get(self, conn_id: str) -> Connection | None:
+        """The local connection with this id, or ``None``."""
         return self._connections.get(conn_id)
+
+    # -- BackendHost: remote deliveries -------------------------------------------------
+
+    def local_rooms(self) -> Mapping[str, Collection[str]]:
+        """Room → ids of its local members."""
+        return {room: list(members) for room, members in self._rooms.items()}
+
+    def local_users(self) -> Mapping[str, Collection[str]]:
+        """User → ids of its local connections."""
+        return {user: list(conns) for user, conns in self._users.items()}
+
+    def deliver_room(self, room: str, text: str, exclude: Collection[str]) -> None:
+        """Queue a frame from another process for the local members of ``room``."""
+        members = self._rooms.get(room)
+        if members:
+            for cid, conn in list(members.items()):
+                if cid not in exclude and conn.outbox is not None:
+                    conn.outbox.offer(text)
+
+    def deliver_user(self, user_id: str, text: str) -> None:
+        """Queue a frame from another process for the local connections of a user."""
+        conns = self._users.get(user_id)
+        if conns:
+            for conn in list(conns.values()):
+                if conn.outbox is not None:
+                    conn.outbox.offer(text)
+
+    def deliver_connection(self, conn_id: str, text: str) -> None:
+        """Queue a frame from another process for one local connection."""
+        conn = self._connections.get(conn_id)
+        if conn is not None and conn.outbox is not None:
+            conn.outbox.offer(text)
+
+    def deliver_all(self, text: str, exclude: Collection[str]) -> None:
+        """Queue a frame from another process for every local connection."""
+        for cid, conn in list(self._connections.items()):
+            if cid not in exclude and conn.outbox is not None:
+                conn.outbox.offer(text)

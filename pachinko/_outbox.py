@@ -1,0 +1,220 @@
+"""The per-connection outgoing queue: bounded, drained by one short-lived task.
+
+A broadcast never awaits a socket: it appends the encoded frame to each
+recipient's :class:`Outbox` (O(1), no await) and returns. Each outbox is
+drained by its own task, created when the queue goes from empty to
+non-empty and ending when it is empty again, so an idle connection holds no
+task at all (memory per idle connection stays small) and a stalled socket
+only ever delays its own queue.
+
+Slow consumers, bounded twice:
+
+- a full queue (``send_queue_size`` frames) applies the policy: ``"drop"``
+  the new frame, or ``"close"`` the connection with
+  ``slow_consumer_close_code``;
+- a single send that takes longer than ``send_timeout`` seconds closes the
+  connection with ``slow_consumer_close_code`` under both policies (the
+  client has stopped reading; its socket buffers are full).
+
+A send that raises (the peer is gone) marks the outbox dead; the manager
+evicts the connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from falcon.asgi import WebSocket
+
+__all__ = ["DEAD", "DROPPED", "QUEUED", "Outbox", "Ticket"]
+
+logger = logging.getLogger("pachinko")
+
+QUEUED: Final = 0
+DROPPED: Final = 1
+DEAD: Final = 2
+
+
+class Ticket:
+    """Counts the deliveries of one broadcast the caller waits for."""
+
+    __slots__ = ("delivered", "failed", "remaining", "waiter")
+
+    def __init__(self) -> None:
+        self.remaining = 0
+        self.delivered = 0
+        self.failed = 0
+        self.waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settle(self, ok: bool) -> None:
+        """Record one recipient's outcome (written, or lost)."""
+        if ok:
+            self.delivered += 1
+        else:
+            self.failed += 1
+        self.remaining -= 1
+        if self.remaining <= 0 and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class Outbox:
+    """The bounded outgoing queue of one connection.
+
+    Args:
+        ws: The Falcon WebSocket frames are written to.
+        size: Frames buffered at most.
+        policy: ``"drop"`` or ``"close"`` when the queue is full.
+        close_code: Close code for slow consumers.
+        send_timeout: Seconds a single send may take.
+        on_dead: Called once (synchronously) when the outbox dies, whatever
+            the cause: the manager evicts the connection.
+    """
+
+    __slots__ = (
+        "_closer",
+        "_open",
+        "_task",
+        "close_code",
+        "dead",
+        "on_dead",
+        "policy",
+        "queue",
+        "send_timeout",
+        "size",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        size: int,
+        policy: str,
+        close_code: int,
+        send_timeout: float,
+        on_dead: Callable[[], None],
+    ) -> None:
+        self.ws = ws
+        self.size = size
+        self.policy = policy
+        self.close_code = close_code
+        self.send_timeout = send_timeout
+        self.on_dead = on_dead
+        self.queue: deque[tuple[str, Ticket | None]] = deque()
+        self.dead = False
+        self._open = False
+        self._task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    def offer(self, text: str, ticket: Ticket | None = None) -> int:
+        """Queue ``text``; return QUEUED, DROPPED (queue full) or DEAD."""
+        if self.dead:
+            return DEAD
+        queue = self.queue
+        if len(queue) >= self.size:
+            if self.policy == "close":
+                self.abort(
+                    self.close_code,
+                    f"Slow consumer: outgoing queue full ({self.size} messages)",
+                )
+            return DROPPED
+        queue.append((text, ticket))
+        if ticket is not None:
+            ticket.remaining += 1
+        if self._task is None and self._open:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return QUEUED
+
+    def start(self) -> None:
+        """Start writing (the handshake was accepted); flush what was queued."""
+        self._open = True
+        if self.queue and self._task is None and not self.dead:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        queue = self.queue
+        send = self.ws.send_text
+        timeout = self.send_timeout
+        try:
+            while queue:
+                text, ticket = queue.popleft()
+                try:
+                    async with asyncio.timeout(timeout):
+                        await send(text)
+                except TimeoutError:
+                    if ticket is not None:
+                        ticket.settle(False)
+                    self._task = None
+                    self.abort(self.close_code, f"Slow consumer: a send took over {timeout:g} s")
+                    return
+                except Exception as ex:
+                    if ticket is not None:
+                        ticket.settle(False)
+                    logger.debug("send failed, evicting the connection: %r", ex)
+                    self._task = None
+                    self.abort(None, "")
+                    return
+                if ticket is not None:
+                    ticket.settle(True)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    def abort(self, code: int | None, reason: str) -> None:
+        """Kill the outbox: drop the queue, stop writing, close with ``code``.
+
+        ``code`` ``None`` means the socket already failed: nothing is sent.
+        """
+        if self.dead:
+            return
+        self.dead = True
+        self._fail_queued()
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if code is not None:
+            logger.warning("closing a slow consumer with %d: %s", code, reason)
+            self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
+        self.on_dead()
+
+    async def aclose(self, code: int, reason: str) -> None:
+        """Stop accepting frames, flush the queue (bounded), close the socket."""
+        if self.dead:
+            return
+        self.dead = True
+        task = self._task
+        if task is not None:
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await asyncio.shield(task)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+            except Exception:
+                logger.debug("flush before close failed", exc_info=True)
+        self._fail_queued()
+        await self._close(code, reason)
+
+    def discard(self) -> None:
+        """Forget everything: the connection has ended."""
+        self.dead = True
+        self._fail_queued()
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def _fail_queued(self) -> None:
+        for _, ticket in self.queue:
+            if ticket is not None:
+                ticket.settle(False)
+        self.queue.clear()
+
+    async def _close(self, code: int, reason: str) -> None:
+        # NOTE: bounded: closing a stalled socket may itself wait on the peer.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.send_timeout):
+                await self.ws.close(code, reason)

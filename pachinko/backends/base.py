@@ -1,0 +1,112 @@
+"""The ConnectionBackend interface: what crosses process boundaries.
+
+The manager always keeps the local index (this process's connections, and
+the rooms and users they belong to) and delivers to local connections
+itself. A backend adds what other processes need: cluster-wide membership
+and presence, and carrying broadcasts to the processes that have members.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Mapping
+from typing import Protocol
+
+__all__ = ["BackendHost", "ConnectionBackend"]
+
+
+class BackendHost(Protocol):
+    """What a backend may ask of the manager that started it."""
+
+    @property
+    def node_id(self) -> str:
+        """This process's id (it prefixes every local connection id)."""
+        ...
+
+    def local_rooms(self) -> Mapping[str, Collection[str]]:
+        """Room → ids of the local connections in it."""
+        ...
+
+    def local_users(self) -> Mapping[str, Collection[str]]:
+        """User id → ids of the local connections of that user."""
+        ...
+
+    def deliver_room(self, room: str, text: str, exclude: Collection[str]) -> None:
+        """Queue ``text`` for the local members of ``room``."""
+        ...
+
+    def deliver_user(self, user_id: str, text: str) -> None:
+        """Queue ``text`` for the local connections of ``user_id``."""
+        ...
+
+    def deliver_connection(self, conn_id: str, text: str) -> None:
+        """Queue ``text`` for one local connection."""
+        ...
+
+    def deliver_all(self, text: str, exclude: Collection[str]) -> None:
+        """Queue ``text`` for every local connection."""
+        ...
+
+
+class ConnectionBackend(abc.ABC):
+    """Where rooms, users and broadcasts meet across processes.
+
+    Every method is called by the manager after it updated its local index;
+    ``first``/``last`` say whether the local index just gained its first or
+    lost its last connection of that room or user (a backend subscribes and
+    unsubscribes on those). ``publish_*`` carry an already encoded frame to
+    *other* processes and return how many received it; local delivery is the
+    manager's job.
+    """
+
+    @abc.abstractmethod
+    async def start(self, host: BackendHost) -> None:
+        """Connect; from now on, deliver remote messages through ``host``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Withdraw this process's presence and disconnect."""
+
+    @abc.abstractmethod
+    async def add_connection(self, conn_id: str, user_id: str | None, first: bool) -> None:
+        """Record a connection (of ``user_id``, if any)."""
+
+    @abc.abstractmethod
+    async def remove_connection(self, conn_id: str, user_id: str | None, last: bool) -> None:
+        """Forget a connection."""
+
+    @abc.abstractmethod
+    async def join(self, room: str, conn_id: str, first: bool) -> None:
+        """Record that ``conn_id`` is a member of ``room``."""
+
+    @abc.abstractmethod
+    async def leave(self, room: str, conn_id: str, last: bool) -> None:
+        """Record that ``conn_id`` left ``room``."""
+
+    @abc.abstractmethod
+    async def members(self, room: str) -> set[str]:
+        """Connection ids in ``room``, in every live process."""
+
+    @abc.abstractmethod
+    async def rooms(self, prefix: str) -> list[str]:
+        """Rooms with at least one live member whose name starts with ``prefix``, sorted."""
+
+    @abc.abstractmethod
+    async def user_connections(self, user_id: str) -> set[str]:
+        """Connection ids of ``user_id``, in every live process."""
+
+    @abc.abstractmethod
+    async def publish_room(self, room: str, text: str, exclude: Collection[str]) -> int:
+        """Carry a room broadcast to other processes; return how many got it."""
+
+    @abc.abstractmethod
+    async def publish_user(self, user_id: str, text: str) -> int:
+        """Carry a message for ``user_id`` to other processes."""
+
+    @abc.abstractmethod
+    async def publish_connection(self, conn_id: str, text: str) -> int:
+        """Carry a message to the process holding ``conn_id`` (0 if none)."""
+
+    @abc.abstractmethod
+    async def publish_all(self, text: str, exclude: Collection[str]) -> int:
+        """Carry a broadcast to every other process."""

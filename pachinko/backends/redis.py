@@ -1,0 +1,492 @@
+"""RedisBackend: rooms, users and broadcasts across processes (redis-py asyncio).
+
+Pub/Sub channels (``{prefix}:ch:...``) carry frames; each process subscribes
+only to the rooms and users it has local members of, to its own node channel
+(``send_to_connection``) and to the ``all`` channel. A broadcast is one
+``PUBLISH`` whatever the number of recipients. A frame on the wire is
+``origin-node \\n extra \\n text`` (``extra``: comma-joined excluded ids, or
+the target connection id on a node channel); a process skips its own frames
+(it already delivered them locally).
+
+Membership and presence are cluster-wide keys: ``{prefix}:members:{room}``
+and ``{prefix}:users:{user}`` (hashes connection id → node id), the room
+index ``{prefix}:rooms`` (a sorted set, for prefix queries) and
+``{prefix}:alive:{node}``, refreshed every ``heartbeat`` seconds with a TTL
+of ``presence_ttl``. Entries of nodes whose key expired are ignored and
+cleaned up when read: the members of a process that died vanish within
+``presence_ttl`` seconds.
+
+Delivery is at-most-once: Pub/Sub does not store frames, so a process that
+is disconnected from Redis misses what was published meanwhile. A publish
+while Redis is unreachable raises :class:`~pachinko.errors.BackendUnavailable`.
+A lost connection is logged at ERROR and retried with exponential backoff;
+on reconnection the process resubscribes and, if Redis lost its keys (a
+restart), writes its presence and memberships again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import BackendUnavailable, ConfigError, PachinkoError
+from .base import BackendHost, ConnectionBackend
+
+__all__ = ["RedisBackend"]
+
+logger = logging.getLogger("pachinko")
+
+_OPTIONS = {"prefix": str, "presence_ttl": float, "heartbeat": float}
+
+# Remove members and drop the room from the index once it is empty (atomic).
+_LEAVE = """
+for i = 1, #ARGV - 1 do redis.call('HDEL', KEYS[1], ARGV[i]) end
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[#ARGV]) end
+return 0
+"""
+
+
+def _require_redis() -> Any:
+    try:
+        import redis.asyncio
+        import redis.exceptions
+    except ImportError as ex:
+        raise ConfigError(
+            "RedisBackend needs the redis package, which is not installed: "
+            "pip install 'pachinko[redis]'"
+        ) from ex
+    return redis.asyncio
+
+
+class RedisBackend(ConnectionBackend):
+    """Share rooms, users and broadcasts between processes through Redis.
+
+    Args:
+        url: Redis URL (``redis://``, ``rediss://`` or ``unix://``).
+        prefix: Prefix of every key and channel (several apps can share a
+            Redis with different prefixes).
+        presence_ttl: Seconds after which the members of a process that
+            stopped heart-beating (it died) disappear.
+        heartbeat: Seconds between presence refreshes (default a third of
+            ``presence_ttl``).
+        reconnect_min: First delay before reconnecting after a loss.
+        reconnect_max: Longest delay between reconnection attempts.
+        socket_timeout: Seconds a Redis command may take.
+
+    Raises:
+        ConfigError: The ``redis`` package is missing, or a bad option.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        prefix: str = "pachinko",
+        presence_ttl: float = 15.0,
+        heartbeat: float | None = None,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 5.0,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        self._lib = _require_redis()
+        import redis.exceptions
+
+        self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
+        if presence_ttl <= 0 or (heartbeat is not None and not 0 < heartbeat < presence_ttl):
+            raise ConfigError(
+                f"RedisBackend: expected presence_ttl > 0 and 0 < heartbeat < presence_ttl, "
+                f"got presence_ttl={presence_ttl!r}, heartbeat={heartbeat!r}"
+            )
+        self.url = url
+        self.prefix = prefix
+        self.presence_ttl = presence_ttl
+        self.heartbeat = heartbeat if heartbeat is not None else presence_ttl / 3
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.socket_timeout = socket_timeout
+        self.available = False
+        self._host: BackendHost | None = None
+        self._node = ""
+        self._redis: Any = None
+        self._pubsub: Any = None
+        self._wanted: set[str] = set()
+        self._subscribed: set[str] = set()
+        self._sub_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._leave_script: Any = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisBackend:
+        """Build from a URL; ``prefix``, ``presence_ttl`` and ``heartbeat`` may be
+        given as query parameters (``redis://h:6379/0?presence_ttl=5``)."""
+        parts = urlsplit(url)
+        options: dict[str, Any] = {}
+        rest = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            kind = _OPTIONS.get(key)
+            if kind is None:
+                rest.append((key, value))
+                continue
+            try:
+                options[key] = kind(value)
+            except ValueError:
+                raise ConfigError(
+                    f"backend URL {url!r}: {key} must be a {kind.__name__}, got {value!r}"
+                ) from None
+        clean = urlunsplit(parts._replace(query=urlencode(rest)))
+        return cls(clean, **options)
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.url} prefix={self.prefix!r}>"
+
+    # -- names --------------------------------------------------------------------
+
+    def _channel(self, kind: str, name: str = "") -> str:
+        return f"{self.prefix}:ch:{kind}:{name}"
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:{kind}:{name}"
+
+    @property
+    def _rooms_key(self) -> str:
+        return f"{self.prefix}:rooms"
+
+    @property
+    def host(self) -> BackendHost:
+        if self._host is None:
+            raise PachinkoError("RedisBackend is not started: the manager starts it")
+        return self._host
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self, host: BackendHost) -> None:
+        """Connect, register this process, subscribe; fail loudly if unreachable."""
+        lib = self._lib
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._host = host
+        self._node = host.node_id
+        # NOTE: no retries inside redis-py: a command fails at once when Redis
+        #   is down (broadcasts raise), reconnection is ours (with backoff).
+        self._redis = lib.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout,
+        )
+        self._leave_script = self._redis.register_script(_LEAVE)
+        self._wanted = {self._channel("node", self._node), self._channel("all")}
+        try:
+            await self._restore()
+            self._pubsub = await self._subscribe_all()
+        except self._errors as ex:
+            await self._redis.aclose()
+            raise BackendUnavailable(f"Redis at {self.url} is unreachable: {ex}") from ex
+        self.available = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listen()), loop.create_task(self._beat())]
+        logger.info("RedisBackend %s: node %s registered", self.url, self._node)
+
+    async def close(self) -> None:
+        """Stop listening, withdraw this process's presence, disconnect."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.socket_timeout)
+        if self._redis is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._redis.delete(self._key("alive", self._node))
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+        self._redis = None
+        self._subscribed.clear()
+        self.available = False
+
+    async def _subscribe_all(self) -> Any:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        async with self._sub_lock:
+            channels = sorted(self._wanted)
+            await pubsub.subscribe(*channels)
+            self._subscribed = set(channels)
+        return pubsub
+
+    async def _restore(self) -> None:
+        """Write this process's presence and local memberships (start, after a restart)."""
+        host = self.host
+        node = self._node
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._key("alive", node), "1", px=self._ttl_ms())
+        for room, ids in host.local_rooms().items():
+            if ids:
+                pipe.hset(self._key("members", room), mapping=dict.fromkeys(ids, node))
+                pipe.zadd(self._rooms_key, {room: 0})
+                self._wanted.add(self._channel("room", room))
+        for user, ids in host.local_users().items():
+            if ids:
+                pipe.hset(self._key("users", user), mapping=dict.fromkeys(ids, node))
+                self._wanted.add(self._channel("user", user))
+        await pipe.execute()
+
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.presence_ttl * 1000))
+
+    async def _listen(self) -> None:
+        delay = self.reconnect_min
+        while True:
+            try:
+                if self._pubsub is None:
+                    self._pubsub = await self._subscribe_all()
+                    await self._restore()
+                    self.available = True
+                    delay = self.reconnect_min
+                    logger.warning(
+                        "RedisBackend %s: reconnected; resubscribed to %d channels and "
+                        "restored this process's presence",
+                        self.url,
+                        len(self._subscribed),
+                    )
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+                if message is not None and message.get("type") == "message":
+                    self._on_message(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except self._errors as ex:
+                if self.available:
+                    logger.error(
+                        "RedisBackend %s: connection lost (%s). Broadcasts raise "
+                        "BackendUnavailable and messages from other processes are lost "
+                        "until it is back; reconnecting with backoff",
+                        self.url,
+                        ex,
+                    )
+                self.available = False
+                pubsub, self._pubsub = self._pubsub, None
+                self._subscribed.clear()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+            except Exception:
+                logger.exception("RedisBackend %s: bad message ignored", self.url)
+
+    async def _beat(self) -> None:
+        key = self._key("alive", self._node)
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                previous = await self._redis.set(key, "1", px=self._ttl_ms(), get=True)
+                if previous is None and self._pubsub is not None:
+                    logger.warning(
+                        "RedisBackend %s: this process's presence was gone (Redis restarted "
+                        "or the heartbeat was late); restoring memberships",
+                        self.url,
+                    )
+                    await self._restore()
+            except self._errors as ex:
+                logger.debug("RedisBackend heartbeat failed: %r", ex)
+
+    def _on_message(self, channel: str, data: str) -> None:
+        origin, extra, text = data.split("\n", 2)
+        if origin == self._node:
+            return
+        kind, _, name = channel[len(self.prefix) + 4 :].partition(":")
+        host = self.host
+        if kind == "room":
+            host.deliver_room(name, text, extra.split(",") if extra else ())
+        elif kind == "user":
+            host.deliver_user(name, text)
+        elif kind == "node":
+            host.deliver_connection(extra, text)
+        elif kind == "all":
+            host.deliver_all(text, extra.split(",") if extra else ())
+
+    async def _sync(self, channel: str) -> None:
+        """Subscribe to or unsubscribe from ``channel`` as ``_wanted`` says."""
+        async with self._sub_lock:
+            pubsub = self._pubsub
+            if pubsub is None:
+                return  # the listener resubscribes everything on reconnect
+            want = channel in self._wanted
+            if want == (channel in self._subscribed):
+                return
+            try:
+                if want:
+                    await pubsub.subscribe(channel)
+                    self._subscribed.add(channel)
+                else:
+                    await pubsub.unsubscribe(channel)
+                    self._subscribed.discard(channel)
+            except self._errors as ex:
+                logger.warning("RedisBackend: (un)subscribe %s failed: %r", channel, ex)
+
+    async def _write(self, what: str, *commands: tuple[str, tuple[Any, ...]]) -> None:
+        # NOTE: membership writes never raise: while Redis is down they are
+        #   logged and rewritten from the local index on reconnection.
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for name, args in commands:
+                getattr(pipe, name)(*args)
+            await pipe.execute()
+        except self._errors as ex:
+            logger.warning(
+                "RedisBackend: %s not recorded (%r); it is restored on reconnection", what, ex
+            )
+
+    async def _leave(self, key: str, ids: list[str], room: str) -> None:
+        await self._leave_script(keys=[key, self._rooms_key], args=[*ids, room])
+
+    # -- membership -------------------------------------------------------------------
+
+    async def add_connection(self, conn_id: str, user_id: str | None, first: bool) -> None:
+        if user_id is None:
+            return
+        channel = self._channel("user", user_id)
+        if first:
+            self._wanted.add(channel)
+            await self._sync(channel)
+        await self._write(
+            f"connection of user {user_id!r}",
+            ("hset", (self._key("users", user_id), conn_id, self._node)),
+        )
+
+    async def remove_connection(self, conn_id: str, user_id: str | None, last: bool) -> None:
+        if user_id is None:
+            return
+        await self._write(
+            f"removal of a connection of user {user_id!r}",
+            ("hdel", (self._key("users", user_id), conn_id)),
+        )
+        if last:
+            channel = self._channel("user", user_id)
+            self._wanted.discard(channel)
+            await self._sync(channel)
+
+    async def join(self, room: str, conn_id: str, first: bool) -> None:
+        channel = self._channel("room", room)
+        if first:
+            # Subscribe before the membership is visible: a broadcast sent by
+            # another process after it saw the member reaches it.
+            self._wanted.add(channel)
+            await self._sync(channel)
+        await self._write(
+            f"membership of room {room!r}",
+            ("hset", (self._key("members", room), conn_id, self._node)),
+            ("zadd", (self._rooms_key, {room: 0})),
+        )
+
+    async def leave(self, room: str, conn_id: str, last: bool) -> None:
+        try:
+            await self._leave(self._key("members", room), [conn_id], room)
+        except self._errors as ex:
+            logger.warning("RedisBackend: leaving room %r not recorded (%r)", room, ex)
+        if last:
+            channel = self._channel("room", room)
+            self._wanted.discard(channel)
+            await self._sync(channel)
+
+    async def _live(self, entries: dict[str, str]) -> tuple[set[str], list[str]]:
+        """Split ``id → node`` entries into live ids and ids of dead nodes."""
+        if not entries:
+            return set(), []
+        nodes = sorted(set(entries.values()))
+        flags = await self._redis.mget([self._key("alive", n) for n in nodes])
+        alive = {n for n, flag in zip(nodes, flags, strict=True) if flag is not None}
+        live = {cid for cid, node in entries.items() if node in alive}
+        return live, [cid for cid, node in entries.items() if node not in alive]
+
+    async def _query(self, what: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except self._errors as ex:
+            raise BackendUnavailable(f"Redis at {self.url} is unreachable: {what} ({ex})") from ex
+
+    async def members(self, room: str) -> set[str]:
+        return set(await self._query(f"members of room {room!r}", self._members(room)))
+
+    async def _members(self, room: str) -> set[str]:
+        key = self._key("members", room)
+        live, dead = await self._live(await self._redis.hgetall(key))
+        if dead:
+            await self._leave(key, dead, room)
+        return live
+
+    async def rooms(self, prefix: str) -> list[str]:
+        result: list[str] = await self._query("the list of rooms", self._rooms(prefix))
+        return result
+
+    async def _rooms(self, prefix: str) -> list[str]:
+        if prefix:
+            low = b"[" + prefix.encode()
+            names = await self._redis.zrangebylex(self._rooms_key, low, low + b"\xff")
+        else:
+            names = await self._redis.zrange(self._rooms_key, 0, -1)
+        found = []
+        for room in names:
+            if await self._members(room):
+                found.append(room)
+        return sorted(found)
+
+    async def user_connections(self, user_id: str) -> set[str]:
+        return set(
+            await self._query(f"connections of user {user_id!r}", self._user_connections(user_id))
+        )
+
+    async def _user_connections(self, user_id: str) -> set[str]:
+        key = self._key("users", user_id)
+        live, dead = await self._live(await self._redis.hgetall(key))
+        if dead:
+            await self._redis.hdel(key, *dead)
+        return live
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def _publish(self, channel: str, extra: str, text: str, what: str) -> int:
+        redis = self._redis
+        if redis is None:
+            raise BackendUnavailable(f"RedisBackend is not started: {what} not sent")
+        try:
+            receivers: int = await redis.publish(channel, f"{self._node}\n{extra}\n{text}")
+        except self._errors as ex:
+            raise BackendUnavailable(
+                f"Redis at {self.url} is unreachable: {what} not sent ({ex})"
+            ) from ex
+        # PUBLISH counts this process too when it listens on the channel.
+        return receivers - (channel in self._subscribed)
+
+    async def publish_room(self, room: str, text: str, exclude: Collection[str]) -> int:
+        return await self._publish(
+            self._channel("room", room), ",".join(exclude), text, f"broadcast to room {room!r}"
+        )
+
+    async def publish_user(self, user_id: str, text: str) -> int:
+        return await self._publish(
+            self._channel("user", user_id), "", text, f"message to user {user_id!r}"
+        )
+
+    async def publish_connection(self, conn_id: str, text: str) -> int:
+        node, dot, _ = conn_id.partition(".")
+        if not dot or node == self._node:
+            return 0
+        return await self._publish(
+            self._channel("node", node), conn_id, text, f"message to connection {conn_id!r}"
+        )
+
+    async def publish_all(self, text: str, exclude: Collection[str]) -> int:
+        return await self._publish(
+            self._channel("all"), ",".join(exclude), text, "broadcast to all"
+        )

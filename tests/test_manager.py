@@ -1,0 +1,341 @@
+"""The connection manager through a real Falcon app, over both backends.
+
+Every test here runs twice: with the in-process backend and with a
+RedisBackend on a real Redis (a private redis-server, or $REDIS_URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import falcon.asgi
+import pytest
+
+import pachinko
+from pachinko import Settings, WebSocketResource, handles_message, runtime_of
+from pachinko.backends import ConnectionBackend, InProcessBackend
+from pachinko.backends.redis import RedisBackend
+from pachinko.manager import Delivery, WebSocketConnectionManager
+from pachinko.testing import AppClient, Probe
+from pachinko.testing._stream import HandshakeRefused
+from tests.conftest import GOING_AWAY, TRY_AGAIN_LATER, eventually
+from tests.redis_server import private_redis, unique_prefix
+
+BackendFactory = Callable[[], ConnectionBackend]
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendFactory]:
+    """A factory of fresh backends: in-process, or Redis (one prefix per test)."""
+    if request.param == "memory":
+        yield InProcessBackend
+        return
+    prefix = unique_prefix()
+    if os.environ.get("REDIS_URL"):
+        url = os.environ["REDIS_URL"]
+        yield lambda: RedisBackend(url, prefix=prefix, presence_ttl=2.0)
+        return
+    async with private_redis(tmp_path) as server:
+        yield lambda: RedisBackend(server.url, prefix=prefix, presence_ttl=2.0)
+
+
+class Room(WebSocketResource):
+    """Joins, leaves and broadcasts on request; reports what the manager says."""
+
+    async def on_connect(self, req: Any, ws: Any, **params: Any) -> bool:
+        user = req.get_param("user")
+        if user:
+            self.user_id = user
+        return True
+
+    @handles_message("whoami")
+    async def whoami(self, ws: Any, payload: Any) -> None:
+        await self.send({"type": "me", "id": self.connection.id, "user": self.user_id})
+
+    @handles_message("login")
+    async def login(self, ws: Any, payload: Any) -> None:
+        self.user_id = payload["user"]
+        await self.send({"type": "logged-in"})
+
+    @handles_message("join")
+    async def join(self, ws: Any, payload: Any) -> None:
+        await self.join_room(payload["room"])
+        await self.send({"type": "joined", "room": payload["room"]})
+
+    @handles_message("leave")
+    async def leave(self, ws: Any, payload: Any) -> None:
+        await self.leave_room(payload["room"])
+        await self.send({"type": "left", "room": payload["room"]})
+
+    @handles_message("say")
+    async def say(self, ws: Any, payload: Any) -> None:
+        result = await self.broadcast_to_room(
+            payload["room"],
+            {"type": "said", "text": payload["text"]},
+            exclude_self=payload.get("exclude_self", True),
+            timeout=payload.get("timeout"),
+        )
+        await self.send({"type": "result", **_counts(result)})
+
+
+def _counts(result: Delivery) -> dict[str, int]:
+    return {
+        "recipients": result.recipients,
+        "delivered": result.delivered,
+        "pending": result.pending,
+        "dropped": result.dropped,
+        "failed": result.failed,
+    }
+
+
+def room_app(backend: ConnectionBackend, **settings: Any) -> falcon.asgi.App:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/room", Room)
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router, settings=Settings(**settings), backend=backend)
+    return app
+
+
+def open_ws(client: AppClient, user: str | None = None) -> Any:
+    return client.websocket("/ws/room", query_string=f"user={user}" if user else "")
+
+
+async def whoami(ws: Any) -> str:
+    await ws.send_json({"type": "whoami"})
+    me: dict[str, str] = await ws.expect(type="me")
+    return me["id"]
+
+
+async def join(ws: Any, room: str) -> None:
+    await ws.send_json({"type": "join", "room": room})
+    await ws.expect(type="joined", room=room)
+
+
+async def test_connections_register_on_accept_and_deregister_on_close(
+    backend: BackendFactory,
+) -> None:
+    app = room_app(backend())
+    manager = runtime_of(app).manager
+    async with AppClient(app, timeout=2.0) as client:
+        assert len(manager) == 0
+        async with open_ws(client) as one, open_ws(client) as two:
+            ids = {await whoami(one), await whoami(two)}
+            assert len(ids) == 2
+            assert all(cid.startswith(manager.node_id + ".") for cid in ids)
+            assert {c.id async for c in manager.connections()} == ids
+            assert all(manager.get(cid) is not None for cid in ids)
+        await eventually(lambda: len(manager) == 0)
+        assert [c async for c in manager.connections()] == []
+
+
+async def test_rooms_members_and_prefix_listing(backend: BackendFactory) -> None:
+    app = room_app(backend())
+    manager = runtime_of(app).manager
+    async with AppClient(app, timeout=2.0) as client:
+        async with open_ws(client) as ann, open_ws(client) as bob:
+            ann_id, bob_id = await whoami(ann), await whoami(bob)
+            await join(ann, "game-1")
+            await join(bob, "game-1")
+            await join(bob, "game-2")
+            await join(bob, "chat")
+            assert await manager.members("game-1") == {ann_id, bob_id}
+            assert await manager.rooms() == ["chat", "game-1", "game-2"]
+            assert await manager.rooms("game-") == ["game-1", "game-2"]
+            assert await manager.rooms("nothing") == []
+            await bob.send_json({"type": "leave", "room": "game-2"})
+            await bob.expect(type="left")
+            assert await manager.rooms("game-") == ["game-1"]
+            assert await manager.members("game-2") == set()
+        # closing leaves every room, whatever closed the connection
+        await eventually(lambda: len(manager) == 0)
+        assert await manager.members("game-1") == set()
+        assert await manager.rooms() == []
+
+
+async def test_room_broadcast_reaches_members_only(backend: BackendFactory) -> None:
+    app = room_app(backend())
+    async with AppClient(app, timeout=2.0) as client, open_ws(client) as ann, \
+            open_ws(client) as bob, open_ws(client) as eve:
+        await join(ann, "lobby")
+        await join(bob, "lobby")
+        await join(eve, "elsewhere")
+        await ann.send_json({"type": "say", "room": "lobby", "text": "hi"})
+        assert await bob.expect(type="said") == {"type": "said", "text": "hi"}
+        result = await ann.expect(type="result")
+        assert (result["recipients"], result["dropped"], result["failed"]) == (1, 0, 0)
+        await ann.send_json(
+            {"type": "say", "room": "lobby", "text": "me too", "exclude_self": False}
+        )
+        assert (await ann.expect(type="said"))["text"] == "me too"
+        assert (await bob.expect(type="said"))["text"] == "me too"
+        await eve.expect_silence(within=0.1)
+
+
+async def test_a_timeout_waits_for_the_sends_and_counts_them(backend: BackendFactory) -> None:
+    app = room_app(backend())
+    async with AppClient(app, timeout=2.0) as client, open_ws(client) as ann, \
+            open_ws(client) as bob:
+        await join(ann, "r")
+        await join(bob, "r")
+        await ann.send_json(
+            {"type": "say", "room": "r", "text": "x", "exclude_self": False, "timeout": 2.0}
+        )
+        await ann.expect(type="said")
+        result = await ann.expect(type="result")
+        assert result == {
+            "type": "result", "recipients": 2, "delivered": 2, "pending": 0,
+            "dropped": 0, "failed": 0,
+        }
+        await ann.send_json({"type": "say", "room": "r", "text": "y"})
+        result = await ann.expect(type="result")
+        assert (result["recipients"], result["delivered"], result["pending"]) == (1, 0, 1)
+
+
+async def test_users_connections_and_everyone(backend: BackendFactory) -> None:
+    app = room_app(backend())
+    manager = runtime_of(app).manager
+    async with AppClient(app, timeout=2.0) as client, open_ws(client, "ann") as phone, \
+                open_ws(client, "ann") as laptop, \
+                open_ws(client, "bob") as bob, \
+                open_ws(client) as anonymous:
+        phone_id, laptop_id = await whoami(phone), await whoami(laptop)
+        assert await manager.user_connections("ann") == {phone_id, laptop_id}
+        result = await manager.send_to_user("ann", {"type": "dm", "text": "for ann"})
+        assert (result.recipients, result.pending) == (2, 2)
+        assert (await phone.expect(type="dm"))["text"] == "for ann"
+        assert (await laptop.expect(type="dm"))["text"] == "for ann"
+        await manager.send_to_connection(phone_id, "plain text, as is")
+        assert await phone.receive_text() == "plain text, as is"
+        await bob.expect_silence(within=0.05)
+        await manager.broadcast_to_all({"type": "all"}, exclude=[laptop_id])
+        for ws in (phone, bob, anonymous):
+            await ws.expect(type="all")
+        await laptop.expect_silence(within=0.05)
+        # a user id set after the handshake is indexed too
+        await anonymous.send_json({"type": "login", "user": "bob"})
+        await anonymous.expect(type="logged-in")
+        await manager.send_to_user("bob", {"type": "dm", "text": "for bob"})
+        await bob.expect(type="dm")
+        await anonymous.expect(type="dm")
+        unknown = await manager.send_to_connection(manager.node_id + ".ffff", {"x": 1})
+        assert (unknown.recipients, unknown.remote) == (0, 0)
+
+
+async def test_connection_limits_are_enforced_at_the_handshake(backend: BackendFactory) -> None:
+    app = room_app(backend(), max_connections=3, max_connections_per_user=2)
+    async with AppClient(app, timeout=2.0) as client:
+        async with open_ws(client, "ann"), open_ws(client, "ann"):
+            with pytest.raises(HandshakeRefused) as refused:
+                async with open_ws(client, "ann"):
+                    pass
+            assert refused.value.code == TRY_AGAIN_LATER
+            async with open_ws(client, "bob"):
+                with pytest.raises(HandshakeRefused) as refused:
+                    async with open_ws(client):
+                        pass
+                assert refused.value.code == TRY_AGAIN_LATER
+        # the slots are free again once those closed
+        async with open_ws(client, "ann") as ws:
+            await whoami(ws)
+
+
+async def test_shutdown_closes_every_socket_with_1001(backend: BackendFactory) -> None:
+    app = room_app(backend())
+    manager = runtime_of(app).manager
+    client = AppClient(app, timeout=2.0)
+    async with client, open_ws(client) as ws:
+        await join(ws, "r")
+        await runtime_of(app).close_connections()
+        assert await ws.expect_close() == GOING_AWAY
+    assert len(manager) == 0
+
+
+async def test_probe_and_harness_register_with_the_manager(backend: BackendFactory) -> None:
+    manager = WebSocketConnectionManager(Settings(), backend())
+    await manager.start()
+    try:
+        async with Probe(manager, rooms=["r"], user_id="u") as probe:
+            assert await manager.members("r") == {probe.connection.id}
+            await manager.broadcast_to_room("r", {"type": "hello"})
+            await probe.expect(type="hello")
+        assert await manager.members("r") == set()
+    finally:
+        await manager.close()
+
+
+async def test_rooms_cannot_be_joined_before_the_handshake_is_accepted(
+    backend: BackendFactory,
+) -> None:
+    manager = WebSocketConnectionManager(Settings(), backend())
+    await manager.start()
+    try:
+        probe = Probe(manager)
+        with pytest.raises(pachinko.PachinkoError, match="is not registered"):
+            await manager.join_room(probe.connection, "r")
+        with pytest.raises(ValueError, match="room must be a non-empty str"):
+            await manager.join_room(probe.connection, "")
+        with pytest.raises(pachinko.PachinkoError, match="no open connection 'nope'"):
+            await manager.leave_room("nope", "r")
+    finally:
+        await manager.close()
+
+
+def test_backend_urls() -> None:
+    assert isinstance(WebSocketConnectionManager(Settings()).backend, InProcessBackend)
+    redis = WebSocketConnectionManager(
+        Settings(backend="redis://127.0.0.1:1/0?presence_ttl=3&prefix=app1")
+    ).backend
+    assert isinstance(redis, RedisBackend)
+    assert (redis.url, redis.prefix, redis.presence_ttl, redis.heartbeat) == (
+        "redis://127.0.0.1:1/0", "app1", 3.0, 1.0,
+    )
+    with pytest.raises(pachinko.ConfigError) as caught:
+        WebSocketConnectionManager(Settings(backend="amqp://x"))
+    assert str(caught.value) == (
+        "settings.backend: expected 'memory://' or a Redis URL (redis://host:6379/0), "
+        "got 'amqp://x'"
+    )
+    with pytest.raises(pachinko.ConfigError, match="presence_ttl must be a float, got 'soon'"):
+        WebSocketConnectionManager(Settings(backend="redis://h/0?presence_ttl=soon"))
+
+
+async def test_an_unreachable_redis_fails_startup_loudly(unused_port: int) -> None:
+    manager = WebSocketConnectionManager(
+        Settings(backend=f"redis://127.0.0.1:{unused_port}/0")
+    )
+    with pytest.raises(pachinko.BackendUnavailable, match=f"127.0.0.1:{unused_port}"):
+        await manager.start()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_concurrent_joins_and_leaves_keep_the_index_consistent(
+    backend: BackendFactory,
+) -> None:
+    manager = WebSocketConnectionManager(Settings(), backend())
+    await manager.start()
+    try:
+        probes = [Probe(manager) for _ in range(20)]
+        for probe in probes:
+            await probe.__aenter__()
+        await asyncio.gather(*(manager.join_room(p.connection, "r") for p in probes))
+        await asyncio.gather(*(manager.leave_room(p.connection, "r") for p in probes[::2]))
+        expected = {p.connection.id for p in probes[1::2]}
+        assert await manager.members("r") == expected
+        for probe in probes:
+            await probe.__aexit__(None, None, None)
+        assert await manager.members("r") == set()
+        assert await manager.rooms() == []
+    finally:
+        await manager.close()

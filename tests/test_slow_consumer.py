@@ -1,0 +1,177 @@
+"""Slow consumers: a client that stops reading delays nobody and gets the policy.
+
+The stalled client talks ASGI to the real Falcon app directly: its ``send``
+callable blocks on every frame once it is "stalled", exactly what a socket
+whose peer stopped reading does to the server. The other members use
+Falcon's in-process client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import falcon.asgi
+import falcon.testing
+import pytest
+
+import pachinko
+from pachinko import Settings, WebSocketResource, handles_message, runtime_of
+from pachinko.testing import AppClient
+from tests.conftest import POLICY_VIOLATION, TRY_AGAIN_LATER, eventually
+
+TICKS = 20
+
+
+class Ticker(WebSocketResource):
+    @handles_message("join")
+    async def join(self, ws: Any, payload: Any) -> None:
+        await self.join_room(payload["room"])
+        await self.send({"type": "joined"})
+
+    @handles_message("pub")
+    async def pub(self, ws: Any, payload: Any) -> None:
+        dropped = failed = 0
+        recipients = []
+        for n in range(payload["n"]):
+            result = await self.broadcast_to_room(
+                payload["room"], {"type": "tick", "n": n}, exclude_self=False
+            )
+            dropped += result.dropped
+            failed += result.failed
+            recipients.append(result.recipients)
+            await asyncio.sleep(payload.get("pace", 0.002))  # a producer at a steady pace
+        await self.send(
+            {"type": "done", "dropped": dropped, "failed": failed, "recipients": recipients}
+        )
+
+
+def ticker_app(**settings: Any) -> falcon.asgi.App:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/ticks", Ticker)
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router, settings=Settings(**settings))
+    return app
+
+
+class StalledClient:
+    """A raw ASGI WebSocket client that stops reading when told to."""
+
+    def __init__(self, app: falcon.asgi.App, path: str) -> None:
+        self.app = app
+        self.path = path
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.received: list[str] = []
+        self.stalled = False
+        self.release = asyncio.Event()
+        self.close_code: int | None = None
+        self.replies: asyncio.Queue[str] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _receive(self) -> dict[str, Any]:
+        return await self.inbox.get()
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        if event["type"] == "websocket.send":
+            if self.stalled:
+                await self.release.wait()
+            self.received.append(event["text"])
+            self.replies.put_nowait(event["text"])
+        elif event["type"] == "websocket.close":
+            self.close_code = event.get("code", 1000)
+
+    async def __aenter__(self) -> StalledClient:
+        self.inbox.put_nowait({"type": "websocket.connect"})
+        scope = falcon.testing.create_scope_ws(self.path)
+        self.task = asyncio.get_running_loop().create_task(
+            self.app(scope, self._receive, self._send)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release.set()
+        self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 5)
+
+    async def join(self, room: str) -> None:
+        text = f'{{"type": "join", "room": "{room}"}}'
+        self.inbox.put_nowait({"type": "websocket.receive", "text": text})
+        assert await asyncio.wait_for(self.replies.get(), 5) == '{"type":"joined"}'
+
+
+@pytest.mark.parametrize("code", [POLICY_VIOLATION, TRY_AGAIN_LATER])
+async def test_close_policy_closes_the_stalled_member_only(code: int) -> None:
+    app = ticker_app(
+        send_queue_size=4, slow_consumer="close", slow_consumer_close_code=code, send_timeout=30
+    )
+    manager = runtime_of(app).manager
+    async with AppClient(app, timeout=5.0) as client, \
+            client.websocket("/ws/ticks") as ann, client.websocket("/ws/ticks") as bob, \
+            StalledClient(app, "/ws/ticks") as slow:
+        for ws in (ann, bob):
+            await ws.send_json({"type": "join", "room": "r"})
+            await ws.expect(type="joined")
+        await slow.join("r")
+        slow.stalled = True
+        await ann.send_json({"type": "pub", "room": "r", "n": TICKS})
+        for ws in (ann, bob):
+            for n in range(TICKS):
+                assert await ws.expect(type="tick") == {"type": "tick", "n": n}
+        done = await ann.expect(type="done")
+        # 1 frame in flight + 4 queued; the 6th overflowed: dropped, and the
+        # connection closed and evicted: later broadcasts no longer target it.
+        assert (done["dropped"], done["failed"]) == (1, 0)
+        assert done["recipients"] == [3] * 6 + [2] * (TICKS - 6)
+        await eventually(lambda: slow.close_code is not None)
+        assert slow.close_code == code
+        assert slow.received == ['{"type":"joined"}']
+        assert await manager.members("r") == {c.id async for c in manager.connections("r")}
+        assert len(await manager.members("r")) == 2
+
+
+async def test_drop_policy_drops_what_does_not_fit_and_keeps_the_connection() -> None:
+    app = ticker_app(send_queue_size=4, slow_consumer="drop", send_timeout=30)
+    async with AppClient(app, timeout=5.0) as client, \
+            client.websocket("/ws/ticks") as ann, client.websocket("/ws/ticks") as bob, \
+            StalledClient(app, "/ws/ticks") as slow:
+        for ws in (ann, bob):
+            await ws.send_json({"type": "join", "room": "r"})
+            await ws.expect(type="joined")
+        await slow.join("r")
+        slow.stalled = True
+        await ann.send_json({"type": "pub", "room": "r", "n": TICKS})
+        # the others get everything while the slow one is still stalled
+        for ws in (ann, bob):
+            for n in range(TICKS):
+                assert await ws.expect(type="tick") == {"type": "tick", "n": n}
+        done = await ann.expect(type="done")
+        assert (done["dropped"], done["failed"]) == (TICKS - 5, 0)
+        assert done["recipients"] == [3] * TICKS
+        assert slow.close_code is None
+        slow.release.set()
+        await eventually(lambda: len(slow.received) == 1 + 5)
+        assert slow.received[1:] == [f'{{"type":"tick","n":{n}}}' for n in range(5)]
+        await asyncio.sleep(0.05)
+        assert len(slow.received) == 6
+        assert slow.close_code is None
+
+
+async def test_a_send_over_the_timeout_closes_a_stalled_member_under_both_policies() -> None:
+    app = ticker_app(send_queue_size=64, slow_consumer="drop", send_timeout=0.2)
+    manager = runtime_of(app).manager
+    async with AppClient(app, timeout=5.0) as client, \
+            client.websocket("/ws/ticks") as ann, StalledClient(app, "/ws/ticks") as slow:
+        await ann.send_json({"type": "join", "room": "r"})
+        await ann.expect(type="joined")
+        await slow.join("r")
+        slow.stalled = True
+        await ann.send_json({"type": "pub", "room": "r", "n": TICKS, "pace": 0.03})
+        for n in range(TICKS):
+            assert await ann.expect(type="tick") == {"type": "tick", "n": n}
+        done = await ann.expect(type="done")
+        # the frame in flight timed out: the connection was closed and evicted
+        assert done["recipients"][0] == 2
+        assert done["recipients"][-1] == 1
+        assert slow.close_code == TRY_AGAIN_LATER
+        assert len(await manager.members("r")) == 1
