@@ -310,6 +310,10 @@ class WorkerController:
                 #   an awaited task that was cancelled) ends the worker: a crash.
                 error: BaseException = exc
             except Exception as exc:
+                if task is not None and task.cancelling():
+                    # NOTE: it failed while being stopped: report it, never restart it.
+                    logger.error("worker %r failed while stopping", spec.name, exc_info=exc)
+                    return
                 error = exc
             else:
                 logger.info("worker %r finished", spec.name)

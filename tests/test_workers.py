@@ -407,3 +407,29 @@ async def test_a_service_cannot_shadow_the_manager() -> None:
         "PachinkoError: services: 'manager' is reserved for the app's own object "
         "(injected into workers by that name); rename the service" in str(info.value)
     )
+
+
+async def test_a_worker_failing_while_stopping_is_logged_not_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs = 0
+
+    @worker(restart=RestartPolicy(backoff=0))
+    async def messy() -> None:
+        nonlocal runs
+        runs += 1
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise OSError("cleanup failed")  # replaces the CancelledError
+
+    crashes: list[str] = []
+    controller = WorkerController(on_crash=lambda name, exc: crashes.append(name))
+    await controller.start(messy)
+    with caplog.at_level(logging.ERROR, logger="pachinko.workers"):
+        await controller.stop()
+    assert "worker 'messy' failed while stopping" in caplog.messages
+    await asyncio.sleep(0.01)
+    assert runs == 1  # not restarted
+    assert crashes == []
+    assert controller.running == []
