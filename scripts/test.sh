@@ -35,7 +35,7 @@ for v in 3.11 3.12 3.13; do
     echo "== setting up .venv-$v"
     "$exe" -m venv ".venv-$v"
     ".venv-$v/bin/python" -m pip install -q --upgrade pip
-    ".venv-$v/bin/python" -m pip install -q -e .
+    ".venv-$v/bin/python" -m pip install -q -e '.[dev]'
     pythons+=("$PWD/.venv-$v/bin/python")
 done
 PACHINKO_PYTHONS=$(IFS=:; echo "${pythons[*]}")
@@ -59,5 +59,16 @@ echo "== ruff"
 .venv/bin/ruff check pachinko tests benchmarks examples
 echo "== mypy (strict)"
 .venv/bin/mypy
-echo "== pytest"
+echo "== pytest ($(.venv/bin/python --version))"
 .venv/bin/python -m pytest "$@"
+
+# The library must behave the same on every supported Python: run the suite
+# (all but the browser test, which does not depend on the interpreter) again.
+for python in "${pythons[@]}"; do
+    version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    if [ "$python" -ef .venv/bin/python ] || [ "$version" = "$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ]; then
+        continue
+    fi
+    echo "== pytest (Python $version)"
+    "$python" -m pytest -q -p no:cacheprovider -m "not browser" "$@"
+done

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pachinko import WebSocketResource, WebSocketRouter
-from tests.conftest import INTERNAL_ERROR, expect_close, make_app, recv_json
+from tests.conftest import INTERNAL_ERROR, eventually, expect_close, make_app, recv_json
 
 LOG: list[str] = []
 
@@ -84,6 +84,8 @@ async def test_onion_order(conductor_for: Any, app: Any) -> None:
     async with conductor.simulate_ws("/ws/nested/p/c") as ws:
         await ws.send_text('{"type": "go"}')
         assert await recv_json(ws) == {"type": "done"}
+        # the reply goes out before the after_receive hooks run
+        await eventually(lambda: LOG[-1] == "outer.after_receive")
         assert LOG == [
             "outer.before_connect",
             "inner.before_connect",
