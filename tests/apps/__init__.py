@@ -1,0 +1,1 @@
+"""Importable apps for tests that serve them with uvicorn in a subprocess."""

@@ -1,0 +1,115 @@
+"""RedisBackend against a real, private redis-server: PUBLISH count, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import falcon.asgi
+import pytest
+import redis.asyncio
+
+import pachinko
+from pachinko import BackendUnavailable, Settings, runtime_of
+from pachinko.backends.redis import RedisBackend
+from pachinko.testing import AppClient
+from tests.apps.rooms import Rooms
+from tests.redis_server import RedisServer, redis_server, unique_prefix
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.redis
+
+
+def rooms_app(url: str, prefix: str) -> falcon.asgi.App:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/rooms", Rooms)
+    app = falcon.asgi.App()
+    backend = RedisBackend(
+        url, prefix=prefix, presence_ttl=2.0, reconnect_min=0.05, reconnect_max=0.3
+    )
+    pachinko.mount(app, "/ws", router, settings=Settings(rate_limit=None), backend=backend)
+    return app
+
+
+async def publishes(client: Any) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_publish", {}).get("calls", 0))
+
+
+async def test_one_publish_per_broadcast_whatever_the_number_of_recipients(
+    redis_server: RedisServer,
+) -> None:
+    prefix = unique_prefix()
+    one, two = rooms_app(redis_server.url, prefix), rooms_app(redis_server.url, prefix)
+    async with AppClient(one) as a, AppClient(two) as b, contextlib.AsyncExitStack() as stack, \
+            redis.asyncio.Redis.from_url(redis_server.url) as client:
+        manager = runtime_of(one).manager
+        sockets = []
+        for app_client in (a, b) * 10:
+            ws = await stack.enter_async_context(app_client.websocket("/ws/rooms"))
+            sockets.append(ws)
+            await ws.send_json({"type": "join", "room": "big"})
+            await ws.expect(type="joined")
+        before = await publishes(client)
+        result = await manager.broadcast_to_room("big", {"type": "said", "text": "x"})
+        assert (result.recipients, result.remote) == (10, 1)
+        assert await publishes(client) - before == 1
+        for ws in sockets:
+            assert (await ws.expect(type="said"))["text"] == "x"
+
+
+async def test_a_redis_restart_is_survived_and_the_outage_is_visible(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "pachinko")
+    prefix = unique_prefix()
+    one, two = rooms_app(redis_server.url, prefix), rooms_app(redis_server.url, prefix)
+    async with AppClient(one) as a, AppClient(two) as b, \
+            a.websocket("/ws/rooms") as ann, b.websocket("/ws/rooms") as bob:
+        for ws in (ann, bob):
+            await ws.send_json({"type": "join", "room": "lobby"})
+            await ws.expect(type="joined")
+        await ann.send_json({"type": "say", "room": "lobby", "text": "before"})
+        assert (await bob.expect(type="said"))["text"] == "before"
+
+        redis_server.stop()
+        await ann.send_json({"type": "say", "room": "lobby", "text": "during"})
+        unavailable = await ann.expect(type="unavailable")
+        assert unavailable["detail"].startswith(
+            f"Redis at {redis_server.url} is unreachable: broadcast to room 'lobby' not sent"
+        )
+        with pytest.raises(BackendUnavailable):
+            await runtime_of(two).manager.broadcast_to_all({"type": "x"})
+        with pytest.raises(BackendUnavailable):
+            await runtime_of(two).manager.members("lobby")
+        await bob.expect_silence(within=0.1)
+
+        await redis_server.start()  # same port, empty: memberships must be rewritten
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:  # at-most-once: retry until both processes resubscribed
+            await ann.send_json({"type": "say", "room": "lobby", "text": "after", "ack": True})
+            reply = await ann.expect()
+            assert reply["type"] in ("sent", "unavailable"), reply
+            if reply["type"] == "sent" and await _received(bob, "after"):
+                break
+            assert loop.time() < deadline, "broadcasts did not resume after the restart"
+            await asyncio.sleep(0.05)
+        members = await runtime_of(two).manager.members("lobby")
+        assert len(members) == 2  # both processes restored their presence
+        await bob.send_json({"type": "say", "room": "lobby", "text": "back"})
+        assert (await ann.expect(type="said"))["text"] == "back"
+    logged = caplog.text
+    assert "connection lost" in logged
+    assert "reconnected" in logged
+
+
+async def _received(ws: Any, text: str) -> bool:
+    try:
+        said = await ws.expect(type="said", timeout=0.2)
+    except pachinko.testing.ReceiveTimeout:
+        return False
+    return bool(said["text"] == text)
