@@ -116,7 +116,7 @@ class _Scanner:
             break
         raw = self.text[self.pos + 1 : end]
         self.advance(end + 1 - self.pos)
-        if quote == '"':
+        if quote == '"' and "\\" in raw:  # PERF: only escapes need tomllib
             try:
                 parsed: str = tomllib.loads(f'k = "{raw}"')["k"]
             except tomllib.TOMLDecodeError:
