@@ -76,9 +76,21 @@ class RedisServer:
     async def start(self) -> None:
         """Start the server and wait (at most 10 s) until it answers PING."""
         self.process = subprocess.Popen(  # noqa: ASYNC220 (returns at once)
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10

@@ -44,8 +44,12 @@ async def test_one_publish_per_broadcast_whatever_the_number_of_recipients(
 ) -> None:
     prefix = unique_prefix()
     one, two = rooms_app(redis_server.url, prefix), rooms_app(redis_server.url, prefix)
-    async with AppClient(one) as a, AppClient(two) as b, contextlib.AsyncExitStack() as stack, \
-            redis.asyncio.Redis.from_url(redis_server.url) as client:
+    async with (
+        AppClient(one) as a,
+        AppClient(two) as b,
+        contextlib.AsyncExitStack() as stack,
+        redis.asyncio.Redis.from_url(redis_server.url) as client,
+    ):
         manager = runtime_of(one).manager
         sockets = []
         for app_client in (a, b) * 10:
@@ -67,8 +71,12 @@ async def test_a_redis_restart_is_survived_and_the_outage_is_visible(
     caplog.set_level(logging.WARNING, "pachinko")
     prefix = unique_prefix()
     one, two = rooms_app(redis_server.url, prefix), rooms_app(redis_server.url, prefix)
-    async with AppClient(one) as a, AppClient(two) as b, \
-            a.websocket("/ws/rooms") as ann, b.websocket("/ws/rooms") as bob:
+    async with (
+        AppClient(one) as a,
+        AppClient(two) as b,
+        a.websocket("/ws/rooms") as ann,
+        b.websocket("/ws/rooms") as bob,
+    ):
         for ws in (ann, bob):
             await ws.send_json({"type": "join", "room": "lobby"})
             await ws.expect(type="joined")

@@ -158,8 +158,12 @@ async def test_rooms_members_and_prefix_listing(backend: BackendFactory) -> None
 
 async def test_room_broadcast_reaches_members_only(backend: BackendFactory) -> None:
     app = room_app(backend())
-    async with AppClient(app, timeout=2.0) as client, open_ws(client) as ann, \
-            open_ws(client) as bob, open_ws(client) as eve:
+    async with (
+        AppClient(app, timeout=2.0) as client,
+        open_ws(client) as ann,
+        open_ws(client) as bob,
+        open_ws(client) as eve,
+    ):
         await join(ann, "lobby")
         await join(bob, "lobby")
         await join(eve, "elsewhere")
@@ -177,8 +181,11 @@ async def test_room_broadcast_reaches_members_only(backend: BackendFactory) -> N
 
 async def test_a_timeout_waits_for_the_sends_and_counts_them(backend: BackendFactory) -> None:
     app = room_app(backend())
-    async with AppClient(app, timeout=2.0) as client, open_ws(client) as ann, \
-            open_ws(client) as bob:
+    async with (
+        AppClient(app, timeout=2.0) as client,
+        open_ws(client) as ann,
+        open_ws(client) as bob,
+    ):
         await join(ann, "r")
         await join(bob, "r")
         await ann.send_json(
@@ -187,8 +194,12 @@ async def test_a_timeout_waits_for_the_sends_and_counts_them(backend: BackendFac
         await ann.expect(type="said")
         result = await ann.expect(type="result")
         assert result == {
-            "type": "result", "recipients": 2, "delivered": 2, "pending": 0,
-            "dropped": 0, "failed": 0,
+            "type": "result",
+            "recipients": 2,
+            "delivered": 2,
+            "pending": 0,
+            "dropped": 0,
+            "failed": 0,
         }
         await ann.send_json({"type": "say", "room": "r", "text": "y"})
         result = await ann.expect(type="result")
@@ -198,10 +209,13 @@ async def test_a_timeout_waits_for_the_sends_and_counts_them(backend: BackendFac
 async def test_users_connections_and_everyone(backend: BackendFactory) -> None:
     app = room_app(backend())
     manager = runtime_of(app).manager
-    async with AppClient(app, timeout=2.0) as client, open_ws(client, "ann") as phone, \
-                open_ws(client, "ann") as laptop, \
-                open_ws(client, "bob") as bob, \
-                open_ws(client) as anonymous:
+    async with (
+        AppClient(app, timeout=2.0) as client,
+        open_ws(client, "ann") as phone,
+        open_ws(client, "ann") as laptop,
+        open_ws(client, "bob") as bob,
+        open_ws(client) as anonymous,
+    ):
         phone_id, laptop_id = await whoami(phone), await whoami(laptop)
         assert await manager.user_connections("ann") == {phone_id, laptop_id}
         result = await manager.send_to_user("ann", {"type": "dm", "text": "for ann"})
@@ -291,7 +305,10 @@ def test_backend_urls() -> None:
     ).backend
     assert isinstance(redis, RedisBackend)
     assert (redis.url, redis.prefix, redis.presence_ttl, redis.heartbeat) == (
-        "redis://127.0.0.1:1/0", "app1", 3.0, 1.0,
+        "redis://127.0.0.1:1/0",
+        "app1",
+        3.0,
+        1.0,
     )
     with pytest.raises(pachinko.ConfigError) as caught:
         WebSocketConnectionManager(Settings(backend="amqp://x"))
@@ -304,9 +321,7 @@ def test_backend_urls() -> None:
 
 
 async def test_an_unreachable_redis_fails_startup_loudly(unused_port: int) -> None:
-    manager = WebSocketConnectionManager(
-        Settings(backend=f"redis://127.0.0.1:{unused_port}/0")
-    )
+    manager = WebSocketConnectionManager(Settings(backend=f"redis://127.0.0.1:{unused_port}/0"))
     with pytest.raises(pachinko.BackendUnavailable, match=f"127.0.0.1:{unused_port}"):
         await manager.start()
 

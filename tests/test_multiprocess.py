@@ -24,9 +24,18 @@ pytestmark = [pytest.mark.redis, pytest.mark.live]
 
 def serve(backend: str) -> ServerProcess:
     return ServerProcess(
-        [sys.executable, "-m", "uvicorn", "tests.apps.rooms:app", "--host", "127.0.0.1",
-         "--port", "0"],
-        cwd=ROOT, env={"PACHINKO_BACKEND": backend},
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.apps.rooms:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        cwd=ROOT,
+        env={"PACHINKO_BACKEND": backend},
     )
 
 
@@ -38,11 +47,14 @@ async def ask(ws: Any, request: dict[str, Any], reply: str) -> Any:
 async def test_rooms_users_and_presence_span_two_processes(redis_url: str) -> None:
     prefix = unique_prefix()
     backend = f"{redis_url}?presence_ttl={TTL}&prefix={prefix}"
-    async with serve(backend) as one, serve(backend) as two, \
-            one.websocket("/ws/rooms?user=ann") as ann, \
-            two.websocket("/ws/rooms?user=bob") as bob, \
-            two.websocket("/ws/rooms?user=ann") as ann2, \
-            redis.asyncio.Redis.from_url(redis_url) as client:
+    async with (
+        serve(backend) as one,
+        serve(backend) as two,
+        one.websocket("/ws/rooms?user=ann") as ann,
+        two.websocket("/ws/rooms?user=bob") as bob,
+        two.websocket("/ws/rooms?user=ann") as ann2,
+        redis.asyncio.Redis.from_url(redis_url) as client,
+    ):
         me = [await ask(ws, {"type": "whoami"}, "me") for ws in (ann, bob, ann2)]
         ann_id, bob_id, ann2_id = (m["id"] for m in me)
         assert me[0]["node"] != me[1]["node"] == me[2]["node"]
@@ -51,10 +63,13 @@ async def test_rooms_users_and_presence_span_two_processes(redis_url: str) -> No
         await ask(bob, {"type": "join", "room": "only-two"}, "joined")
 
         # a process subscribes to the rooms it has local members of, only
-        numsub = dict(await client.pubsub_numsub(
-            f"{prefix}:ch:room:lobby", f"{prefix}:ch:room:only-two"))
-        assert numsub == {f"{prefix}:ch:room:lobby".encode(): 2,
-                          f"{prefix}:ch:room:only-two".encode(): 1}
+        numsub = dict(
+            await client.pubsub_numsub(f"{prefix}:ch:room:lobby", f"{prefix}:ch:room:only-two")
+        )
+        assert numsub == {
+            f"{prefix}:ch:room:lobby".encode(): 2,
+            f"{prefix}:ch:room:only-two".encode(): 1,
+        }
 
         # a room broadcast from one process reaches the members on both
         sent = await ask(ann, {"type": "say", "room": "lobby", "text": "hi", "ack": True}, "sent")

@@ -9,6 +9,7 @@ Falcon's in-process client.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import falcon.asgi
@@ -17,7 +18,7 @@ import pytest
 
 import pachinko
 from pachinko import Settings, WebSocketResource, handles_message, runtime_of
-from pachinko.testing import AppClient
+from pachinko.testing import AppClient, LiveServer
 from tests.conftest import POLICY_VIOLATION, TRY_AGAIN_LATER, eventually
 
 TICKS = 20
@@ -34,13 +35,15 @@ class Ticker(WebSocketResource):
         dropped = failed = 0
         recipients = []
         for n in range(payload["n"]):
-            result = await self.broadcast_to_room(
-                payload["room"], {"type": "tick", "n": n}, exclude_self=False
-            )
+            tick: dict[str, Any] = {"type": "tick", "n": n}
+            if "pad" in payload:
+                tick["pad"] = "x" * payload["pad"]
+            result = await self.broadcast_to_room(payload["room"], tick, exclude_self=False)
             dropped += result.dropped
             failed += result.failed
             recipients.append(result.recipients)
-            await asyncio.sleep(payload.get("pace", 0.002))  # a producer at a steady pace
+            # a producer at a steady pace (0: as fast as it can, never yielding)
+            await asyncio.sleep(payload.get("pace", 0.002))
         await self.send(
             {"type": "done", "dropped": dropped, "failed": failed, "recipients": recipients}
         )
@@ -106,9 +109,12 @@ async def test_close_policy_closes_the_stalled_member_only(code: int) -> None:
         send_queue_size=4, slow_consumer="close", slow_consumer_close_code=code, send_timeout=30
     )
     manager = runtime_of(app).manager
-    async with AppClient(app, timeout=5.0) as client, \
-            client.websocket("/ws/ticks") as ann, client.websocket("/ws/ticks") as bob, \
-            StalledClient(app, "/ws/ticks") as slow:
+    async with (
+        AppClient(app, timeout=5.0) as client,
+        client.websocket("/ws/ticks") as ann,
+        client.websocket("/ws/ticks") as bob,
+        StalledClient(app, "/ws/ticks") as slow,
+    ):
         for ws in (ann, bob):
             await ws.send_json({"type": "join", "room": "r"})
             await ws.expect(type="joined")
@@ -132,9 +138,12 @@ async def test_close_policy_closes_the_stalled_member_only(code: int) -> None:
 
 async def test_drop_policy_drops_what_does_not_fit_and_keeps_the_connection() -> None:
     app = ticker_app(send_queue_size=4, slow_consumer="drop", send_timeout=30)
-    async with AppClient(app, timeout=5.0) as client, \
-            client.websocket("/ws/ticks") as ann, client.websocket("/ws/ticks") as bob, \
-            StalledClient(app, "/ws/ticks") as slow:
+    async with (
+        AppClient(app, timeout=5.0) as client,
+        client.websocket("/ws/ticks") as ann,
+        client.websocket("/ws/ticks") as bob,
+        StalledClient(app, "/ws/ticks") as slow,
+    ):
         for ws in (ann, bob):
             await ws.send_json({"type": "join", "room": "r"})
             await ws.expect(type="joined")
@@ -160,8 +169,11 @@ async def test_drop_policy_drops_what_does_not_fit_and_keeps_the_connection() ->
 async def test_a_send_over_the_timeout_closes_a_stalled_member_under_both_policies() -> None:
     app = ticker_app(send_queue_size=64, slow_consumer="drop", send_timeout=0.2)
     manager = runtime_of(app).manager
-    async with AppClient(app, timeout=5.0) as client, \
-            client.websocket("/ws/ticks") as ann, StalledClient(app, "/ws/ticks") as slow:
+    async with (
+        AppClient(app, timeout=5.0) as client,
+        client.websocket("/ws/ticks") as ann,
+        StalledClient(app, "/ws/ticks") as slow,
+    ):
         await ann.send_json({"type": "join", "room": "r"})
         await ann.expect(type="joined")
         await slow.join("r")
@@ -175,3 +187,53 @@ async def test_a_send_over_the_timeout_closes_a_stalled_member_under_both_polici
         assert done["recipients"][-1] == 1
         assert slow.close_code == TRY_AGAIN_LATER
         assert len(await manager.members("r")) == 1
+
+
+@pytest.mark.live
+async def test_a_real_client_that_stops_reading_is_closed_and_delays_nobody() -> None:
+    """Over uvicorn: the stalled peer's socket buffers fill, its send times out."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    app = ticker_app(
+        send_queue_size=8,
+        slow_consumer="close",
+        send_timeout=0.5,
+        slow_consumer_close_code=POLICY_VIOLATION,
+    )
+    manager = runtime_of(app).manager
+    async with LiveServer(app, timeout=10.0) as server, server.websocket("/ws/ticks") as fast:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        async with connect(
+            server.url + "/ws/ticks",
+            sock=sock,
+            max_queue=1,
+            compression=None,
+            ping_interval=None,
+            close_timeout=1,
+        ) as slow:
+            await slow.send('{"type": "join", "room": "r"}')
+            assert await asyncio.wait_for(slow.recv(), 5) == '{"type":"joined"}'
+            await fast.send_json({"type": "join", "room": "r"})
+            await fast.expect(type="joined")
+            # `slow` reads nothing from now on
+            await fast.send_json(
+                {"type": "pub", "room": "r", "n": 400, "pace": 0, "pad": 64 * 1024}
+            )
+            for n in range(400):
+                assert (await fast.expect(type="tick"))["n"] == n
+            await fast.expect(type="done")
+            await eventually(lambda: len(manager) == 1, timeout=10)
+            assert await manager.members("r") == {c.id async for c in manager.connections()}
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(_read_until_closed(slow), 10)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == POLICY_VIOLATION
+
+
+async def _read_until_closed(ws: Any) -> None:
+    while True:
+        await ws.recv()
