@@ -72,10 +72,13 @@ def interpolate(
                 )
                 return token
             changed = True
-            if name in environ:
-                return environ[name]
-            if match.group("sep") is not None:
+            value = environ.get(name)
+            # NOTE: as in the shell, ${NAME:-default} also takes the default when
+            #   NAME is set but empty.
+            if match.group("sep") is not None and not value:
                 return match.group("default") or ""
+            if value is not None:
+                return value
             problems.append(
                 InterpolationProblem(
                     path,

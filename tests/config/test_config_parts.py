@@ -80,6 +80,13 @@ def test_interpolation_substitutes_defaults_and_escapes() -> None:
     assert problems == []
 
 
+def test_interpolation_default_also_replaces_an_empty_variable() -> None:
+    doc = {"backend": "${BACKEND:-memory://}", "plain": "${BACKEND}"}
+    result, _, problems = interpolate(doc, {"BACKEND": ""})
+    assert result == {"backend": "memory://", "plain": ""}
+    assert problems == []
+
+
 def test_interpolation_reports_unset_and_unterminated_variables() -> None:
     _, _, problems = interpolate({"x": {"y": "${MISSING}"}, "z": "${oops"}, {})
     assert [(p.path, p.expected, p.found) for p in problems] == [
