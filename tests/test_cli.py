@@ -342,8 +342,6 @@ EXPORTABLE = textwrap.dedent('''\
         room: str
 
 
-    # NOTE: a `schema = Join` union (tagged Join) does not survive export + load
-    #   yet: the loaded handler's annotation and schema type differ (reported).
     class Rooms(pachinko.WebSocketResource):
         sends = (Joined,)
 
@@ -354,6 +352,21 @@ EXPORTABLE = textwrap.dedent('''\
 
     router = pachinko.WebSocketRouter()
     router.add_route("/rooms", Rooms, name="rooms")
+
+
+    class Enter(msgspec.Struct, tag="enter"):
+        room: str
+
+
+    class SchemaRooms(pachinko.WebSocketResource):
+        schema = Enter
+
+        async def on_enter(self, ws: Any, payload: Enter) -> None:
+            await self.send({"type": "entered", "room": payload.room})
+
+
+    schema_router = pachinko.WebSocketRouter()
+    schema_router.add_route("/enter", SchemaRooms)
     app = falcon.asgi.App()
     pachinko.mount(app, "/api", router, settings=pachinko.Settings(max_message_size=2048))
     bare = falcon.asgi.App()
@@ -394,6 +407,27 @@ def test_export_a_router_then_check_and_list_it(
     assert [(m["direction"], m["type"]) for m in route["messages"]] == [
         ("in", "join"), ("out", "joined"),
     ]
+
+
+async def test_export_of_a_schema_resource_loads_and_answers(
+    runner: CliRunner, exportable: str, tmp_path: Path,
+) -> None:
+    result = run(runner, "export", f"{exportable}:schema_router")
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "exported.toml"
+    config.write_text(result.stdout)
+    checked = run(runner, "check", str(config))
+    assert checked.exit_code == 0, checked.output
+    import pachinko
+    from pachinko.testing import AppClient
+
+    async with AppClient(pachinko.create_app(config)) as client, client.websocket(
+        "/ws/enter"
+    ) as ws:
+        await ws.send_json({"type": "enter", "room": "hall"})
+        assert await ws.receive_json() == {"type": "entered", "room": "hall"}
+        await ws.send_json({"type": "enter", "room": 1})
+        assert (await ws.receive_json())["reason"] == "validation_error"
 
 
 def test_export_a_falcon_app_keeps_its_prefix_and_settings(

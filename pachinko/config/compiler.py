@@ -604,6 +604,11 @@ class _Compiler:
             else:
                 sends.append(struct)
         namespace["sends"] = tuple(sends)
+        if route.handlers and getattr(base, "schema", None) is not None:
+            # NOTE: the declared handlers define the message types (and their
+            #   payload Structs, maybe rebuilt from TOML); the base's schema
+            #   would otherwise pit its own Structs against them.
+            namespace["schema"] = None
         # Typed sends: handlers build declared types as resource.types.Name(...).
         namespace["types"] = types.SimpleNamespace(**self.structs)
         lifecycle = (
