@@ -358,6 +358,21 @@ class WebSocketRouter:
         return list(self.root._ordered)
 
     @property
+    def own_routes(self) -> list[RouteInfo]:
+        """Routes added to this router itself, templates relative to it."""
+        return list(self._routes)
+
+    @property
+    def nested(self) -> list[tuple[str, WebSocketRouter]]:
+        """Routers nested with :meth:`add_router`, as ``(prefix, router)``."""
+        return list(self._children)
+
+    @property
+    def hooks(self) -> list[tuple[str, HookFn, type | None]]:
+        """Global hooks of this router, as ``(event, hook, resource class or None)``."""
+        return list(self._hooks)
+
+    @property
     def root(self) -> WebSocketRouter:
         """The outermost router of the tree."""
         return self._parent.root if self._parent else self

@@ -135,7 +135,7 @@ class _Exporter:
     def router(self, router: WebSocketRouter, where: str = "") -> dict[str, Any]:
         body: dict[str, Any] = {}
         hooks: dict[str, list[str]] = {}
-        for event, fn, only in router._hooks:
+        for event, fn, only in router.hooks:
             if only is not None:
                 self.fail(
                     f"{where}hooks.{event}",
@@ -148,13 +148,13 @@ class _Exporter:
                 hooks.setdefault(event, []).append(path)
         if hooks:
             body["hooks"] = {k: v[0] if len(v) == 1 else v for k, v in hooks.items()}
-        own = router._routes
+        own = router.own_routes
         tops = [info for info in own if info.parent is None]
         routes = [self.route(info, own, None, f"{where}routes[{i}]") for i, info in enumerate(tops)]
         if routes:
             body["routes"] = routes
         routers = []
-        for index, (child_prefix, child) in enumerate(router._children):
+        for index, (child_prefix, child) in enumerate(router.nested):
             sub = {"prefix": child_prefix, **self.router(child, f"{where}routers[{index}].")}
             routers.append(sub)
         if routers:
