@@ -386,3 +386,19 @@ async def test_two_apps_do_not_interfere(conductor_for: Any) -> None:
         assert await expect_close(ws_b) == 1009
     assert seen == ["a"]
     assert pachinko.runtime_of(app_a).manager is not pachinko.runtime_of(app_b).manager
+
+
+def test_a_router_tree_can_be_walked() -> None:
+    async def hook(resource: Any, ws: Any, message: str) -> None: ...
+
+    admin = WebSocketRouter()
+    admin.add_route("/stats", Echo, name="stats")
+    router = WebSocketRouter()
+    router.add_route("/a", Echo)
+    router.add_router("/admin", admin)
+    router.add_hook("before_receive", hook, resource=Echo)
+    assert [r.template for r in router.own_routes] == ["/a"]
+    assert [(prefix, child) for prefix, child in router.nested] == [("/admin", admin)]
+    assert router.hooks == [("before_receive", hook, Echo)]
+    assert [r.template for r in router.routes()] == ["/a", "/admin/stats"]
+    assert admin.root is router
