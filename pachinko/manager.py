@@ -102,6 +102,8 @@ class WebSocketConnectionManager:
         self._rooms: dict[str, dict[str, Connection]] = {}
         self._users: dict[str, dict[str, Connection]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._busy: set[Outbox] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     # -- identity and lifecycle ------------------------------------------------
 
@@ -115,15 +117,33 @@ class WebSocketConnectionManager:
         return f"{self._node_id}.{next(self._counter):x}"
 
     async def start(self) -> None:
-        """Start the backend (ASGI lifespan startup)."""
+        """Start the backend and the send watchdog (ASGI lifespan startup)."""
         await self.backend.start(self)
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
         """Close the backend (ASGI lifespan shutdown, after the sockets)."""
         tasks = list(self._tasks)
         if tasks:
             await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            await asyncio.wait([watchdog])
         await self.backend.close()
+
+    async def _watch(self) -> None:
+        """Close connections whose current send has taken over ``send_timeout``."""
+        interval = min(self.settings.send_timeout / 4, 1.0)
+        loop = asyncio.get_running_loop()
+        busy = self._busy
+        while True:
+            await asyncio.sleep(interval)
+            if busy:
+                now = loop.time()
+                for outbox in list(busy):
+                    outbox.expire(now)
 
     def __len__(self) -> int:
         """Open connections registered in this process."""
@@ -158,6 +178,7 @@ class WebSocketConnectionManager:
             settings.slow_consumer_close_code,
             settings.send_timeout,
             lambda: self._evict(conn),
+            self._busy,
         )
         self._connections[conn.id] = conn
         first = False
