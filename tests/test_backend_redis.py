@@ -76,14 +76,20 @@ async def test_a_redis_restart_is_survived_and_the_outage_is_visible(
         AppClient(two) as b,
         a.websocket("/ws/rooms") as ann,
         b.websocket("/ws/rooms") as bob,
+        b.websocket("/ws/rooms") as carl,
     ):
-        for ws in (ann, bob):
+        for ws in (ann, bob, carl):
             await ws.send_json({"type": "join", "room": "lobby"})
             await ws.expect(type="joined")
         await ann.send_json({"type": "say", "room": "lobby", "text": "before"})
         assert (await bob.expect(type="said"))["text"] == "before"
 
         redis_server.stop()
+        # membership changes while Redis is down are kept locally, not raised
+        await carl.send_json({"type": "leave", "room": "lobby"})
+        await carl.expect(type="left")
+        await carl.send_json({"type": "join", "room": "during"})
+        await carl.expect(type="joined")
         await ann.send_json({"type": "say", "room": "lobby", "text": "during"})
         unavailable = await ann.expect(type="unavailable")
         assert unavailable["detail"].startswith(
@@ -107,7 +113,8 @@ async def test_a_redis_restart_is_survived_and_the_outage_is_visible(
             assert loop.time() < deadline, "broadcasts did not resume after the restart"
             await asyncio.sleep(0.05)
         members = await runtime_of(two).manager.members("lobby")
-        assert len(members) == 2  # both processes restored their presence
+        assert len(members) == 2  # both processes restored their presence, carl left
+        assert await runtime_of(one).manager.rooms() == ["during", "lobby"]
         await bob.send_json({"type": "say", "room": "lobby", "text": "back"})
         assert (await ann.expect(type="said"))["text"] == "back"
     logged = caplog.text

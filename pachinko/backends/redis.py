@@ -118,6 +118,8 @@ class RedisBackend(ConnectionBackend):
         self._sub_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._leave_script: Any = None
+        # Removals that failed while Redis was unreachable, retried by _restore().
+        self._stale: list[tuple[str, tuple[Any, ...]]] = []
 
     @classmethod
     def from_url(cls, url: str) -> RedisBackend:
@@ -223,7 +225,21 @@ class RedisBackend(ConnectionBackend):
         return pubsub
 
     async def _restore(self) -> None:
-        """Write this process's presence and local memberships (start, after a restart)."""
+        """Write this process's presence and local memberships (start, after a restart).
+
+        Removals that failed during an outage are retried first, so that the
+        current memberships written next always win.
+        """
+        stale, self._stale = self._stale, []
+        for index, (kind, args) in enumerate(stale):
+            try:
+                if kind == "leave":
+                    await self._leave(*args)
+                else:
+                    await self._redis.hdel(*args)
+            except BaseException:
+                self._stale = stale[index:] + self._stale
+                raise
         host = self.host
         node = self._node
         pipe = self._redis.pipeline(transaction=False)
@@ -334,7 +350,7 @@ class RedisBackend(ConnectionBackend):
             except self._errors as ex:
                 logger.warning("RedisBackend: (un)subscribe %s failed: %r", channel, ex)
 
-    async def _write(self, what: str, *commands: tuple[str, tuple[Any, ...]]) -> None:
+    async def _write(self, what: str, *commands: tuple[str, tuple[Any, ...]]) -> bool:
         # NOTE: membership writes never raise: while Redis is down they are
         #   logged and rewritten from the local index on reconnection.
         try:
@@ -346,6 +362,8 @@ class RedisBackend(ConnectionBackend):
             logger.warning(
                 "RedisBackend: %s not recorded (%r); it is restored on reconnection", what, ex
             )
+            return False
+        return True
 
     async def _leave(self, key: str, ids: list[str], room: str) -> None:
         await self._leave_script(keys=[key, self._rooms_key], args=[*ids, room])
@@ -367,10 +385,11 @@ class RedisBackend(ConnectionBackend):
     async def remove_connection(self, conn_id: str, user_id: str | None, last: bool) -> None:
         if user_id is None:
             return
-        await self._write(
-            f"removal of a connection of user {user_id!r}",
-            ("hdel", (self._key("users", user_id), conn_id)),
-        )
+        key = self._key("users", user_id)
+        if not await self._write(
+            f"removal of a connection of user {user_id!r}", ("hdel", (key, conn_id))
+        ):
+            self._stale.append(("hdel", (key, conn_id)))
         if last:
             channel = self._channel("user", user_id)
             self._wanted.discard(channel)
@@ -393,7 +412,10 @@ class RedisBackend(ConnectionBackend):
         try:
             await self._leave(self._key("members", room), [conn_id], room)
         except self._errors as ex:
-            logger.warning("RedisBackend: leaving room %r not recorded (%r)", room, ex)
+            logger.warning(
+                "RedisBackend: leaving room %r not recorded (%r); retried on reconnection", room, ex
+            )
+            self._stale.append(("leave", (self._key("members", room), [conn_id], room)))
         if last:
             channel = self._channel("room", room)
             self._wanted.discard(channel)
