@@ -61,6 +61,7 @@ async def test_rooms_users_and_presence_span_two_processes(redis_url: str) -> No
         for ws in (ann, bob, ann2):
             await ask(ws, {"type": "join", "room": "lobby"}, "joined")
         await ask(bob, {"type": "join", "room": "only-two"}, "joined")
+        await ask(ann, {"type": "join", "room": "only-one"}, "joined")
 
         # a process subscribes to the rooms it has local members of, only
         numsub = dict(
@@ -96,7 +97,7 @@ async def test_rooms_users_and_presence_span_two_processes(redis_url: str) -> No
             members = await ask(ws, {"type": "members", "room": "lobby"}, "members")
             assert members["ids"] == everyone
             rooms = await ask(ws, {"type": "rooms"}, "rooms")
-            assert rooms["rooms"] == ["lobby", "only-two"]
+            assert rooms["rooms"] == ["lobby", "only-one", "only-two"]
 
         # a process that dies (no clean shutdown): its members vanish within the TTL
         one.send_signal(signal.SIGKILL)
@@ -111,3 +112,5 @@ async def test_rooms_users_and_presence_span_two_processes(redis_url: str) -> No
             assert loop.time() - killed < TTL + 2.0, "members of the dead process remain"
             await asyncio.sleep(0.1)
         assert loop.time() - killed <= TTL + 1.0
+        rooms = await ask(bob, {"type": "rooms"}, "rooms")
+        assert rooms["rooms"] == ["lobby", "only-two"]

@@ -66,6 +66,7 @@ class StalledClient:
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.received: list[str] = []
         self.stalled = False
+        self.broken = False
         self.release = asyncio.Event()
         self.close_code: int | None = None
         self.replies: asyncio.Queue[str] = asyncio.Queue()
@@ -76,6 +77,8 @@ class StalledClient:
 
     async def _send(self, event: dict[str, Any]) -> None:
         if event["type"] == "websocket.send":
+            if self.broken:  # ASGI 2.4: send raises OSError once the peer is gone
+                raise ConnectionResetError("connection reset by peer")
             if self.stalled:
                 await self.release.wait()
             self.received.append(event["text"])
@@ -101,6 +104,27 @@ class StalledClient:
         text = f'{{"type": "join", "room": "{room}"}}'
         self.inbox.put_nowait({"type": "websocket.receive", "text": text})
         assert await asyncio.wait_for(self.replies.get(), 5) == '{"type":"joined"}'
+
+
+async def test_a_failed_socket_is_evicted_and_the_failure_is_counted() -> None:
+    app = ticker_app()
+    manager = runtime_of(app).manager
+    async with (
+        AppClient(app, timeout=5.0) as client,
+        client.websocket("/ws/ticks") as ann,
+        StalledClient(app, "/ws/ticks") as gone,
+    ):
+        await ann.send_json({"type": "join", "room": "r"})
+        await ann.expect(type="joined")
+        await gone.join("r")
+        gone.broken = True
+        result = await manager.broadcast_to_room("r", {"type": "tick", "n": 0}, timeout=2.0)
+        assert (result.recipients, result.delivered, result.pending) == (2, 1, 0)
+        assert (result.dropped, result.failed, result.ok) == (0, 1, False)
+        assert len(await manager.members("r")) == 1
+        result = await manager.broadcast_to_room("r", {"type": "tick", "n": 1}, timeout=2.0)
+        assert (result.recipients, result.delivered, result.ok) == (1, 1, True)
+        assert [(await ann.expect(type="tick"))["n"] for _ in range(2)] == [0, 1]
 
 
 @pytest.mark.parametrize("code", [POLICY_VIOLATION, TRY_AGAIN_LATER])

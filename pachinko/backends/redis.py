@@ -421,13 +421,17 @@ class RedisBackend(ConnectionBackend):
             self._wanted.discard(channel)
             await self._sync(channel)
 
+    async def _alive(self, nodes: set[str]) -> set[str]:
+        """The nodes among ``nodes`` whose presence key has not expired."""
+        if not nodes:
+            return set()
+        ordered = sorted(nodes)
+        flags = await self._redis.mget([self._key("alive", n) for n in ordered])
+        return {n for n, flag in zip(ordered, flags, strict=True) if flag is not None}
+
     async def _live(self, entries: dict[str, str]) -> tuple[set[str], list[str]]:
         """Split ``id → node`` entries into live ids and ids of dead nodes."""
-        if not entries:
-            return set(), []
-        nodes = sorted(set(entries.values()))
-        flags = await self._redis.mget([self._key("alive", n) for n in nodes])
-        alive = {n for n, flag in zip(nodes, flags, strict=True) if flag is not None}
+        alive = await self._alive(set(entries.values()))
         live = {cid for cid, node in entries.items() if node in alive}
         return live, [cid for cid, node in entries.items() if node not in alive]
 
@@ -457,9 +461,19 @@ class RedisBackend(ConnectionBackend):
             names = await self._redis.zrangebylex(self._rooms_key, low, low + b"\xff")
         else:
             names = await self._redis.zrange(self._rooms_key, 0, -1)
-        found = []
+        if not names:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
         for room in names:
-            if await self._members(room):
+            pipe.hgetall(self._key("members", room))
+        tables: list[dict[str, str]] = await pipe.execute()
+        alive = await self._alive({node for table in tables for node in table.values()})
+        found = []
+        for room, table in zip(names, tables, strict=True):
+            dead = [cid for cid, node in table.items() if node not in alive]
+            if dead:
+                await self._leave(self._key("members", room), dead, room)
+            if len(dead) < len(table):
                 found.append(room)
         return sorted(found)
 
