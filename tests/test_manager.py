@@ -354,3 +354,24 @@ async def test_concurrent_joins_and_leaves_keep_the_index_consistent(
         assert await manager.rooms() == []
     finally:
         await manager.close()
+
+
+async def test_hooks_and_workers_reach_the_manager(backend: BackendFactory) -> None:
+    async def newsroom(resource: Any, ws: Any) -> None:  # an after_connect hook
+        await resource.manager.join_room(resource.connection, "news")
+
+    async def announcer(manager: WebSocketConnectionManager) -> None:  # a worker
+        n = 0
+        while True:
+            await manager.broadcast_to_room("news", {"type": "news", "n": n})
+            n += 1
+            await asyncio.sleep(0.01)
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/room", Room)
+    router.add_hook("after_connect", newsroom)
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router, backend=backend(), workers=[announcer])
+    async with AppClient(app, timeout=2.0) as client, open_ws(client) as ws:
+        first = await ws.expect(type="news")
+        assert (await ws.expect(type="news"))["n"] > first["n"]
