@@ -312,18 +312,30 @@ class WebSocketConnectionManager:
             await self._move_user(c, old)
 
     def _user_changed(self, conn: Connection, old: str | None) -> None:
-        # Connection.user_id was assigned after registration (a sync setter).
-        task = asyncio.get_running_loop().create_task(self._move_user(conn, old))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # Connection.user_id was assigned after registration (a sync setter):
+        # re-index at once, tell the backend in the background.
+        moves = self._reindex_user(conn, old)
+        if moves:
+            task = asyncio.get_running_loop().create_task(self._tell_backend_user(conn.id, moves))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _move_user(self, conn: Connection, old: str | None) -> None:
+        await self._tell_backend_user(conn.id, self._reindex_user(conn, old))
+
+    def _reindex_user(self, conn: Connection, old: str | None) -> list[tuple[bool, str, bool]]:
+        """Move ``conn`` from ``old`` to its user id in the local index.
+
+        Returns the backend calls to make: (add?, user, first-or-last).
+        """
         cid = conn.id
+        moves: list[tuple[bool, str, bool]] = []
         if old is not None:
             conns = self._users.get(old)
-            if conns is not None and conns.pop(cid, None) is not None and not conns:
-                del self._users[old]
-            await self.backend.remove_connection(cid, old, old not in self._users)
+            if conns is not None and conns.pop(cid, None) is not None:
+                if not conns:
+                    del self._users[old]
+                moves.append((False, old, old not in self._users))
         new = conn.user_id
         if new is not None and conn.outbox is not None and not conn.outbox.dead:
             conns = self._users.get(new)
@@ -331,7 +343,16 @@ class WebSocketConnectionManager:
             if conns is None:
                 conns = self._users[new] = {}
             conns[cid] = conn
-            await self.backend.add_connection(cid, new, first)
+            moves.append((True, new, first))
+        return moves
+
+    async def _tell_backend_user(self, cid: str, moves: list[tuple[bool, str, bool]]) -> None:
+        backend = self.backend
+        for add, user, edge in moves:
+            if add:
+                await backend.add_connection(cid, user, edge)
+            else:
+                await backend.remove_connection(cid, user, edge)
 
     # -- sending ------------------------------------------------------------------------
 

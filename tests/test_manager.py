@@ -239,20 +239,30 @@ async def test_users_connections_and_everyone(backend: BackendFactory) -> None:
         assert (unknown.recipients, unknown.remote) == (0, 0)
 
 
+async def refusal(client: AppClient, user: str | None = None) -> int | None:
+    """The close code refusing a handshake (accepted and closed at once, or denied)."""
+    try:
+        async with open_ws(client, user) as ws:
+            code: int | None = await ws.expect_close()
+            return code
+    except HandshakeRefused as refused:
+        return refused.code
+
+
 async def test_connection_limits_are_enforced_at_the_handshake(backend: BackendFactory) -> None:
     app = room_app(backend(), max_connections=3, max_connections_per_user=2)
+    manager = runtime_of(app).manager
     async with AppClient(app, timeout=2.0) as client:
-        async with open_ws(client, "ann"), open_ws(client, "ann"):
-            with pytest.raises(HandshakeRefused) as refused:
-                async with open_ws(client, "ann"):
-                    pass
-            assert refused.value.code == TRY_AGAIN_LATER
-            async with open_ws(client, "bob"):
-                with pytest.raises(HandshakeRefused) as refused:
-                    async with open_ws(client):
-                        pass
-                assert refused.value.code == TRY_AGAIN_LATER
+        async with open_ws(client, "ann") as one, open_ws(client, "ann") as two:
+            await whoami(one)
+            await whoami(two)
+            assert await refusal(client, "ann") == TRY_AGAIN_LATER
+            async with open_ws(client, "bob") as bob:
+                await whoami(bob)
+                assert await refusal(client) == TRY_AGAIN_LATER
+                assert len(manager) == 3
         # the slots are free again once those closed
+        await eventually(lambda: len(manager) == 0)
         async with open_ws(client, "ann") as ws:
             await whoami(ws)
 

@@ -93,9 +93,6 @@ class RedisBackend(ConnectionBackend):
         socket_timeout: float = 5.0,
     ) -> None:
         self._lib = _require_redis()
-        import redis.exceptions
-
-        self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError)
         if presence_ttl <= 0 or (heartbeat is not None and not 0 < heartbeat < presence_ttl):
             raise ConfigError(
                 f"RedisBackend: expected presence_ttl > 0 and 0 < heartbeat < presence_ttl, "
@@ -187,7 +184,7 @@ class RedisBackend(ConnectionBackend):
         try:
             await self._restore()
             self._pubsub = await self._subscribe_all()
-        except self._errors as ex:
+        except Exception as ex:
             await self._redis.aclose()
             raise BackendUnavailable(f"Redis at {self.url} is unreachable: {ex}") from ex
         self.available = True
@@ -263,8 +260,14 @@ class RedisBackend(ConnectionBackend):
         while True:
             try:
                 if self._pubsub is None:
-                    self._pubsub = await self._subscribe_all()
-                    await self._restore()
+                    pubsub = await self._subscribe_all()
+                    try:
+                        await self._restore()
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            await pubsub.aclose()
+                        raise
+                    self._pubsub = pubsub
                     self.available = True
                     delay = self.reconnect_min
                     logger.warning(
@@ -276,18 +279,17 @@ class RedisBackend(ConnectionBackend):
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
                 )
-                if message is not None and message.get("type") == "message":
-                    self._on_message(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
-            except self._errors as ex:
+            except Exception as ex:  # NOTE: not only RedisError: a dead transport
+                # may raise anything (TypeError from asyncio's writelines on 3.13).
                 if self.available:
                     logger.error(
                         "RedisBackend %s: connection lost (%s). Broadcasts raise "
                         "BackendUnavailable and messages from other processes are lost "
                         "until it is back; reconnecting with backoff",
                         self.url,
-                        ex,
+                        ex or type(ex).__name__,
                     )
                 self.available = False
                 pubsub, self._pubsub = self._pubsub, None
@@ -297,8 +299,12 @@ class RedisBackend(ConnectionBackend):
                         await pubsub.aclose()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
-            except Exception:
-                logger.exception("RedisBackend %s: bad message ignored", self.url)
+                continue
+            if message is not None and message.get("type") == "message":
+                try:
+                    self._on_message(message["channel"], message["data"])
+                except Exception:
+                    logger.exception("RedisBackend %s: bad message ignored", self.url)
 
     async def _beat(self) -> None:
         key = self._key("alive", self._node)
@@ -313,7 +319,7 @@ class RedisBackend(ConnectionBackend):
                         self.url,
                     )
                     await self._restore()
-            except self._errors as ex:
+            except Exception as ex:
                 logger.debug("RedisBackend heartbeat failed: %r", ex)
 
     def _on_message(self, channel: str, data: str) -> None:
@@ -347,7 +353,7 @@ class RedisBackend(ConnectionBackend):
                 else:
                     await pubsub.unsubscribe(channel)
                     self._subscribed.discard(channel)
-            except self._errors as ex:
+            except Exception as ex:
                 logger.warning("RedisBackend: (un)subscribe %s failed: %r", channel, ex)
 
     async def _write(self, what: str, *commands: tuple[str, tuple[Any, ...]]) -> bool:
@@ -358,7 +364,7 @@ class RedisBackend(ConnectionBackend):
             for name, args in commands:
                 getattr(pipe, name)(*args)
             await pipe.execute()
-        except self._errors as ex:
+        except Exception as ex:
             logger.warning(
                 "RedisBackend: %s not recorded (%r); it is restored on reconnection", what, ex
             )
@@ -411,7 +417,7 @@ class RedisBackend(ConnectionBackend):
     async def leave(self, room: str, conn_id: str, last: bool) -> None:
         try:
             await self._leave(self._key("members", room), [conn_id], room)
-        except self._errors as ex:
+        except Exception as ex:
             logger.warning(
                 "RedisBackend: leaving room %r not recorded (%r); retried on reconnection", room, ex
             )
@@ -438,7 +444,7 @@ class RedisBackend(ConnectionBackend):
     async def _query(self, what: str, coro: Any) -> Any:
         try:
             return await coro
-        except self._errors as ex:
+        except Exception as ex:
             raise BackendUnavailable(f"Redis at {self.url} is unreachable: {what} ({ex})") from ex
 
     async def members(self, room: str) -> set[str]:
@@ -497,7 +503,7 @@ class RedisBackend(ConnectionBackend):
             raise BackendUnavailable(f"RedisBackend is not started: {what} not sent")
         try:
             receivers: int = await redis.publish(channel, f"{self._node}\n{extra}\n{text}")
-        except self._errors as ex:
+        except Exception as ex:
             raise BackendUnavailable(
                 f"Redis at {self.url} is unreachable: {what} not sent ({ex})"
             ) from ex
