@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._outbox import DROPPED, QUEUED, Outbox, Ticket
 from .backends import ConnectionBackend, backend_from_url
-from .errors import ConnectionLimitExceeded, PachinkoError
+from .errors import BackendUnavailable, ConnectionLimitExceeded, PachinkoError
 from .resource import encode_text
 
 if TYPE_CHECKING:
@@ -166,7 +166,13 @@ class WebSocketConnectionManager:
         user = conn.user_id
         per_user = settings.max_connections_per_user
         if per_user is not None and user is not None:
-            count = len(await self.backend.user_connections(user))
+            try:
+                count = len(await self.backend.user_connections(user))
+            except BackendUnavailable as ex:
+                # NOTE: fail open: the limit is checked on this process only
+                #   while the backend is unreachable (chat keeps working).
+                logger.warning("per-user limit checked locally only: %s", ex)
+                count = len(self._users.get(user, ()))
             if count >= per_user:
                 raise ConnectionLimitExceeded(
                     f"Connection limit per user reached ({per_user} open connections)"
@@ -188,7 +194,12 @@ class WebSocketConnectionManager:
             if members is None:
                 members = self._users[user] = {}
             members[conn.id] = conn
-        await self.backend.add_connection(conn.id, user, first)
+        try:
+            await self.backend.add_connection(conn.id, user, first)
+        except BaseException:
+            conn.outbox = None
+            self._unindex(conn)
+            raise
 
     def opened(self, conn: Connection) -> None:
         """Start writing to ``conn``: its handshake was accepted."""

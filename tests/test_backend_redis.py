@@ -14,7 +14,7 @@ import redis.asyncio
 import pachinko
 from pachinko import BackendUnavailable, Settings, runtime_of
 from pachinko.backends.redis import RedisBackend
-from pachinko.testing import AppClient
+from pachinko.testing import AppClient, HandshakeRefused
 from tests.apps.rooms import Rooms
 from tests.redis_server import RedisServer, redis_server, unique_prefix
 
@@ -128,3 +128,31 @@ async def _received(ws: Any, text: str) -> bool:
     except pachinko.testing.ReceiveTimeout:
         return False
     return bool(said["text"] == text)
+
+
+async def test_the_per_user_limit_fails_open_to_a_local_check_while_redis_is_down(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/rooms", Rooms)
+    app = falcon.asgi.App()
+    backend = RedisBackend(redis_server.url, prefix=unique_prefix(), reconnect_min=0.05)
+    settings = Settings(rate_limit=None, max_connections_per_user=1)
+    pachinko.mount(app, "/ws", router, settings=settings, backend=backend)
+    async with AppClient(app) as client:
+        redis_server.stop()
+        async with client.websocket("/ws/rooms", query_string="user=ann") as ann:
+            await ann.send_json({"type": "whoami"})
+            await ann.expect(type="me")
+            assert await refusal(client, "/ws/rooms", "user=ann") == 1013
+        assert "per-user limit checked locally only: Redis at" in caplog.text
+
+
+async def refusal(client: AppClient, path: str, query: str) -> int | None:
+    """The close code refusing a handshake (accepted and closed at once, or denied)."""
+    try:
+        async with client.websocket(path, query_string=query) as ws:
+            code: int | None = await ws.expect_close()
+            return code
+    except HandshakeRefused as refused:
+        return refused.code
