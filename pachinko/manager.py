@@ -431,11 +431,17 @@ class WebSocketConnectionManager:
         *,
         exclude: Iterable[str] = (),
         timeout: float | None = None,
+        local: bool = False,
     ) -> Delivery:
-        """Send ``message`` to every connection, in every process."""
+        """Send ``message`` to every connection, in every process.
+
+        With ``local=True``, only to this process's connections (e.g. a
+        per-process worker reporting on its own process); nothing goes
+        through the backend.
+        """
         text = encode_text(message)
         excluded = frozenset(exclude) if exclude else _NO_EXCLUDE
-        remote = await self.backend.publish_all(text, excluded)
+        remote = 0 if local else await self.backend.publish_all(text, excluded)
         targets = [c for cid, c in self._connections.items() if cid not in excluded]
         return await self._fanout(targets, text, timeout, remote)
 

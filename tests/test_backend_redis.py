@@ -63,6 +63,18 @@ async def test_one_publish_per_broadcast_whatever_the_number_of_recipients(
         assert await publishes(client) - before == 1
         for ws in sockets:
             assert (await ws.expect(type="said"))["text"] == "x"
+        result = await manager.broadcast_to_all({"type": "said", "text": "all"})
+        assert (result.recipients, result.remote) == (10, 1)
+        assert await publishes(client) - before == 2
+        for ws in sockets:
+            assert (await ws.expect(type="said"))["text"] == "all"
+        result = await manager.broadcast_to_all({"type": "said", "text": "here"}, local=True)
+        assert (result.recipients, result.remote) == (10, 0)
+        assert await publishes(client) - before == 2
+        for ws in sockets[::2]:  # the ones on app `one`
+            assert (await ws.expect(type="said"))["text"] == "here"
+        for ws in sockets[1::2]:
+            await ws.expect_silence(within=0.1)
 
 
 async def test_a_redis_restart_is_survived_and_the_outage_is_visible(
