@@ -197,6 +197,7 @@ class Outbox:
         if self.dead:
             return
         self.dead = True
+        self._fail_inflight()
         self._fail_queued()
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
@@ -217,6 +218,7 @@ class Outbox:
                 async with asyncio.timeout(self.send_timeout):
                     await asyncio.shield(task)
             except (TimeoutError, asyncio.CancelledError):
+                self._fail_inflight()
                 task.cancel()
             except Exception:
                 logger.debug("flush before close failed", exc_info=True)
@@ -226,10 +228,19 @@ class Outbox:
     def discard(self) -> None:
         """Forget everything: the connection has ended."""
         self.dead = True
+        self._fail_inflight()
         self._fail_queued()
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+
+    def _fail_inflight(self) -> None:
+        # The send under way is abandoned (its task is cancelled): the caller
+        # waiting on its ticket learns it failed now, not at its timeout.
+        ticket, self._inflight = self._inflight, None
+        self.started = 0.0
+        if ticket is not None:
+            ticket.settle(False)
 
     def _fail_queued(self) -> None:
         for _, ticket in self.queue:
