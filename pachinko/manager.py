@@ -73,6 +73,14 @@ class Delivery:
         return self.dropped == 0 and self.failed == 0
 
 
+def _excluded(exclude: Iterable[str]) -> frozenset[str]:
+    if not exclude:
+        return _NO_EXCLUDE
+    if isinstance(exclude, str):  # one id, not its characters
+        return frozenset((exclude,))
+    return frozenset(exclude)
+
+
 class WebSocketConnectionManager:
     """Registry of this process's connections; rooms, users, broadcasts.
 
@@ -403,7 +411,7 @@ class WebSocketConnectionManager:
         Args:
             room: The room.
             message: A Struct, dict or list (JSON) or a str (as is); encoded once.
-            exclude: Connection ids that must not receive it.
+            exclude: Connection ids that must not receive it (or one id).
             timeout: If given, wait up to this many seconds for the local
                 sends to complete (see :class:`Delivery`); never longer.
 
@@ -412,7 +420,7 @@ class WebSocketConnectionManager:
                 was sent.
         """
         text = encode_text(message)
-        excluded = frozenset(exclude) if exclude else _NO_EXCLUDE
+        excluded = _excluded(exclude)
         remote = await self.backend.publish_room(room, text, excluded)
         members = self._rooms.get(room)
         if not members:
@@ -440,7 +448,7 @@ class WebSocketConnectionManager:
         through the backend.
         """
         text = encode_text(message)
-        excluded = frozenset(exclude) if exclude else _NO_EXCLUDE
+        excluded = _excluded(exclude)
         remote = 0 if local else await self.backend.publish_all(text, excluded)
         targets = [c for cid, c in self._connections.items() if cid not in excluded]
         return await self._fanout(targets, text, timeout, remote)

@@ -229,6 +229,8 @@ async def test_users_connections_and_everyone(backend: BackendFactory) -> None:
         for ws in (phone, bob, anonymous):
             await ws.expect(type="all")
         await laptop.expect_silence(within=0.05)
+        result = await manager.broadcast_to_all({"type": "all"}, exclude=laptop_id)  # one id
+        assert result.recipients == 3
         # a user id set after the handshake is indexed too
         await anonymous.send_json({"type": "login", "user": "bob"})
         await anonymous.expect(type="logged-in")
@@ -286,6 +288,16 @@ async def test_probe_and_harness_register_with_the_manager(backend: BackendFacto
             assert await manager.members("r") == {probe.connection.id}
             await manager.broadcast_to_room("r", {"type": "hello"})
             await probe.expect(type="hello")
+            cid = probe.connection.id
+            assert await manager.user_connections("u") == {cid}
+            await manager.set_user(cid, "v")
+            assert await manager.user_connections("u") == set()
+            assert await manager.user_connections("v") == {cid}
+            assert (await manager.send_to_user("u", {"type": "x"})).recipients == 0
+            assert (await manager.send_to_user("v", {"type": "to-v"})).recipients == 1
+            await probe.expect(type="to-v")
+            await manager.set_user(probe.connection, None)
+            assert await manager.user_connections("v") == set()
         assert await manager.members("r") == set()
     finally:
         await manager.close()
