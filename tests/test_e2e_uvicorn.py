@@ -1,19 +1,18 @@
-"""End to end: a real uvicorn server on 127.0.0.1 and the websockets client."""
+"""End to end: a real uvicorn server on 127.0.0.1 and the websockets client.
+
+Dogfoods pachinko.testing: ``pachinko_live`` serves the app with uvicorn on a
+free loopback port and its clients are ``websockets`` clients with timeouts.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import falcon.asgi
 import msgspec
 import pytest
-import uvicorn
-import websockets
-from websockets.exceptions import ConnectionClosed
 
 import pachinko
 from pachinko import WebSocketResource, WebSocketRouter
@@ -55,70 +54,52 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-async def server_url() -> AsyncIterator[str]:
+def chat_app() -> falcon.asgi.App:
     DISCONNECTS.clear()
     app = falcon.asgi.App()
     router = WebSocketRouter()
     router.add_route("/chat", Chat)
     pachinko.mount(app, "/ws", router, settings=pachinko.Settings(max_message_size=1024))
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws="websockets-sansio"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    return app
+
+
+async def disconnects() -> list[int]:
     async with asyncio.timeout(TIMEOUT):
-        while not server.started:
+        while not DISCONNECTS:
             await asyncio.sleep(0.01)
-    yield f"ws://127.0.0.1:{port}/ws"
-    server.should_exit = True
-    async with asyncio.timeout(TIMEOUT * 2):
-        await task
+    return DISCONNECTS
 
 
-async def recv(ws: Any) -> Any:
-    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-
-
-async def test_conversation_over_a_real_socket(server_url: str) -> None:
-    async with websockets.connect(f"{server_url}/chat", open_timeout=TIMEOUT) as ws:
-        await ws.send('{"type": "join", "room": "lobby"}')
-        assert await recv(ws) == {"type": "joined", "room": "lobby"}
-        await ws.send('{"type": "say", "text": "hello"}')
-        assert await recv(ws) == {"type": "said", "text": "hello"}
+async def test_conversation_over_a_real_socket(pachinko_live: Any) -> None:
+    server = await pachinko_live(chat_app())
+    async with server.websocket("/ws/chat") as ws:
+        await ws.send_json({"type": "join", "room": "lobby"})
+        assert await ws.expect_next(type="joined") == {"type": "joined", "room": "lobby"}
+        await ws.send_json({"type": "say", "text": "hello"})
+        assert await ws.expect_next() == {"type": "said", "text": "hello"}
         # a validation error is answered and the connection stays usable
-        await ws.send('{"type": "say", "text": 42}')
-        assert await recv(ws) == {
+        await ws.send_text('{"type": "say", "text": 42}')
+        assert await ws.expect_next() == {
             "type": "error",
             "reason": "validation_error",
             "detail": "Expected `str`, got `int`",
             "path": "$.text",
         }
-        await ws.send('{"type": "say", "text": "still open"}')
-        assert await recv(ws) == {"type": "said", "text": "still open"}
+        await ws.send_json({"type": "say", "text": "still open"})
+        assert await ws.expect_next() == {"type": "said", "text": "still open"}
     # client close -> on_disconnect ran, with the client's code
-    async with asyncio.timeout(TIMEOUT):
-        while not DISCONNECTS:
-            await asyncio.sleep(0.01)
-    assert DISCONNECTS == [1000]
+    assert await disconnects() == [1000]
 
 
-async def test_oversize_message_closes_1009(server_url: str) -> None:
-    async with websockets.connect(f"{server_url}/chat", open_timeout=TIMEOUT) as ws:
-        await ws.send('{"type": "say", "text": "' + "x" * 2000 + '"}')
-        with pytest.raises(ConnectionClosed) as info:
-            await recv(ws)
-    assert info.value.rcvd is not None
-    assert info.value.rcvd.code == 1009
-    async with asyncio.timeout(TIMEOUT):
-        while not DISCONNECTS:
-            await asyncio.sleep(0.01)
-    assert DISCONNECTS == [1009]
+async def test_oversize_message_closes_1009(pachinko_live: Any) -> None:
+    server = await pachinko_live(chat_app())
+    async with server.websocket("/ws/chat") as ws:
+        await ws.send_text('{"type": "say", "text": "' + "x" * 2000 + '"}')
+        assert await ws.expect_close() == 1009
+    assert await disconnects() == [1009]
 
 
-async def test_unknown_path_is_refused(server_url: str) -> None:
-    with pytest.raises(websockets.exceptions.InvalidStatus) as info:
-        async with websockets.connect(f"{server_url}/nowhere", open_timeout=TIMEOUT):
-            pass
-    assert info.value.response.status_code == 403
+async def test_unknown_path_is_refused(pachinko_live: Any) -> None:
+    server = await pachinko_live(chat_app())
+    # a close before accept reaches a real client as HTTP 403
+    assert await server.refused("/ws/nowhere") == 403
