@@ -116,14 +116,17 @@ class Outbox:
         self.busy = busy
         self.started = 0.0
         self._inflight: Ticket | None = None
-        self.queue: deque[tuple[str, Ticket | None]] = deque()
+        self.queue: deque[tuple[str | bytes, Ticket | None]] = deque()
         self.dead = False
         self._open = False
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
-    def offer(self, text: str, ticket: Ticket | None = None) -> int:
-        """Queue ``text``; return QUEUED, DROPPED (queue full) or DEAD."""
+    def offer(self, frame: str | bytes, ticket: Ticket | None = None) -> int:
+        """Queue ``frame`` (``str``: a text frame, ``bytes``: a binary frame).
+
+        Returns QUEUED, DROPPED (queue full) or DEAD.
+        """
         if self.dead:
             return DEAD
         queue = self.queue
@@ -134,7 +137,7 @@ class Outbox:
                     f"Slow consumer: outgoing queue full ({self.size} messages)",
                 )
             return DROPPED
-        queue.append((text, ticket))
+        queue.append((frame, ticket))
         if ticket is not None:
             ticket.remaining += 1
         if self._task is None and self._open:
@@ -149,18 +152,21 @@ class Outbox:
 
     async def _drain(self) -> None:
         queue = self.queue
-        send = self.ws.send_text
+        send_text = self.ws.send_text
         now = asyncio.get_running_loop().time
         self.busy.add(self)
         try:
             while queue:
-                text, ticket = queue.popleft()
+                frame, ticket = queue.popleft()
                 self._inflight = ticket
                 # PERF: no asyncio.timeout() per send (~6 µs, bench_fanout.py):
                 #   the manager's watchdog expires sends that started too long ago.
                 self.started = now()
                 try:
-                    await send(text)
+                    if isinstance(frame, str):
+                        await send_text(frame)
+                    else:
+                        await self.ws.send_data(frame)
                 except Exception as ex:
                     self.started = 0.0
                     self._inflight = None

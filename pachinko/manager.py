@@ -37,6 +37,20 @@ logger = logging.getLogger("pachinko")
 _NO_EXCLUDE: frozenset[str] = frozenset()
 
 
+def encode_frame(message: Any) -> str | bytes:
+    """Encode a message once for every recipient.
+
+    ``bytes`` (or ``bytearray``/``memoryview``) become one binary frame, a
+    ``str`` one text frame as is, anything else (a Struct, dict or list) one
+    JSON text frame.
+    """
+    if isinstance(message, bytes):
+        return message
+    if isinstance(message, (bytearray, memoryview)):
+        return bytes(message)
+    return encode_text(message)
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """What a send or a broadcast did (returned by every send method).
@@ -380,9 +394,10 @@ class WebSocketConnectionManager:
     ) -> Delivery:
         """Send ``message`` to one connection, local or in another process.
 
-        ``message`` is a Struct, dict or list (sent as JSON) or a str (as is).
+        ``message`` is a Struct, dict or list (sent as JSON), a str (a text
+        frame as is) or bytes (a binary frame).
         """
-        text = encode_text(message)
+        text = encode_frame(message)
         conn = self._connections.get(conn_id)
         if conn is not None:
             return await self._fanout((conn,), text, timeout, 0)
@@ -393,7 +408,7 @@ class WebSocketConnectionManager:
         self, user_id: str, message: Any, *, timeout: float | None = None
     ) -> Delivery:
         """Send ``message`` to every connection of ``user_id``, in every process."""
-        text = encode_text(message)
+        text = encode_frame(message)
         remote = await self.backend.publish_user(user_id, text)
         conns = self._users.get(user_id)
         return await self._fanout(list(conns.values()) if conns else (), text, timeout, remote)
@@ -410,7 +425,8 @@ class WebSocketConnectionManager:
 
         Args:
             room: The room.
-            message: A Struct, dict or list (JSON) or a str (as is); encoded once.
+            message: A Struct, dict or list (JSON), a str (a text frame as is)
+                or bytes (a binary frame); encoded once.
             exclude: Connection ids that must not receive it (or one id).
             timeout: If given, wait up to this many seconds for the local
                 sends to complete (see :class:`Delivery`); never longer.
@@ -419,7 +435,7 @@ class WebSocketConnectionManager:
             BackendUnavailable: The backend (Redis) is unreachable; nothing
                 was sent.
         """
-        text = encode_text(message)
+        text = encode_frame(message)
         excluded = _excluded(exclude)
         remote = await self.backend.publish_room(room, text, excluded)
         members = self._rooms.get(room)
@@ -447,14 +463,14 @@ class WebSocketConnectionManager:
         per-process worker reporting on its own process); nothing goes
         through the backend.
         """
-        text = encode_text(message)
+        text = encode_frame(message)
         excluded = _excluded(exclude)
         remote = 0 if local else await self.backend.publish_all(text, excluded)
         targets = [c for cid, c in self._connections.items() if cid not in excluded]
         return await self._fanout(targets, text, timeout, remote)
 
     async def _fanout(
-        self, targets: Collection[Connection], text: str, timeout: float | None, remote: int
+        self, targets: Collection[Connection], text: str | bytes, timeout: float | None, remote: int
     ) -> Delivery:
         ticket = Ticket() if timeout is not None else None
         queued = dropped = failed = 0
@@ -508,7 +524,7 @@ class WebSocketConnectionManager:
         """User → ids of its local connections."""
         return {user: list(conns) for user, conns in self._users.items()}
 
-    def deliver_room(self, room: str, text: str, exclude: Collection[str]) -> None:
+    def deliver_room(self, room: str, text: str | bytes, exclude: Collection[str]) -> None:
         """Queue a frame from another process for the local members of ``room``."""
         members = self._rooms.get(room)
         if members:
@@ -516,7 +532,7 @@ class WebSocketConnectionManager:
                 if cid not in exclude and conn.outbox is not None:
                     conn.outbox.offer(text)
 
-    def deliver_user(self, user_id: str, text: str) -> None:
+    def deliver_user(self, user_id: str, text: str | bytes) -> None:
         """Queue a frame from another process for the local connections of a user."""
         conns = self._users.get(user_id)
         if conns:
@@ -524,13 +540,13 @@ class WebSocketConnectionManager:
                 if conn.outbox is not None:
                     conn.outbox.offer(text)
 
-    def deliver_connection(self, conn_id: str, text: str) -> None:
+    def deliver_connection(self, conn_id: str, text: str | bytes) -> None:
         """Queue a frame from another process for one local connection."""
         conn = self._connections.get(conn_id)
         if conn is not None and conn.outbox is not None:
             conn.outbox.offer(text)
 
-    def deliver_all(self, text: str, exclude: Collection[str]) -> None:
+    def deliver_all(self, text: str | bytes, exclude: Collection[str]) -> None:
         """Queue a frame from another process for every local connection."""
         for cid, conn in list(self._connections.items()):
             if cid not in exclude and conn.outbox is not None:

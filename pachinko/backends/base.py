@@ -31,19 +31,19 @@ class BackendHost(Protocol):
         """User id → ids of the local connections of that user."""
         ...
 
-    def deliver_room(self, room: str, text: str, exclude: Collection[str]) -> None:
+    def deliver_room(self, room: str, text: str | bytes, exclude: Collection[str]) -> None:
         """Queue ``text`` for the local members of ``room``."""
         ...
 
-    def deliver_user(self, user_id: str, text: str) -> None:
+    def deliver_user(self, user_id: str, text: str | bytes) -> None:
         """Queue ``text`` for the local connections of ``user_id``."""
         ...
 
-    def deliver_connection(self, conn_id: str, text: str) -> None:
+    def deliver_connection(self, conn_id: str, text: str | bytes) -> None:
         """Queue ``text`` for one local connection."""
         ...
 
-    def deliver_all(self, text: str, exclude: Collection[str]) -> None:
+    def deliver_all(self, text: str | bytes, exclude: Collection[str]) -> None:
         """Queue ``text`` for every local connection."""
         ...
 
@@ -56,7 +56,8 @@ class ConnectionBackend(abc.ABC):
     lost its last connection of that room or user (a backend subscribes and
     unsubscribes on those). ``publish_*`` carry an already encoded frame to
     *other* processes and return how many received it; local delivery is the
-    manager's job.
+    manager's job. A frame is a ``str`` (sent as a text frame) or ``bytes``
+    (a binary frame); a backend must hand it back with the same type.
     """
 
     @abc.abstractmethod
@@ -96,17 +97,17 @@ class ConnectionBackend(abc.ABC):
         """Connection ids of ``user_id``, in every live process."""
 
     @abc.abstractmethod
-    async def publish_room(self, room: str, text: str, exclude: Collection[str]) -> int:
+    async def publish_room(self, room: str, text: str | bytes, exclude: Collection[str]) -> int:
         """Carry a room broadcast to other processes; return how many got it."""
 
     @abc.abstractmethod
-    async def publish_user(self, user_id: str, text: str) -> int:
+    async def publish_user(self, user_id: str, text: str | bytes) -> int:
         """Carry a message for ``user_id`` to other processes."""
 
     @abc.abstractmethod
-    async def publish_connection(self, conn_id: str, text: str) -> int:
+    async def publish_connection(self, conn_id: str, text: str | bytes) -> int:
         """Carry a message to the process holding ``conn_id`` (0 if none)."""
 
     @abc.abstractmethod
-    async def publish_all(self, text: str, exclude: Collection[str]) -> int:
+    async def publish_all(self, text: str | bytes, exclude: Collection[str]) -> int:
         """Carry a broadcast to every other process."""

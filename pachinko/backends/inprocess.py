@@ -56,14 +56,14 @@ class InProcessBackend(ConnectionBackend):
     async def user_connections(self, user_id: str) -> set[str]:
         return set(self.host.local_users().get(user_id, ()))
 
-    async def publish_room(self, room: str, text: str, exclude: Collection[str]) -> int:
+    async def publish_room(self, room: str, text: str | bytes, exclude: Collection[str]) -> int:
         return 0
 
-    async def publish_user(self, user_id: str, text: str) -> int:
+    async def publish_user(self, user_id: str, text: str | bytes) -> int:
         return 0
 
-    async def publish_connection(self, conn_id: str, text: str) -> int:
+    async def publish_connection(self, conn_id: str, text: str | bytes) -> int:
         return 0
 
-    async def publish_all(self, text: str, exclude: Collection[str]) -> int:
+    async def publish_all(self, text: str | bytes, exclude: Collection[str]) -> int:
         return 0

@@ -4,9 +4,10 @@ Pub/Sub channels (``{prefix}:ch:...``) carry frames; each process subscribes
 only to the rooms and users it has local members of, to its own node channel
 (``send_to_connection``) and to the ``all`` channel. A broadcast is one
 ``PUBLISH`` whatever the number of recipients. A frame on the wire is
-``origin-node \\n extra \\n text`` (``extra``: comma-joined excluded ids, or
-the target connection id on a node channel); a process skips its own frames
-(it already delivered them locally).
+``origin-node \\n extra \\n kind \\n frame`` (``extra``: comma-joined excluded
+ids, or the target connection id on a node channel; ``kind``: ``t`` for a
+text frame as is, ``b`` for a binary frame in base64); a process skips its
+own frames (it already delivered them locally).
 
 Membership and presence are cluster-wide keys: ``{prefix}:members:{room}``
 and ``{prefix}:users:{user}`` (hashes connection id → node id), the room
@@ -27,6 +28,7 @@ restart), writes its presence and memberships again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Collection
@@ -323,9 +325,10 @@ class RedisBackend(ConnectionBackend):
                 logger.debug("RedisBackend heartbeat failed: %r", ex)
 
     def _on_message(self, channel: str, data: str) -> None:
-        origin, extra, text = data.split("\n", 2)
+        origin, extra, kind_of_frame, body = data.split("\n", 3)
         if origin == self._node:
             return
+        text: str | bytes = body if kind_of_frame == "t" else base64.b64decode(body)
         kind, _, name = channel[len(self.prefix) + 4 :].partition(":")
         host = self.host
         if kind == "room":
@@ -497,12 +500,16 @@ class RedisBackend(ConnectionBackend):
 
     # -- publishing --------------------------------------------------------------------
 
-    async def _publish(self, channel: str, extra: str, text: str, what: str) -> int:
+    async def _publish(self, channel: str, extra: str, text: str | bytes, what: str) -> int:
         redis = self._redis
         if redis is None:
             raise BackendUnavailable(f"RedisBackend is not started: {what} not sent")
         try:
-            receivers: int = await redis.publish(channel, f"{self._node}\n{extra}\n{text}")
+            if isinstance(text, str):
+                data = f"{self._node}\n{extra}\nt\n{text}"
+            else:
+                data = f"{self._node}\n{extra}\nb\n{base64.b64encode(text).decode()}"
+            receivers: int = await redis.publish(channel, data)
         except Exception as ex:
             raise BackendUnavailable(
                 f"Redis at {self.url} is unreachable: {what} not sent ({ex})"
@@ -510,17 +517,17 @@ class RedisBackend(ConnectionBackend):
         # PUBLISH counts this process too when it listens on the channel.
         return receivers - (channel in self._subscribed)
 
-    async def publish_room(self, room: str, text: str, exclude: Collection[str]) -> int:
+    async def publish_room(self, room: str, text: str | bytes, exclude: Collection[str]) -> int:
         return await self._publish(
             self._channel("room", room), ",".join(exclude), text, f"broadcast to room {room!r}"
         )
 
-    async def publish_user(self, user_id: str, text: str) -> int:
+    async def publish_user(self, user_id: str, text: str | bytes) -> int:
         return await self._publish(
             self._channel("user", user_id), "", text, f"message to user {user_id!r}"
         )
 
-    async def publish_connection(self, conn_id: str, text: str) -> int:
+    async def publish_connection(self, conn_id: str, text: str | bytes) -> int:
         node, dot, _ = conn_id.partition(".")
         if not dot or node == self._node:
             return 0
@@ -528,7 +535,7 @@ class RedisBackend(ConnectionBackend):
             self._channel("node", node), conn_id, text, f"message to connection {conn_id!r}"
         )
 
-    async def publish_all(self, text: str, exclude: Collection[str]) -> int:
+    async def publish_all(self, text: str | bytes, exclude: Collection[str]) -> int:
         return await self._publish(
             self._channel("all"), ",".join(exclude), text, "broadcast to all"
         )
