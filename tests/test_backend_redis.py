@@ -14,7 +14,8 @@ import redis.asyncio
 import pachinko
 from pachinko import BackendUnavailable, Settings, runtime_of
 from pachinko.backends.redis import RedisBackend
-from pachinko.testing import AppClient, HandshakeRefused
+from pachinko.manager import WebSocketConnectionManager
+from pachinko.testing import AppClient, HandshakeRefused, Probe
 from tests.apps.rooms import Rooms
 from tests.redis_server import RedisServer, redis_server, unique_prefix
 
@@ -168,3 +169,33 @@ async def refusal(client: AppClient, path: str, query: str) -> int | None:
             return code
     except HandshakeRefused as refused:
         return refused.code
+
+
+async def test_binary_and_text_frames_cross_processes_unchanged(
+    redis_server: RedisServer,
+) -> None:
+    prefix = unique_prefix()
+    managers = [
+        WebSocketConnectionManager(
+            Settings(), RedisBackend(redis_server.url, prefix=prefix, presence_ttl=2.0)
+        )
+        for _ in range(2)
+    ]
+    for manager in managers:
+        await manager.start()
+    try:
+        async with (
+            Probe(managers[0], rooms=["r"]) as ann,
+            Probe(managers[1], rooms=["r"]) as bob,
+        ):
+            frame = bytes(range(256))
+            result = await managers[0].broadcast_to_room("r", frame)
+            assert (result.recipients, result.remote) == (1, 1)
+            assert await bob.receive_bytes() == frame
+            assert await ann.receive_bytes() == frame
+            text = "line one\nline two, ünïcode"
+            await managers[0].broadcast_to_room("r", text)
+            assert await bob.next_sent() == text
+    finally:
+        for manager in managers:
+            await manager.close()

@@ -397,3 +397,25 @@ async def test_hooks_and_workers_reach_the_manager(backend: BackendFactory) -> N
     async with AppClient(app, timeout=2.0) as client, open_ws(client) as ws:
         first = await ws.expect(type="news")
         assert (await ws.expect(type="news"))["n"] > first["n"]
+
+
+async def test_bytes_are_sent_as_binary_frames(backend: BackendFactory) -> None:
+    # NOTE: through Probes (the manager's real delivery path): the in-process
+    #   client of pachinko.testing drops a binary frame when it tries to read
+    #   it as text first (Falcon's simulator consumes the event, then raises).
+    manager = WebSocketConnectionManager(Settings(), backend())
+    await manager.start()
+    try:
+        async with (
+            Probe(manager, rooms=["r"], user_id="ann") as ann,
+            Probe(manager, rooms=["r"]) as bob,
+        ):
+            await manager.broadcast_to_room("r", b"\x00\x01binary")
+            assert await ann.receive_bytes() == b"\x00\x01binary"
+            assert await bob.receive_bytes() == b"\x00\x01binary"
+            await manager.send_to_user("ann", bytearray(b"\xff"))
+            assert await ann.receive_bytes() == b"\xff"
+            await manager.broadcast_to_room("r", "text as is")
+            assert await bob.next_sent() == "text as is"  # (receive_text is the app side)
+    finally:
+        await manager.close()
