@@ -332,13 +332,13 @@ class RedisBackend(ConnectionBackend):
         kind, _, name = channel[len(self.prefix) + 4 :].partition(":")
         host = self.host
         if kind == "room":
-            host.deliver_room(name, text, extra.split(",") if extra else ())
+            host.deliver_room(name, text, frozenset(extra.split(",")) if extra else ())
         elif kind == "user":
             host.deliver_user(name, text)
         elif kind == "node":
             host.deliver_connection(extra, text)
         elif kind == "all":
-            host.deliver_all(text, extra.split(",") if extra else ())
+            host.deliver_all(text, frozenset(extra.split(",")) if extra else ())
 
     async def _sync(self, channel: str) -> None:
         """Subscribe to or unsubscribe from ``channel`` as ``_wanted`` says."""
