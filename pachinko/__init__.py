@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         RouteError,
         WorkerError,
     )
-    from .manager import WebSocketConnectionManager
+    from .manager import Delivery, WebSocketConnectionManager
     from .resource import WebSocketResource
     from .router import Route, RouteInfo, WebSocketRouter
     from .settings import Settings
@@ -38,6 +38,7 @@ __all__ = [
     "Connection",
     "ConnectionBackend",
     "ConnectionLimitExceeded",
+    "Delivery",
     "HandlerDefinitionError",
     "HandlerSpec",
     "InProcessBackend",
@@ -85,6 +86,7 @@ _HOMES = {
     "create_app": ".config",
     "Connection": ".connection",
     "WebSocketConnectionManager": ".manager",
+    "Delivery": ".manager",
     "WebSocketResource": ".resource",
     "Route": ".router",
     "RouteInfo": ".router",

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from falcon.asgi import Request, WebSocket
 
     from .connection import Connection
-    from .manager import WebSocketConnectionManager
+    from .manager import Delivery, WebSocketConnectionManager
 
 __all__ = ["MessageError", "WebSocketResource", "handles_message"]
 
@@ -172,7 +172,7 @@ class WebSocketResource:
         exclude_self: bool = True,
         exclude: Iterable[str] = (),
         timeout: float | None = None,
-    ) -> Any:
+    ) -> Delivery:
         """Send ``message`` to every member of ``room`` (by default not to this one)."""
         excluded = {*exclude, self.connection.id} if exclude_self else set(exclude)
         return await self.manager.broadcast_to_room(

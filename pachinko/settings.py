@@ -32,14 +32,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             same-origin browser requests only; ``["*"]`` allows every origin.
         max_connections: Open connections allowed per process (``None``: no
             limit). Enforced at the handshake (close 1013).
-        max_connections_per_user: Open connections allowed per user id.
+        max_connections_per_user: Open connections allowed per user id,
+            counted across every process with the Redis backend (on this
+            process only, with a warning, while Redis is unreachable).
         send_queue_size: Outgoing messages buffered per connection.
         slow_consumer: What to do when a connection's outgoing queue is full:
             ``"drop"`` the new message, or ``"close"`` the connection.
         slow_consumer_close_code: Close code used by the ``"close"`` policy
             (1008 policy violation or 1013 try again later).
-        send_timeout: Seconds a single send may take before the connection is
-            treated as a slow consumer.
+        send_timeout: Seconds a single send may take. A send that takes
+            longer closes the connection with ``slow_consumer_close_code``
+            under both policies (checked every ``send_timeout / 4`` seconds,
+            at most every second).
         receive_queue: Falcon's ``ws_options.max_receive_queue`` for the app;
             0 disables Falcon's buffered receiver (pachinko always reads, so
             disconnects are still seen). ``None`` leaves Falcon's setting.

@@ -313,3 +313,26 @@ async def test_harnesses_sharing_a_manager_see_each_others_broadcasts() -> None:
             await bob.disconnect(4000)
         assert closed == [4000]  # once, not again when the harness exits
     assert closed == [4000, NORMAL]
+
+
+async def test_in_process_client_receives_binary_frames_without_losing_any() -> None:
+    import falcon.asgi
+
+    from pachinko import WebSocketResource, WebSocketRouter, mount
+    from pachinko.testing import AppClient
+
+    class Mixed(WebSocketResource):
+        async def on_go(self, ws: Any, payload: Any) -> None:
+            await ws.send_data(b"\x00binary")
+            await ws.send_text('{"type": "text"}')
+            await self.manager.send_to_connection(self.connection.id, b"\x01queued")
+
+    app = falcon.asgi.App()
+    router = WebSocketRouter()
+    router.add_route("/m", Mixed)
+    mount(app, "/ws", router)
+    async with AppClient(app, timeout=2.0) as client, client.websocket("/ws/m") as ws:
+        await ws.send_json({"type": "go"})
+        assert await ws.receive_bytes() == b"\x00binary"
+        assert await ws.receive_json() == {"type": "text"}
+        assert await ws.receive_bytes() == b"\x01queued"

@@ -172,10 +172,17 @@ async def _leave(resource: Any, room: str) -> None:
 
 
 async def heartbeat(manager: Any, interval: float = 10.0) -> None:
-    """Every ``interval`` seconds, tell every client the time and connection count."""
+    """Every ``interval`` seconds, tell every client the time and connection count.
+
+    Each server process runs this worker and counts its own connections, so
+    it sends to its own clients only (``local=True``): with several processes
+    behind Redis a client still gets one heartbeat per interval.
+    """
     while True:
         await asyncio.sleep(interval)
         count = 0
         async for _ in manager.connections():
             count += 1
-        await manager.broadcast_to_all({"type": "heartbeat", "at": _now(), "connections": count})
+        await manager.broadcast_to_all(
+            {"type": "heartbeat", "at": _now(), "connections": count}, local=True
+        )
