@@ -125,6 +125,23 @@ class MessageStream:
         self.received.append(decode(frame))
         return frame
 
+    def _closed(self, code: int | None, reason: str) -> WebSocketClosed:
+        """Record the server's close and return the error to raise."""
+        self.close_code, self.close_reason = code, reason
+        return WebSocketClosed(
+            f"{self.label}: closed by the server with code {code} {reason!r}; "
+            f"received before: {self._recent()}",
+            code, reason,
+        )
+
+    async def send_text(self, text: str) -> None:
+        """Send one text frame."""
+        raise NotImplementedError
+
+    async def send_json(self, message: Any) -> None:
+        """Send ``message`` as JSON in one text frame."""
+        await self.send_text(json.dumps(message))
+
     def _recent(self, count: int = 5) -> str:
         if not self.received:
             return "nothing"

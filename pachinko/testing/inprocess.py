@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
@@ -11,7 +10,7 @@ import falcon.asgi
 import falcon.testing
 from falcon.errors import PayloadTypeError, WebSocketDisconnected
 
-from ._stream import DEFAULT_TIMEOUT, HandshakeRefused, MessageStream, WebSocketClosed
+from ._stream import DEFAULT_TIMEOUT, HandshakeRefused, MessageStream
 
 __all__ = ["AppClient", "InProcessWebSocket"]
 
@@ -51,13 +50,8 @@ class InProcessWebSocket(MessageStream):
                 raise PayloadTypeError("frame without a text or binary payload")
             return data  # type: ignore[no-any-return]
         except WebSocketDisconnected as ex:
-            self.close_code = self.ws.close_code if self.ws.close_code is not None else ex.code
-            self.close_reason = self.ws.close_reason or ""
-            raise WebSocketClosed(
-                f"{self.label}: closed by the server with code {self.close_code} "
-                f"{self.close_reason!r}; received before: {self._recent()}",
-                self.close_code, self.close_reason,
-            ) from None
+            code = self.ws.close_code if self.ws.close_code is not None else ex.code
+            raise self._closed(code, self.ws.close_reason or "") from None
 
     async def send_text(self, text: str) -> None:
         """Send one text frame."""
@@ -66,10 +60,6 @@ class InProcessWebSocket(MessageStream):
     async def send_bytes(self, data: bytes) -> None:
         """Send one binary frame."""
         await self.ws.send_data(data)
-
-    async def send_json(self, message: Any) -> None:
-        """Send ``message`` as JSON in one text frame."""
-        await self.ws.send_text(json.dumps(message))
 
     async def close(self, code: int = 1000) -> None:
         """Close the connection from the client side."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
@@ -18,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
-from ._stream import DEFAULT_TIMEOUT, HandshakeRefused, MessageStream, WebSocketClosed
+from ._stream import DEFAULT_TIMEOUT, HandshakeRefused, MessageStream
 
 __all__ = ["LiveServer", "LiveWebSocket", "ServerProcess", "connect"]
 
@@ -51,12 +50,8 @@ class LiveWebSocket(MessageStream):
             return await self.connection.recv()  # type: ignore[no-any-return]
         except ConnectionClosed as ex:
             rcvd = ex.rcvd
-            self.close_code = rcvd.code if rcvd is not None else None
-            self.close_reason = rcvd.reason if rcvd is not None else ""
-            raise WebSocketClosed(
-                f"{self.label}: closed by the server with code {self.close_code} "
-                f"{self.close_reason!r}; received before: {self._recent()}",
-                self.close_code, self.close_reason,
+            raise self._closed(
+                rcvd.code if rcvd is not None else None, rcvd.reason if rcvd is not None else ""
             ) from None
 
     async def send_text(self, text: str) -> None:
@@ -66,10 +61,6 @@ class LiveWebSocket(MessageStream):
     async def send_bytes(self, data: bytes) -> None:
         """Send one binary frame."""
         await self.connection.send(data)
-
-    async def send_json(self, message: Any) -> None:
-        """Send ``message`` as JSON in one text frame."""
-        await self.connection.send(json.dumps(message))
 
     async def close(self, code: int = 1000) -> None:
         """Close the connection (bounded by the client's close timeout)."""
