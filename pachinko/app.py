@@ -90,10 +90,28 @@ class Runtime:
             )
         except BaseException:
             # NOTE: a startup that fails half-way leaves nothing running.
-            self.services.clear()
+            await self._close_services()
             await self.manager.close()
             raise
         self.accepting = True
+
+    async def _close_services(self) -> None:
+        """Close the services that can be closed, newest first; forget them all.
+
+        A service with an ``aclose()`` or ``close()`` method (a connection
+        pool, a client session) is closed; an error is logged, not raised.
+        """
+        for name, service in reversed(list(self.services.items())):
+            closer = getattr(service, "aclose", None) or getattr(service, "close", None)
+            if not callable(closer):
+                continue
+            try:
+                result = closer()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("closing service %r failed", name)
+        self.services.clear()
 
     async def close_connections(
         self, code: int = 1001, reason: str = "Server shutting down"
@@ -120,7 +138,7 @@ class Runtime:
                 )
 
     async def shutdown(self) -> None:
-        """Stop accepting, close sockets with 1001, stop workers, close the backend.
+        """Stop accepting, close sockets with 1001, stop workers, close services and backend.
 
         This order is the app's graceful shutdown (ASGI lifespan shutdown).
         """
@@ -130,7 +148,10 @@ class Runtime:
             try:
                 await self.workers.stop()
             finally:
-                await self.manager.close()
+                try:
+                    await self._close_services()
+                finally:
+                    await self.manager.close()
         self._closed_connections = False
 
 

@@ -433,3 +433,49 @@ async def test_a_worker_failing_while_stopping_is_logged_not_restarted(
     assert runs == 1  # not restarted
     assert crashes == []
     assert controller.running == []
+
+
+async def test_services_are_closed_at_shutdown_newest_first() -> None:
+    closed: list[str] = []
+
+    class Pool:
+        async def aclose(self) -> None:
+            closed.append("pool")
+
+    class Client:
+        def close(self) -> None:
+            closed.append("client")
+
+    class Broken:
+        def close(self) -> None:
+            raise RuntimeError("cannot close")
+
+    async def uses(pool: Any, client: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closed.append("worker stopped")
+
+    app = app_with(uses, services={"pool": Pool, "broken": Broken, "client": Client,
+                                   "plain": lambda: 42})
+    async with falcon.testing.ASGIConductor(app):
+        await eventually(lambda: pachinko.runtime_of(app).workers.running == ["uses"])
+    # workers first (they use the services), then the services, newest first
+    assert closed == ["worker stopped", "client", "pool"]
+    assert pachinko.runtime_of(app).services == {}
+
+
+async def test_services_created_before_a_failed_startup_are_closed() -> None:
+    closed: list[str] = []
+
+    class Pool:
+        async def aclose(self) -> None:
+            closed.append("pool")
+
+    async def needs_missing(missing: Any) -> None: ...
+
+    app = app_with(needs_missing, services={"pool": Pool})
+    with pytest.raises(RuntimeError, match="unknown parameter 'missing'"):
+        async with falcon.testing.ASGIConductor(app):
+            pass
+    assert closed == ["pool"]
