@@ -43,8 +43,12 @@ _KEY_UNSAFE: Final = re.compile(r"[^\w.\-]+")
 
 
 def document_for_app(
-    app: falcon.asgi.App[Any, Any], *, title: str = "pachinko app", version: str = "1.0.0",
-    description: str | None = None, server: str | None = None,
+    app: falcon.asgi.App[Any, Any],
+    *,
+    title: str = "pachinko app",
+    version: str = "1.0.0",
+    description: str | None = None,
+    server: str | None = None,
 ) -> dict[str, Any]:
     """Build the AsyncAPI document of every router mounted on ``app``.
 
@@ -54,13 +58,15 @@ def document_for_app(
     from .app import runtime_of
 
     mounts = [(m.prefix, m.router) for m in runtime_of(app).mounts]
-    return document(mounts, title=title, version=version, description=description,
-                    server=server)
+    return document(mounts, title=title, version=version, description=description, server=server)
 
 
 def document(
-    mounts: Iterable[tuple[str, WebSocketRouter]] | WebSocketRouter, *,
-    title: str = "pachinko app", version: str = "1.0.0", description: str | None = None,
+    mounts: Iterable[tuple[str, WebSocketRouter]] | WebSocketRouter,
+    *,
+    title: str = "pachinko app",
+    version: str = "1.0.0",
+    description: str | None = None,
     server: str | None = None,
 ) -> dict[str, Any]:
     """Build an AsyncAPI 3.0 document (a plain dict) from router trees.
@@ -117,8 +123,9 @@ def dumps(doc: dict[str, Any], fmt: Literal["yaml", "json"] = "yaml") -> str:
 def _server(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ValueError(f"server must be a ws:// or wss:// URL such as ws://localhost:8000, "
-                         f"got {url!r}")
+        raise ValueError(
+            f"server must be a ws:// or wss:// URL such as ws://localhost:8000, got {url!r}"
+        )
     server: dict[str, Any] = {"host": parts.netloc, "protocol": parts.scheme}
     if parts.path not in ("", "/"):
         server["pathname"] = parts.path
@@ -143,7 +150,10 @@ class _Builder:
         self._pending: list[tuple[Any, Any, int, _Transform | None]] = []
 
     def _use(
-        self, tp: Any, holder: dict[str, Any] | list[Any], key: str | int,
+        self,
+        tp: Any,
+        holder: dict[str, Any] | list[Any],
+        key: str | int,
         transform: _Transform | None = None,
     ) -> None:
         index = self._type_index.get(tp)
@@ -156,44 +166,16 @@ class _Builder:
         """Name every used type, fill the pending references, return the schemas."""
         if not self._types:
             return {}
-        refs: Sequence[Any]
-        components: dict[str, Any]
-        try:
-            refs, components = msgspec.json.schema_components(
-                self._types, ref_template=_SCHEMAS + "{name}"
-            )
-        except KeyError:
-            refs, components = self._separately()
+        # NOTE: msgspec >= 0.23 names distinct types that share a module and
+        # qualname apart itself (``m.Made``, ``m.Made_2``), nested ones included.
+        refs, components = msgspec.json.schema_components(
+            self._types, ref_template=_SCHEMAS + "{name}"
+        )
         schemas = {name: _draft7(schema) for name, schema in components.items()}
         for holder, key, index, transform in self._pending:
             value = _draft7(refs[index])
             holder[key] = value if transform is None else transform(value, schemas)
         return schemas
-
-    def _separately(self) -> tuple[list[Any], dict[str, Any]]:
-        """Schemas of each type on its own, for types that share a full name.
-
-        NOTE: msgspec names schemas after the class, qualified by module when
-        two differ; two distinct classes with the same module and qualname
-        (built by a factory, say) make it fail. Each type then gets its own
-        names, suffixed with its index.
-        """
-        refs: list[Any] = []
-        components: dict[str, Any] = {}
-        for index, tp in enumerate(self._types):
-            suffix = f"__{index}"
-            try:
-                (ref,), own = msgspec.json.schema_components(
-                    [tp], ref_template=_SCHEMAS + "{name}" + suffix
-                )
-            except KeyError:
-                raise ValueError(
-                    f"cannot describe {tp!r}: it refers to two different types with the same "
-                    f"module and name; give them distinct names"
-                ) from None
-            refs.append(ref)
-            components.update({name + suffix: schema for name, schema in own.items()})
-        return refs, components
 
     def add_route(self, address: str, info: RouteInfo) -> None:
         channel_id = self._unique(self.channels, _key(info.name or address))
@@ -201,8 +183,10 @@ class _Builder:
         names = _FIELD.findall(address)
         if names:
             channel["parameters"] = {
-                name: {"description": f"Value of the `{name}` field of the route template "
-                                      f"`{info.template}`."}
+                name: {
+                    "description": f"Value of the `{name}` field of the route template "
+                    f"`{info.template}`."
+                }
                 for name in names
             }
         cls = info.resource_class
@@ -216,11 +200,13 @@ class _Builder:
             wire: str = getattr(cls, "wire", "flat")
             for tag, spec in cls.message_types().items():
                 msg_id = self._unique(messages, _key(f"receive.{tag}"))
-                ref = self._message(f"{cls.__qualname__}.receive.{tag}", tag,
-                                    self._inbound(spec.payload_type, tag, tag_field, wire,
-                                                  spec.strict),
-                                    f"Client → server `{tag}`, handled by "
-                                    f"`{_qualname(getattr(cls, spec.method_name))}`.")
+                ref = self._message(
+                    f"{cls.__qualname__}.receive.{tag}",
+                    tag,
+                    self._inbound(spec.payload_type, tag, tag_field, wire, spec.strict),
+                    f"Client → server `{tag}`, handled by "
+                    f"`{_qualname(getattr(cls, spec.method_name))}`.",
+                )
                 messages[msg_id] = ref
                 receive.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
             for tp in getattr(cls, "sends", ()) or ():
@@ -228,8 +214,12 @@ class _Builder:
                 msg_id = self._unique(messages, _key(f"send.{tag}"))
                 payload: dict[str, Any] = {}
                 self._use(tp, payload, "payload")
-                ref = self._message(f"{cls.__qualname__}.send.{tag}", tag, payload,
-                                    f"Server → client `{tag}`, sent by `{cls.__qualname__}`.")
+                ref = self._message(
+                    f"{cls.__qualname__}.send.{tag}",
+                    tag,
+                    payload,
+                    f"Server → client `{tag}`, sent by `{cls.__qualname__}`.",
+                )
                 messages[msg_id] = ref
                 send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
         channel["messages"] = messages
@@ -239,8 +229,11 @@ class _Builder:
                 self.operations[self._unique(self.operations, f"{channel_id}.{action}")] = {
                     "action": action,
                     "channel": {"$ref": f"#/channels/{channel_id}"},
-                    "summary": ("Messages the server receives from clients" if action == "receive"
-                                else "Messages the server sends to clients"),
+                    "summary": (
+                        "Messages the server receives from clients"
+                        if action == "receive"
+                        else "Messages the server sends to clients"
+                    ),
                     "messages": refs,
                 }
 
@@ -252,14 +245,22 @@ class _Builder:
         return {"$ref": f"#/components/messages/{key}"}
 
     def _inbound(
-        self, payload_type: Any, tag: str, tag_field: str, wire: str, strict: bool,
+        self,
+        payload_type: Any,
+        tag: str,
+        tag_field: str,
+        wire: str,
+        strict: bool,
     ) -> dict[str, Any]:
         """The ``payload`` entry of a client → server message."""
         tag_schema = {"type": "string", "const": tag}
         if wire == "envelope":
             properties: dict[str, Any] = {tag_field: tag_schema, "payload": {}}
-            envelope: dict[str, Any] = {"type": "object", "properties": properties,
-                                        "required": [tag_field]}
+            envelope: dict[str, Any] = {
+                "type": "object",
+                "properties": properties,
+                "required": [tag_field],
+            }
             if payload_type is not None:
                 envelope["required"].append("payload")
                 self._use(payload_type, properties, "payload")
@@ -267,16 +268,26 @@ class _Builder:
                 envelope["additionalProperties"] = False
             return {"payload": envelope}
         if payload_type is None:
-            return {"payload": {"type": "object", "properties": {tag_field: tag_schema},
-                                "required": [tag_field]}}
+            return {
+                "payload": {
+                    "type": "object",
+                    "properties": {tag_field: tag_schema},
+                    "required": [tag_field],
+                }
+            }
         # NOTE: flat messages are the Struct's fields next to the tag field, with
         #   the handler's strictness: the schema is inlined (its nested types stay
         #   references), since an allOf of a closed schema and the tag would
         #   accept no message at all.
         holder: dict[str, Any] = {}
-        self._use(payload_type, holder, "payload",
-                  transform=lambda schema, components: _flat(
-                      schema, components, tag_field, tag_schema, strict))
+        self._use(
+            payload_type,
+            holder,
+            "payload",
+            transform=lambda schema, components: _flat(
+                schema, components, tag_field, tag_schema, strict
+            ),
+        )
         return holder
 
     @staticmethod
@@ -288,18 +299,22 @@ class _Builder:
 
 
 def _flat(
-    ref: dict[str, Any], schemas: dict[str, Any], tag_field: str, tag_schema: dict[str, Any],
+    ref: dict[str, Any],
+    schemas: dict[str, Any],
+    tag_field: str,
+    tag_schema: dict[str, Any],
     strict: bool,
 ) -> dict[str, Any]:
     """A flat message: the Struct's schema with the tag field, inlined."""
     target = ref.get("$ref", "")
-    base = schemas.get(target[len(_SCHEMAS):], {}) if target.startswith(_SCHEMAS) else ref
+    base = schemas.get(target[len(_SCHEMAS) :], {}) if target.startswith(_SCHEMAS) else ref
     base = copy.deepcopy(base)  # NOTE: shared objects would become YAML anchors
     schema = {k: v for k, v in base.items() if k not in ("properties", "required")}
     schema["type"] = "object"
-    schema["properties"] = {tag_field: tag_schema, **{
-        name: prop for name, prop in base.get("properties", {}).items() if name != tag_field
-    }}
+    schema["properties"] = {
+        tag_field: tag_schema,
+        **{name: prop for name, prop in base.get("properties", {}).items() if name != tag_field},
+    }
     schema["required"] = [tag_field, *(r for r in base.get("required", ()) if r != tag_field)]
     if strict:
         schema["additionalProperties"] = False

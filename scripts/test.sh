@@ -3,8 +3,26 @@
 # Usage: bash scripts/test.sh [pytest args...]
 # Under CI=true nothing may be skipped for lack of a tool: Redis, the other
 # Pythons and the browser must be there (this script installs what it can).
+#
+# Python packages come from requirements/constraints.txt (pinned, refreshed
+# with the command in its header), so a new upstream release cannot turn this
+# red. PACHINKO_NEWEST=1 (scripts/test-newest.sh) installs the newest releases
+# allowed by pyproject.toml instead, in separate virtualenvs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+constraints=(-c requirements/constraints.txt)
+venv=.venv
+if [ "${PACHINKO_NEWEST:-}" = "1" ]; then
+    constraints=(--upgrade --upgrade-strategy eager)
+    venv=.venv-newest
+fi
+
+setup_venv() {  # setup_venv PYTHON DIR: a virtualenv at DIR with the project and its dev tools
+    "$1" -m venv "$2"
+    "$2/bin/python" -m pip install -q --disable-pip-version-check --upgrade "${constraints[@]}" pip
+    "$2/bin/python" -m pip install -q --disable-pip-version-check "${constraints[@]}" -e '.[dev]'
+}
 
 find_python() {  # find_python 3.12 -> path of an interpreter of that version, or nothing
     local v=$1 candidate
@@ -18,10 +36,8 @@ find_python() {  # find_python 3.12 -> path of an interpreter of that version, o
 
 main_python=$(find_python 3.11 || true)
 main_python=${PYTHON:-${main_python:-python3}}
-echo "== setting up .venv with $("$main_python" --version)"
-"$main_python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+echo "== setting up $venv with $("$main_python" --version)"
+setup_venv "$main_python" "$venv"
 
 # Interpreters for the checks that must behave the same on 3.11, 3.12 and 3.13.
 pythons=()
@@ -32,11 +48,9 @@ for v in 3.11 3.12 3.13; do
         echo "== Python $v not found: cross-version checks will skip it"
         continue
     fi
-    echo "== setting up .venv-$v"
-    "$exe" -m venv ".venv-$v"
-    ".venv-$v/bin/python" -m pip install -q --upgrade pip
-    ".venv-$v/bin/python" -m pip install -q -e '.[dev]'
-    pythons+=("$PWD/.venv-$v/bin/python")
+    echo "== setting up $venv-$v"
+    setup_venv "$exe" "$venv-$v"
+    pythons+=("$PWD/$venv-$v/bin/python")
 done
 PACHINKO_PYTHONS=$(IFS=:; echo "${pythons[*]}")
 export PACHINKO_PYTHONS
@@ -56,17 +70,18 @@ if [ -f scripts/install-browser-deps.sh ]; then
 fi
 
 echo "== ruff"
-.venv/bin/ruff check pachinko tests benchmarks examples
+"$venv/bin/ruff" check pachinko tests benchmarks examples
+"$venv/bin/ruff" format --check pachinko tests benchmarks examples
 echo "== mypy (strict)"
-.venv/bin/mypy
-echo "== pytest ($(.venv/bin/python --version))"
-.venv/bin/python -m pytest "$@"
+"$venv/bin/mypy"
+echo "== pytest ($("$venv/bin/python" --version))"
+"$venv/bin/python" -m pytest "$@"
 
 # The library must behave the same on every supported Python: run the suite
 # (all but the browser test, which does not depend on the interpreter) again.
 for python in "${pythons[@]}"; do
     version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    if [ "$python" -ef .venv/bin/python ] || [ "$version" = "$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ]; then
+    if [ "$python" -ef "$venv/bin/python" ] || [ "$version" = "$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ]; then
         continue
     fi
     echo "== pytest (Python $version)"

@@ -136,8 +136,9 @@ def errors(validator: jsonschema.Draft7Validator, doc: Any) -> list[str]:
 def test_document_of_a_python_router_is_valid_asyncapi_3(
     validator: jsonschema.Draft7Validator,
 ) -> None:
-    doc = asyncapi.document([("/ws", chat_router())], title="Chat", version="2.1.0",
-                            server="ws://localhost:8000")
+    doc = asyncapi.document(
+        [("/ws", chat_router())], title="Chat", version="2.1.0", server="ws://localhost:8000"
+    )
     assert errors(validator, doc) == []
     assert doc["asyncapi"] == "3.0.0"
     assert doc["info"] == {"title": "Chat", "version": "2.1.0"}
@@ -178,7 +179,10 @@ def test_payloads_are_msgspec_json_schema() -> None:
     assert schema["properties"]["type"] == {"type": "string", "const": "join"}
     assert schema["additionalProperties"] is False
     assert schema["properties"]["room"] == {
-        "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9_-]+$",
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": "^[A-Za-z0-9_-]+$",
     }
     assert set(schema["required"]) == {"type", "room", "name"}
     joined = resolve(doc, doc["components"]["messages"]["Chat.send.joined"]["payload"]["$ref"])
@@ -217,28 +221,50 @@ def message_validator(doc: dict[str, Any], message: str) -> jsonschema.Draft7Val
     return jsonschema.Draft7Validator({**doc, "$ref": f"#/components/messages/{message}/payload"})
 
 
-@pytest.mark.parametrize(("message", "instance", "valid"), [
-    ("Chat.receive.join", {"type": "join", "room": "a-1", "name": "ann"}, True),
-    ("Chat.receive.join", {"type": "join", "room": "a b", "name": "ann"}, False),
-    ("Chat.receive.join", {"type": "join", "room": "a", "name": "ann", "x": 1}, False),
-    ("Chat.receive.join", {"type": "say", "room": "a", "name": "ann"}, False),
-    ("Chat.receive.say", {"type": "say", "room": "a", "text": "hi"}, True),
-    ("Chat.receive.say", {"type": "say", "room": "a"}, False),
-    ("Chat.send.presence", {"type": "presence", "room": "a", "name": "b", "event": "join",
-                            "members": ["b"]}, True),
-    ("Chat.send.presence", {"type": "presence", "room": "a", "name": "b", "event": "wave",
-                            "members": ["b"]}, False),
-    ("Board.receive.draw", {"kind": "draw", "payload": {"xy": [1, 2],
-                                                        "shape": {"type": "say", "room": "r",
-                                                                  "text": "t"}}}, True),
-    ("Board.receive.draw", {"kind": "draw", "payload": {"xy": [1, 2, 3],
-                                                        "shape": None}}, False),
-    ("Board.receive.ping", {"kind": "ping", "anything": True}, True),
-    ("Untyped.receive.hello", {"type": "hello", "xy": [0, 0],
-                               "shape": {"type": "join", "room": "r", "name": "n"}}, True),
-])
+@pytest.mark.parametrize(
+    ("message", "instance", "valid"),
+    [
+        ("Chat.receive.join", {"type": "join", "room": "a-1", "name": "ann"}, True),
+        ("Chat.receive.join", {"type": "join", "room": "a b", "name": "ann"}, False),
+        ("Chat.receive.join", {"type": "join", "room": "a", "name": "ann", "x": 1}, False),
+        ("Chat.receive.join", {"type": "say", "room": "a", "name": "ann"}, False),
+        ("Chat.receive.say", {"type": "say", "room": "a", "text": "hi"}, True),
+        ("Chat.receive.say", {"type": "say", "room": "a"}, False),
+        (
+            "Chat.send.presence",
+            {"type": "presence", "room": "a", "name": "b", "event": "join", "members": ["b"]},
+            True,
+        ),
+        (
+            "Chat.send.presence",
+            {"type": "presence", "room": "a", "name": "b", "event": "wave", "members": ["b"]},
+            False,
+        ),
+        (
+            "Board.receive.draw",
+            {
+                "kind": "draw",
+                "payload": {"xy": [1, 2], "shape": {"type": "say", "room": "r", "text": "t"}},
+            },
+            True,
+        ),
+        (
+            "Board.receive.draw",
+            {"kind": "draw", "payload": {"xy": [1, 2, 3], "shape": None}},
+            False,
+        ),
+        ("Board.receive.ping", {"kind": "ping", "anything": True}, True),
+        (
+            "Untyped.receive.hello",
+            {"type": "hello", "xy": [0, 0], "shape": {"type": "join", "room": "r", "name": "n"}},
+            True,
+        ),
+    ],
+)
 def test_message_schemas_accept_what_the_dispatcher_accepts(
-    message: str, instance: dict[str, Any], valid: bool,
+    message: str,
+    instance: dict[str, Any],
+    valid: bool,
 ) -> None:
     doc = json.loads(asyncapi.dumps(asyncapi.document([("/ws", chat_router())]), "json"))
     assert message_validator(doc, message).is_valid(instance) is valid
@@ -298,19 +324,31 @@ def test_distinct_types_with_the_same_full_name(validator: jsonschema.Draft7Vali
     router.add_route("/t", Twins, name="t")
     doc = asyncapi.document(router)
     assert errors(validator, doc) == []
-    payloads = [resolve(doc, resolve(doc, m["$ref"])["payload"]["$ref"])
-                for m in doc["channels"]["t"]["messages"].values()]
+    payloads = [
+        resolve(doc, resolve(doc, m["$ref"])["payload"]["$ref"])
+        for m in doc["channels"]["t"]["messages"].values()
+    ]
     assert [p["properties"]["value"]["type"] for p in payloads] == ["integer", "string"]
 
 
-def test_one_type_naming_two_same_named_types_is_explained() -> None:
-    both = msgspec.defstruct("Both", [("a", _made("a", int)), ("b", _made("b", str))],
-                             tag="both")
+def test_nested_types_with_the_same_full_name_are_told_apart(
+    validator: jsonschema.Draft7Validator,
+) -> None:
+    both = msgspec.defstruct("Both", [("a", _made("a", int)), ("b", _made("b", str))], tag="both")
 
     class Odd(pachinko.WebSocketResource):
         sends = (both, _made("c", int))
 
     router = pachinko.WebSocketRouter()
-    router.add_route("/o", Odd)
-    with pytest.raises(ValueError, match="refers to two different types with the same module"):
-        asyncapi.document(router)
+    router.add_route("/o", Odd, name="o")
+    doc = asyncapi.document(router)
+    assert errors(validator, doc) == []
+    described = [
+        resolve(doc, resolve(doc, m["$ref"])["payload"]["$ref"])
+        for m in doc["channels"]["o"]["messages"].values()
+    ]
+    nested = described[0]["properties"]
+    assert resolve(doc, nested["a"]["$ref"])["properties"]["value"]["type"] == "integer"
+    assert resolve(doc, nested["b"]["$ref"])["properties"]["value"]["type"] == "string"
+    assert nested["a"]["$ref"] != nested["b"]["$ref"]
+    assert described[1]["properties"]["value"]["type"] == "integer"
