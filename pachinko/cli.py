@@ -93,26 +93,38 @@ def route_table(prefix: str, router: WebSocketRouter) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         if cls is not None and hasattr(cls, "message_types"):
             for tag, spec in cls.message_types().items():
-                messages.append({
-                    "direction": "in", "type": tag,
-                    "handler": _qualname(getattr(cls, spec.method_name)),
-                    "payload": _type_name(spec.payload_type), "strict": spec.strict,
-                })
+                messages.append(
+                    {
+                        "direction": "in",
+                        "type": tag,
+                        "handler": _qualname(getattr(cls, spec.method_name)),
+                        "payload": _type_name(spec.payload_type),
+                        "strict": spec.strict,
+                    }
+                )
             for tp in getattr(cls, "sends", ()) or ():
                 config = getattr(tp, "__struct_config__", None)
                 tag = getattr(config, "tag", None)
-                messages.append({
-                    "direction": "out", "type": tag if isinstance(tag, str) else _type_name(tp),
-                    "handler": None, "payload": _type_name(tp), "strict": None,
-                })
-        table.append({
-            "path": join_paths(prefix, info.template),
-            "name": info.name,
-            "resource": cls.__qualname__ if cls is not None else _qualname(info.target),
-            "parent": join_paths(prefix, info.parent.template) if info.parent else None,
-            "wire": getattr(cls, "wire", None), "tag_field": getattr(cls, "tag_field", None),
-            "messages": messages,
-        })
+                messages.append(
+                    {
+                        "direction": "out",
+                        "type": tag if isinstance(tag, str) else _type_name(tp),
+                        "handler": None,
+                        "payload": _type_name(tp),
+                        "strict": None,
+                    }
+                )
+        table.append(
+            {
+                "path": join_paths(prefix, info.template),
+                "name": info.name,
+                "resource": cls.__qualname__ if cls is not None else _qualname(info.target),
+                "parent": join_paths(prefix, info.parent.template) if info.parent else None,
+                "wire": getattr(cls, "wire", None),
+                "tag_field": getattr(cls, "tag_field", None),
+                "messages": messages,
+            }
+        )
     return table
 
 
@@ -145,8 +157,10 @@ def uvicorn_options(settings: Settings, **options: Any) -> dict[str, Any]:
 # -- the command group ---------------------------------------------------------
 
 
-@click.group(name="pachinko", context_settings={"help_option_names": ["-h", "--help"],
-                                                "max_content_width": 100})
+@click.group(
+    name="pachinko",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="pachinko", prog_name="pachinko")
 def main() -> None:
     """WebSockets for Falcon: serve, check and document a routes.toml.
@@ -160,21 +174,51 @@ def main() -> None:
 @main.command()
 @click.argument("config", default=_DEFAULT_CONFIG, metavar="[CONFIG]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to bind (0: any free port, printed at startup).")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Worker processes. More than one needs a shared backend (Redis).")
-@click.option("--reload", is_flag=True,
-              help="Development: restart on Python changes, hot-swap routes on TOML changes.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"]))
-@click.option("--forwarded-allow-ips", default=None, metavar="IPS",
-              help="Proxies trusted for X-Forwarded-* headers (uvicorn's option; "
-                   "default: $FORWARDED_ALLOW_IPS or 127.0.0.1).")
-@click.option("--root-path", default="", help="ASGI root_path when mounted below a path "
-                                              "by a proxy.")
-def serve(config: str, host: str, port: int, workers: int, reload: bool, log_level: str,
-          forwarded_allow_ips: str | None, root_path: str) -> None:
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to bind (0: any free port, printed at startup).",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes. More than one needs a shared backend (Redis).",
+)
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Development: restart on Python changes, hot-swap routes on TOML changes.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"]),
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    metavar="IPS",
+    help="Proxies trusted for X-Forwarded-* headers (uvicorn's option; "
+    "default: $FORWARDED_ALLOW_IPS or 127.0.0.1).",
+)
+@click.option(
+    "--root-path", default="", help="ASGI root_path when mounted below a path by a proxy."
+)
+def serve(
+    config: str,
+    host: str,
+    port: int,
+    workers: int,
+    reload: bool,
+    log_level: str,
+    forwarded_allow_ips: str | None,
+    root_path: str,
+) -> None:
     """Serve CONFIG (default: ./routes.toml) with uvicorn.
 
     The WebSocket limits come from the file's [settings]: max_message_size
@@ -192,12 +236,14 @@ def serve(config: str, host: str, port: int, workers: int, reload: bool, log_lev
             f"Error: --workers {workers} needs a shared backend, but {config} uses the "
             f"in-process backend ({settings.backend!r}): rooms, users and broadcasts would not "
             f"cross the {workers} processes. Set [settings] backend to a Redis URL "
-            f"(redis://host:6379/0) or serve with one worker.", 2,
+            f"(redis://host:6379/0) or serve with one worker.",
+            2,
         )
     if workers > 1 and reload:
         _fail("Error: --reload runs one process; it cannot be combined with --workers > 1", 2)
-    options = uvicorn_options(settings, host=host, port=port, log_level=log_level,
-                              root_path=root_path)
+    options = uvicorn_options(
+        settings, host=host, port=port, log_level=log_level, root_path=root_path
+    )
     if forwarded_allow_ips is not None:
         options["forwarded_allow_ips"] = forwarded_allow_ips
     routes = compiled.router.routes()
@@ -272,23 +318,48 @@ def routes(config: str, as_json: bool) -> None:
         if not route["messages"]:
             rows.append([*head, "-", "-", "-", "-"])
         for index, msg in enumerate(route["messages"]):
-            rows.append([*(head if index == 0 else ["", "", ""]), msg["direction"], msg["type"],
-                         msg["handler"] or "-", msg["payload"]])
+            rows.append(
+                [
+                    *(head if index == 0 else ["", "", ""]),
+                    msg["direction"],
+                    msg["type"],
+                    msg["handler"] or "-",
+                    msg["payload"],
+                ]
+            )
     click.echo(_render_table(rows))
 
 
 @main.command()
 @click.argument("config")
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
-              show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write to this file instead of standard output.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
 @click.option("--title", default=None, help="info.title (default: the file's name).")
 @click.option("--api-version", default="1.0.0", show_default=True, help="info.version.")
-@click.option("--server", default=None, metavar="URL",
-              help="Add a server, e.g. ws://localhost:8000.")
-def asyncapi(config: str, fmt: str, output: str | None, title: str | None, api_version: str,
-             server: str | None) -> None:
+@click.option(
+    "--server", default=None, metavar="URL", help="Add a server, e.g. ws://localhost:8000."
+)
+def asyncapi(
+    config: str,
+    fmt: str,
+    output: str | None,
+    title: str | None,
+    api_version: str,
+    server: str | None,
+) -> None:
     """Print the AsyncAPI 3.0 document of CONFIG.
 
     One channel per route; "receive" operations are the messages clients
@@ -300,8 +371,10 @@ def asyncapi(config: str, fmt: str, output: str | None, title: str | None, api_v
     compiled = _compile(config)
     try:
         doc = generator.document(
-            [(compiled.prefix, compiled.router)], title=title or Path(config).stem,
-            version=api_version, server=server,
+            [(compiled.prefix, compiled.router)],
+            title=title or Path(config).stem,
+            version=api_version,
+            server=server,
         )
     except ValueError as ex:
         _fail(f"Error: {ex}", 2)
@@ -314,8 +387,7 @@ def asyncapi(config: str, fmt: str, output: str | None, title: str | None, api_v
 
 
 @main.command()
-@click.argument("directory", default=".", metavar="[DIR]",
-                type=click.Path(file_okay=False))
+@click.argument("directory", default=".", metavar="[DIR]", type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 def init(directory: str, force: bool) -> None:
     """Write a starter routes.toml and handlers.py into DIR (default: here).
@@ -325,12 +397,16 @@ def init(directory: str, force: bool) -> None:
     target = Path(directory)
     existing = [name for name in _STARTER.values() if (target / name).exists()]
     if existing and not force:
-        _fail(f"Error: {', '.join(str(target / n) for n in existing)} already exist"
-              f"{'s' if len(existing) == 1 else ''}; use --force to overwrite", 1)
+        _fail(
+            f"Error: {', '.join(str(target / n) for n in existing)} already exist"
+            f"{'s' if len(existing) == 1 else ''}; use --force to overwrite",
+            1,
+        )
     target.mkdir(parents=True, exist_ok=True)
     for template, name in _STARTER.items():
-        (target / name).write_text((_TEMPLATES / template).read_text(encoding="utf-8"),
-                                   encoding="utf-8")
+        (target / name).write_text(
+            (_TEMPLATES / template).read_text(encoding="utf-8"), encoding="utf-8"
+        )
         click.echo(f"wrote {target / name}")
     where = "" if target.resolve() == Path.cwd().resolve() else f"cd {directory} && "
     click.echo(f"next: {where}pachinko serve   (then connect to ws://127.0.0.1:8000/ws/echo)")
@@ -339,8 +415,13 @@ def init(directory: str, force: bool) -> None:
 @main.command()
 @click.argument("target", metavar="MODULE:ROUTER")
 @click.option("--prefix", default=None, help="[app].prefix of the file (default /ws).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write to this file instead of standard output.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
 def export(target: str, prefix: str | None, output: str | None) -> None:
     """Write the routes.toml of a Python router (MODULE:ROUTER).
 
@@ -373,10 +454,15 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
             else:
                 mounts, settings = runtime.mounts, runtime.settings
         if mounts is None or len(mounts) != 1:
-            found = type(obj).__name__ if mounts is None else \
-                f"a Falcon app with {len(mounts)} mounted routers"
-            _fail(f"Error: {target} must be a WebSocketRouter or a Falcon app with one mounted "
-                  f"router, found {found}")
+            found = (
+                type(obj).__name__
+                if mounts is None
+                else f"a Falcon app with {len(mounts)} mounted routers"
+            )
+            _fail(
+                f"Error: {target} must be a WebSocketRouter or a Falcon app with one mounted "
+                f"router, found {found}"
+            )
         router = mounts[0].router
         prefix = prefix or mounts[0].prefix
     try:

@@ -24,13 +24,23 @@ names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True).filter(
     lambda n: not keyword.iskeyword(n) and n not in ("type", "kind", "payload")
 )
 tags = st.from_regex(r"[a-z][a-zA-Z0-9.]{0,10}", fullmatch=True)
-scalars = st.sampled_from([
-    str, int, float, bool, dt.datetime, dt.date, uuid.UUID, bytes, Any,
-    Annotated[str, msgspec.Meta(min_length=1, max_length=5, pattern="^[a-z]+$")],
-    Annotated[int, msgspec.Meta(ge=0, le=10)],
-    Annotated[float, msgspec.Meta(gt=0.5)],
-    Literal["a", "b"],
-])
+scalars = st.sampled_from(
+    [
+        str,
+        int,
+        float,
+        bool,
+        dt.datetime,
+        dt.date,
+        uuid.UUID,
+        bytes,
+        Any,
+        Annotated[str, msgspec.Meta(min_length=1, max_length=5, pattern="^[a-z]+$")],
+        Annotated[int, msgspec.Meta(ge=0, le=10)],
+        Annotated[float, msgspec.Meta(gt=0.5)],
+        Literal["a", "b"],
+    ]
+)
 
 
 def containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -54,7 +64,10 @@ def structs(draw: st.DrawFn, tag: str | None = None, tag_field: str = "type") ->
         inner = msgspec.defstruct(f"Inner{draw(names)}", [("x", int)])
         items.append(("inner", Optional[inner]))  # noqa: UP045
     return msgspec.defstruct(
-        f"M_{draw(names)}", items, tag=tag, tag_field=tag_field if tag else None,
+        f"M_{draw(names)}",
+        items,
+        tag=tag,
+        tag_field=tag_field if tag else None,
         forbid_unknown_fields=draw(st.booleans()),
     )
 
@@ -81,7 +94,8 @@ def resources(draw: st.DrawFn) -> type[pachinko.WebSocketResource]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(resources(), min_size=1, max_size=3), st.sampled_from(["/", "/ws", "/a/b"]))
 def test_every_generated_api_is_valid_asyncapi(
-    classes: list[type[pachinko.WebSocketResource]], prefix: str,
+    classes: list[type[pachinko.WebSocketResource]],
+    prefix: str,
 ) -> None:
     router = pachinko.WebSocketRouter()
     for index, cls in enumerate(classes):
@@ -96,6 +110,7 @@ def test_every_generated_api_is_valid_asyncapi(
         for key in ref[2:].split("/"):
             node = node[key]
     assert len(doc["channels"]) == len(classes)
-    received = sum(len(op["messages"]) for name, op in doc["operations"].items()
-                   if op["action"] == "receive")
+    received = sum(
+        len(op["messages"]) for name, op in doc["operations"].items() if op["action"] == "receive"
+    )
     assert received == sum(len(cls.message_types()) for cls in classes)

@@ -86,7 +86,8 @@ BROKEN = textwrap.dedent("""\
 
 
 def test_check_prints_every_error_as_the_config_layer_formats_them(
-    runner: CliRunner, tmp_path: Path,
+    runner: CliRunner,
+    tmp_path: Path,
 ) -> None:
     config = tmp_path / "routes.toml"
     config.write_text(BROKEN)
@@ -169,14 +170,24 @@ def asyncapi_validator() -> jsonschema.Draft7Validator:
 
 
 def test_asyncapi_of_the_example_validates_against_the_official_schema(
-    runner: CliRunner, in_root: None, asyncapi_validator: jsonschema.Draft7Validator,
+    runner: CliRunner,
+    in_root: None,
+    asyncapi_validator: jsonschema.Draft7Validator,
 ) -> None:
-    result = run(runner, "asyncapi", "routes.example.toml", "--title", "Chat",
-                 "--server", "ws://localhost:8000")
+    result = run(
+        runner,
+        "asyncapi",
+        "routes.example.toml",
+        "--title",
+        "Chat",
+        "--server",
+        "ws://localhost:8000",
+    )
     assert result.exit_code == 0, result.output
     doc = yaml.safe_load(result.stdout)
-    problems = [f"{list(e.absolute_path)}: {e.message[:200]}"
-                for e in asyncapi_validator.iter_errors(doc)]
+    problems = [
+        f"{list(e.absolute_path)}: {e.message[:200]}" for e in asyncapi_validator.iter_errors(doc)
+    ]
     assert problems == []
     assert doc["asyncapi"] == "3.0.0"
     assert doc["info"]["title"] == "Chat"
@@ -199,7 +210,9 @@ def test_asyncapi_of_the_example_validates_against_the_official_schema(
 
 
 def test_asyncapi_json_to_a_file(
-    runner: CliRunner, in_root: None, tmp_path: Path,
+    runner: CliRunner,
+    in_root: None,
+    tmp_path: Path,
     asyncapi_validator: jsonschema.Draft7Validator,
 ) -> None:
     out = tmp_path / "chat.json"
@@ -252,7 +265,9 @@ def test_init_refuses_to_overwrite(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def test_init_in_the_current_directory(
-    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     result = run(runner, "init")
@@ -266,10 +281,12 @@ def test_init_in_the_current_directory(
 
 
 def test_serve_refuses_workers_with_the_in_process_backend(
-    runner: CliRunner, in_root: None,
+    runner: CliRunner,
+    in_root: None,
 ) -> None:
-    result = run(runner, "serve", "routes.example.toml", "--workers", "3",
-                 env={"PACHINKO_BACKEND": None})
+    result = run(
+        runner, "serve", "routes.example.toml", "--workers", "3", env={"PACHINKO_BACKEND": None}
+    )
     assert result.exit_code == 2
     assert result.stderr == (
         "Error: --workers 3 needs a shared backend, but routes.example.toml uses the in-process "
@@ -279,14 +296,23 @@ def test_serve_refuses_workers_with_the_in_process_backend(
 
 
 def test_serve_refuses_reload_with_workers(runner: CliRunner, in_root: None) -> None:
-    result = run(runner, "serve", "routes.example.toml", "--workers", "2", "--reload",
-                 env={"PACHINKO_BACKEND": "redis://127.0.0.1:1/0"})
+    result = run(
+        runner,
+        "serve",
+        "routes.example.toml",
+        "--workers",
+        "2",
+        "--reload",
+        env={"PACHINKO_BACKEND": "redis://127.0.0.1:1/0"},
+    )
     assert result.exit_code == 2
     assert "--reload runs one process; it cannot be combined with --workers > 1" in result.stderr
 
 
 def test_serve_without_a_config_points_at_init(
-    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     result = run(runner, "serve")
@@ -313,19 +339,25 @@ def test_serve_validates_numbers(runner: CliRunner, in_root: None, bad: list[str
 
 
 def test_uvicorn_options_come_from_settings() -> None:
-    settings = Settings(max_message_size=1234, ping_interval=7.0, ping_timeout=3.0,
-                        shutdown_timeout=2.5)
+    settings = Settings(
+        max_message_size=1234, ping_interval=7.0, ping_timeout=3.0, shutdown_timeout=2.5
+    )
     options = uvicorn_options(settings, host="127.0.0.1", port=0)
     assert options == {
-        "lifespan": "on", "ws_max_size": 1234, "ws_ping_interval": 7.0, "ws_ping_timeout": 3.0,
-        "timeout_graceful_shutdown": 3, "host": "127.0.0.1", "port": 0,
+        "lifespan": "on",
+        "ws_max_size": 1234,
+        "ws_ping_interval": 7.0,
+        "ws_ping_timeout": 3.0,
+        "timeout_graceful_shutdown": 3,
+        "host": "127.0.0.1",
+        "port": 0,
     }
     assert uvicorn_options(Settings(ping_interval=None))["ws_ping_interval"] is None
 
 
 # -- export ---------------------------------------------------------------------
 
-EXPORTABLE = textwrap.dedent('''\
+EXPORTABLE = textwrap.dedent("""\
     from typing import Annotated, Any
 
     import falcon.asgi
@@ -373,7 +405,7 @@ EXPORTABLE = textwrap.dedent('''\
     VALUE = 42
     lam = pachinko.WebSocketRouter()
     lam.add_route("/x", lambda: Rooms())
-''')
+""")
 
 
 _modules = itertools.count()
@@ -390,7 +422,9 @@ def exportable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_export_a_router_then_check_and_list_it(
-    runner: CliRunner, exportable: str, tmp_path: Path,
+    runner: CliRunner,
+    exportable: str,
+    tmp_path: Path,
 ) -> None:
     result = run(runner, "export", f"{exportable}:router", "--prefix", "/ws")
     assert result.exit_code == 0, result.output
@@ -405,12 +439,15 @@ def test_export_a_router_then_check_and_list_it(
     assert route["path"] == "/ws/rooms"
     assert route["name"] == "rooms"
     assert [(m["direction"], m["type"]) for m in route["messages"]] == [
-        ("in", "join"), ("out", "joined"),
+        ("in", "join"),
+        ("out", "joined"),
     ]
 
 
 async def test_export_of_a_schema_resource_loads_and_answers(
-    runner: CliRunner, exportable: str, tmp_path: Path,
+    runner: CliRunner,
+    exportable: str,
+    tmp_path: Path,
 ) -> None:
     result = run(runner, "export", f"{exportable}:schema_router")
     assert result.exit_code == 0, result.output
@@ -421,9 +458,10 @@ async def test_export_of_a_schema_resource_loads_and_answers(
     import pachinko
     from pachinko.testing import AppClient
 
-    async with AppClient(pachinko.create_app(config)) as client, client.websocket(
-        "/ws/enter"
-    ) as ws:
+    async with (
+        AppClient(pachinko.create_app(config)) as client,
+        client.websocket("/ws/enter") as ws,
+    ):
         await ws.send_json({"type": "enter", "room": "hall"})
         assert await ws.receive_json() == {"type": "entered", "room": "hall"}
         await ws.send_json({"type": "enter", "room": 1})
@@ -431,7 +469,9 @@ async def test_export_of_a_schema_resource_loads_and_answers(
 
 
 def test_export_a_falcon_app_keeps_its_prefix_and_settings(
-    runner: CliRunner, exportable: str, tmp_path: Path,
+    runner: CliRunner,
+    exportable: str,
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "app.toml"
     result = run(runner, "export", f"{exportable}:app", "-o", str(out))
@@ -442,13 +482,22 @@ def test_export_a_falcon_app_keeps_its_prefix_and_settings(
     assert compiled.settings.max_message_size == 2048
 
 
-@pytest.mark.parametrize(("target", "message"), [
-    ("nocolon", "Error: cannot import nocolon: expected an import path "
-                "'package.module:attribute', found 'nocolon'\n"),
-    ("no_such_module_q:router", "Error: cannot import no_such_module_q:router: expected an "
-                                "importable module 'no_such_module_q', found no module named "
-                                "'no_such_module_q'\n"),
-])
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "nocolon",
+            "Error: cannot import nocolon: expected an import path "
+            "'package.module:attribute', found 'nocolon'\n",
+        ),
+        (
+            "no_such_module_q:router",
+            "Error: cannot import no_such_module_q:router: expected an "
+            "importable module 'no_such_module_q', found no module named "
+            "'no_such_module_q'\n",
+        ),
+    ],
+)
 def test_export_import_errors(runner: CliRunner, target: str, message: str) -> None:
     result = run(runner, "export", target)
     assert result.exit_code == 1
@@ -464,12 +513,18 @@ def test_export_of_a_missing_attribute(runner: CliRunner, exportable: str) -> No
     )
 
 
-@pytest.mark.parametrize(("attr", "found"), [
-    ("VALUE", "found int"),
-    ("bare", "found a Falcon app with 0 mounted routers"),
-])
+@pytest.mark.parametrize(
+    ("attr", "found"),
+    [
+        ("VALUE", "found int"),
+        ("bare", "found a Falcon app with 0 mounted routers"),
+    ],
+)
 def test_export_refuses_what_is_not_a_router(
-    runner: CliRunner, exportable: str, attr: str, found: str,
+    runner: CliRunner,
+    exportable: str,
+    attr: str,
+    found: str,
 ) -> None:
     result = run(runner, "export", f"{exportable}:{attr}")
     assert result.exit_code == 1

@@ -24,9 +24,12 @@ def serve(*args: str) -> list[str]:
 
 async def test_two_servers_share_rooms_through_redis(redis_url: str) -> None:
     env = {"PACHINKO_BACKEND": redis_url}
-    async with ServerProcess(serve(), cwd=ROOT, env=env) as one, \
-            ServerProcess(serve(), cwd=ROOT, env=env) as two, \
-            one.websocket("/ws/chat") as ann, two.websocket("/ws/chat") as bob:
+    async with (
+        ServerProcess(serve(), cwd=ROOT, env=env) as one,
+        ServerProcess(serve(), cwd=ROOT, env=env) as two,
+        one.websocket("/ws/chat") as ann,
+        two.websocket("/ws/chat") as bob,
+    ):
         assert "backend redis://" in one.output
         await ann.send_json({"type": "join", "room": "lobby", "name": "ann"})
         await ann.expect(type="joined")
@@ -39,9 +42,12 @@ async def test_two_servers_share_rooms_through_redis(redis_url: str) -> None:
 
 
 async def test_serve_with_workers_and_redis(redis_url: str) -> None:
-    async with ServerProcess(serve("--workers", "2"), cwd=ROOT,
-                             env={"PACHINKO_BACKEND": redis_url}) as server, \
-            server.websocket("/ws/chat") as ws:
+    async with (
+        ServerProcess(
+            serve("--workers", "2"), cwd=ROOT, env={"PACHINKO_BACKEND": redis_url}
+        ) as server,
+        server.websocket("/ws/chat") as ws,
+    ):
         await ws.send_json({"type": "join", "room": "r", "name": "n"})
         await ws.expect(type="joined", room="r")
     assert "Started parent process" in server.output

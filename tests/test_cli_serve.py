@@ -26,8 +26,13 @@ pytestmark = pytest.mark.live
 @pytest.fixture
 def starter(tmp_path: Path) -> Path:
     """An empty directory after `pachinko init` (a real process)."""
-    done = subprocess.run([PYTHON, "-m", "pachinko", "init", str(tmp_path)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [PYTHON, "-m", "pachinko", "init", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["handlers.py", "routes.toml"]
     return tmp_path
@@ -38,19 +43,30 @@ def serve(*args: str) -> list[str]:
 
 
 def test_python_dash_m_pachinko() -> None:
-    done = subprocess.run([PYTHON, "-m", "pachinko", "--help"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [PYTHON, "-m", "pachinko", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("Usage: pachinko [OPTIONS] COMMAND [ARGS]...")
-    done = subprocess.run([PYTHON, "-m", "pachinko", "check", "nope.toml"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [PYTHON, "-m", "pachinko", "check", "nope.toml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stderr == "Error: configuration file nope.toml does not exist\n"
 
 
 async def test_serve_the_example_chat() -> None:
-    async with ServerProcess(serve("routes.example.toml"), cwd=ROOT,
-                             env={"PACHINKO_BACKEND": "memory://"}) as server:
+    async with ServerProcess(
+        serve("routes.example.toml"), cwd=ROOT, env={"PACHINKO_BACKEND": "memory://"}
+    ) as server:
         assert "pachinko: serving routes.example.toml: 1 route below /ws" in server.output
         page = await asyncio.to_thread(
             lambda: urllib.request.urlopen(server.http_url + "/", timeout=5).read().decode()
@@ -80,8 +96,7 @@ async def test_serve_the_example_chat() -> None:
 
 
 async def test_init_then_serve_then_a_round_trip(starter: Path) -> None:
-    async with ServerProcess(serve(), cwd=starter) as server, \
-            server.websocket("/ws/echo") as ws:
+    async with ServerProcess(serve(), cwd=starter) as server, server.websocket("/ws/echo") as ws:
         await ws.send_json({"type": "join", "room": "lobby"})
         assert await ws.expect_next() == {"type": "joined", "room": "lobby"}
         await ws.send_json({"type": "say", "room": "lobby", "text": "hello"})
@@ -92,8 +107,10 @@ async def test_init_then_serve_then_a_round_trip(starter: Path) -> None:
 
 
 async def test_serve_with_reload_builds_the_app_in_the_reloaders_child(starter: Path) -> None:
-    async with ServerProcess(serve("--reload"), cwd=starter) as server, \
-            server.websocket("/ws/echo") as ws:
+    async with (
+        ServerProcess(serve("--reload"), cwd=starter) as server,
+        server.websocket("/ws/echo") as ws,
+    ):
         await ws.send_json({"type": "join", "room": "r"})
         assert await ws.expect_next() == {"type": "joined", "room": "r"}
     assert "Will watch for changes" in server.output
@@ -116,16 +133,21 @@ async def test_sigint_stops_the_server_gracefully(starter: Path) -> None:
 
 async def test_serve_reload_swaps_toml_edits_in_without_dropping_sockets(starter: Path) -> None:
     config = starter / "routes.toml"
-    async with ServerProcess(serve("--reload"), cwd=starter) as server, \
-            server.websocket("/ws/echo") as old:
+    async with (
+        ServerProcess(serve("--reload"), cwd=starter) as server,
+        server.websocket("/ws/echo") as old,
+    ):
         assert await server.refused("/ws/shout") == HTTP_FORBIDDEN
         text = config.read_text()
-        config.write_text(text + textwrap.dedent("""
+        config.write_text(
+            text
+            + textwrap.dedent("""
             [[routes]]
             path = "/shout"
             name = "shout"
             handlers.join = { handler = "handlers:join", payload = "Join" }
-        """))
+        """)
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
         while await server.refused_status("/ws/shout") is not None:

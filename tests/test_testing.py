@@ -93,8 +93,7 @@ async def test_in_process_round_trip_and_expect(pachinko_client: Any) -> None:
 
 
 async def test_a_missing_message_fails_fast_with_what_came_instead() -> None:
-    async with AppClient(echo_app(), timeout=0.2) as client, \
-            client.websocket("/ws/echo") as ws:
+    async with AppClient(echo_app(), timeout=0.2) as client, client.websocket("/ws/echo") as ws:
         await ws.send_json({"type": "say", "text": "hi"})
         with pytest.raises(ReceiveTimeout) as caught:
             await ws.expect(type="never")
@@ -134,8 +133,7 @@ async def test_close_codes_and_refusals(pachinko_client: Any) -> None:
 
 
 async def test_expect_close_fails_when_the_server_keeps_the_socket_open() -> None:
-    async with AppClient(echo_app(), timeout=0.1) as client, \
-            client.websocket("/ws/echo") as ws:
+    async with AppClient(echo_app(), timeout=0.1) as client, client.websocket("/ws/echo") as ws:
         with pytest.raises(ReceiveTimeout, match=r"did not close within 0\.1 s"):
             await ws.expect_close()
 
@@ -246,9 +244,11 @@ async def test_probe_receives_what_a_room_receives() -> None:
     pachinko.mount(app, "/ws", router)
     async with AppClient(app, timeout=2.0) as client:
         manager = pachinko.runtime_of(app).manager
-        async with pachinko.testing.Probe(manager, rooms=["lobby"]) as lobby, \
-                pachinko.testing.Probe(manager, rooms=["other"]) as other, \
-                client.websocket("/ws/room") as ws:
+        async with (
+            pachinko.testing.Probe(manager, rooms=["lobby"]) as lobby,
+            pachinko.testing.Probe(manager, rooms=["other"]) as other,
+            client.websocket("/ws/room") as ws,
+        ):
             await ws.send_json({"type": "join", "room": "lobby"})
             await ws.send_json({"type": "say", "room": "lobby", "text": "hi"})
             assert await lobby.expect(type="said") == {"type": "said", "text": "hi"}
@@ -277,9 +277,11 @@ async def test_probe_receives_what_a_user_receives() -> None:
     pachinko.mount(app, "/ws", router)
     async with AppClient(app, timeout=2.0) as client:
         manager = pachinko.runtime_of(app).manager
-        async with pachinko.testing.Probe(manager, user_id="u1") as u1, \
-                pachinko.testing.Probe(manager, user_id="u2") as u2, \
-                client.websocket("/ws/dm") as ws:
+        async with (
+            pachinko.testing.Probe(manager, user_id="u1") as u1,
+            pachinko.testing.Probe(manager, user_id="u2") as u2,
+            client.websocket("/ws/dm") as ws,
+        ):
             await ws.send_json({"type": "dm", "to": "u1", "text": "psst"})
             assert await u1.expect(type="dm") == {"type": "dm", "text": "psst"}
             await u2.expect_silence(within=0.1)

@@ -8,7 +8,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-USER_TESTS = textwrap.dedent('''\
+USER_TESTS = textwrap.dedent("""\
     import falcon.asgi
     import pachinko
     from pachinko.testing import ReceiveTimeout
@@ -50,7 +50,7 @@ USER_TESTS = textwrap.dedent('''\
         async with server.websocket("/ws/echo") as ws:
             await ws.send_json({"type": "say", "text": "hi"})
             assert await ws.expect(type="said") == {"type": "said", "text": "hi"}
-''')
+""")
 
 
 @pytest.mark.live

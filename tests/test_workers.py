@@ -456,8 +456,9 @@ async def test_services_are_closed_at_shutdown_newest_first() -> None:
         finally:
             closed.append("worker stopped")
 
-    app = app_with(uses, services={"pool": Pool, "broken": Broken, "client": Client,
-                                   "plain": lambda: 42})
+    app = app_with(
+        uses, services={"pool": Pool, "broken": Broken, "client": Client, "plain": lambda: 42}
+    )
     async with falcon.testing.ASGIConductor(app):
         await eventually(lambda: pachinko.runtime_of(app).workers.running == ["uses"])
     # workers first (they use the services), then the services, newest first

@@ -49,8 +49,19 @@ __all__ = [
 ]
 
 # Tracebacks show the public names (pachinko.testing.ReceiveTimeout).
-for _name in ("AppClient", "HandshakeRefused", "InProcessWebSocket", "LiveServer", "LiveWebSocket",
-              "MessageStream", "Probe", "ReceiveTimeout", "ResourceHarness", "ServerProcess",
-              "WebSocketClosed", "WebSocketSimulator"):
+for _name in (
+    "AppClient",
+    "HandshakeRefused",
+    "InProcessWebSocket",
+    "LiveServer",
+    "LiveWebSocket",
+    "MessageStream",
+    "Probe",
+    "ReceiveTimeout",
+    "ResourceHarness",
+    "ServerProcess",
+    "WebSocketClosed",
+    "WebSocketSimulator",
+):
     globals()[_name].__module__ = __name__
 del _name

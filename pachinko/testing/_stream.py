@@ -68,9 +68,7 @@ def matches(message: Any, expected: Any) -> bool:
     if isinstance(expected, Mapping):
         if not isinstance(message, Mapping):
             return False
-        return all(
-            matches(message.get(key, _MISSING), value) for key, value in expected.items()
-        )
+        return all(matches(message.get(key, _MISSING), value) for key, value in expected.items())
     if isinstance(expected, list) and isinstance(message, list):
         return len(expected) == len(message) and all(
             matches(m, e) for m, e in zip(message, expected, strict=True)
@@ -119,8 +117,7 @@ class MessageStream:
             frame = await asyncio.wait_for(self._next_frame(), wait)
         except TimeoutError:
             raise ReceiveTimeout(
-                f"{self.label}: no {what} within {wait:g} s; received so far: "
-                f"{self._recent()}"
+                f"{self.label}: no {what} within {wait:g} s; received so far: {self._recent()}"
             ) from None
         self.received.append(decode(frame))
         return frame
@@ -131,7 +128,8 @@ class MessageStream:
         return WebSocketClosed(
             f"{self.label}: closed by the server with code {code} {reason!r}; "
             f"received before: {self._recent()}",
-            code, reason,
+            code,
+            reason,
         )
 
     async def send_text(self, text: str) -> None:
@@ -219,8 +217,9 @@ class MessageStream:
         await self._frame(timeout, "message")
         message = self.received[-1]
         if not matches(message, pattern):
-            raise AssertionError(f"{self.label}: expected a message matching {pattern!r}, "
-                                 f"got {message!r}")
+            raise AssertionError(
+                f"{self.label}: expected a message matching {pattern!r}, got {message!r}"
+            )
         return message
 
     async def expect_silence(
@@ -237,8 +236,10 @@ class MessageStream:
             except (ReceiveTimeout, WebSocketClosed):
                 return
             if matches(self.received[-1], pattern):
-                raise AssertionError(f"{self.label}: expected no message matching {pattern!r}, "
-                                     f"got {self.received[-1]!r}")
+                raise AssertionError(
+                    f"{self.label}: expected no message matching {pattern!r}, "
+                    f"got {self.received[-1]!r}"
+                )
 
     async def expect_close(self, timeout: float | None = None) -> int | None:
         """Wait until the server closes the connection; return the close code.

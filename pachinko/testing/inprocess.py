@@ -117,8 +117,12 @@ class AppClient:
 
     @contextlib.asynccontextmanager
     async def websocket(
-        self, path: str, *, headers: Mapping[str, str] | None = None,
-        subprotocols: Iterable[str] | None = None, timeout: float | None = None,
+        self,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Iterable[str] | None = None,
+        timeout: float | None = None,
         **scope: Any,
     ) -> AsyncIterator[InProcessWebSocket]:
         """Open a WebSocket to ``path``; close it on exit.
@@ -129,8 +133,9 @@ class AppClient:
         wait = self.timeout if timeout is None else timeout
         if subprotocols is not None:
             scope["subprotocols"] = list(subprotocols)
-        manager = self.conductor.simulate_ws(path, timeout=wait, headers=dict(headers or {}),
-                                             **scope)
+        manager = self.conductor.simulate_ws(
+            path, timeout=wait, headers=dict(headers or {}), **scope
+        )
         try:
             ws = await manager.__aenter__()
         except WebSocketDisconnected as ex:

@@ -69,8 +69,11 @@ class LiveWebSocket(MessageStream):
 
 @contextlib.asynccontextmanager
 async def connect(
-    url: str, *, headers: Mapping[str, str] | None = None,
-    subprotocols: Iterable[str] | None = None, timeout: float = DEFAULT_TIMEOUT,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    subprotocols: Iterable[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     max_size: int | None = 2**24,
 ) -> AsyncIterator[LiveWebSocket]:
     """Open a real WebSocket to ``url``; close it on exit.
@@ -85,9 +88,12 @@ async def connect(
 
     try:
         connection = await ws_connect(
-            url, additional_headers=dict(headers or {}),
+            url,
+            additional_headers=dict(headers or {}),
             subprotocols=[Subprotocol(p) for p in subprotocols] if subprotocols else None,
-            open_timeout=timeout, close_timeout=timeout, max_size=max_size,
+            open_timeout=timeout,
+            close_timeout=timeout,
+            max_size=max_size,
             ping_interval=None,
         )
     except InvalidStatus as ex:
@@ -118,7 +124,11 @@ class LiveServer:
     """
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = DEFAULT_TIMEOUT,
         **uvicorn_options: Any,
     ) -> None:
         self.app = app
@@ -154,8 +164,10 @@ class LiveServer:
         while not server.started:
             if self._task.done():
                 self._task.result()  # re-raise a crash
-                raise RuntimeError("uvicorn did not start (see the log above: lifespan "
-                                   "startup failed or the port could not be bound)")
+                raise RuntimeError(
+                    "uvicorn did not start (see the log above: lifespan "
+                    "startup failed or the port could not be bound)"
+                )
             if loop.time() > deadline:
                 await self.__aexit__(None, None, None)
                 raise TimeoutError(f"uvicorn did not start within {self.timeout:g} s")
@@ -177,9 +189,9 @@ class LiveServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def websocket(self, path: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[
-        LiveWebSocket
-    ]:
+    def websocket(
+        self, path: str, **kwargs: Any
+    ) -> contextlib.AbstractAsyncContextManager[LiveWebSocket]:
         """Open a real WebSocket to ``path`` on this server (see :func:`connect`)."""
         kwargs.setdefault("timeout", self.timeout)
         return connect(self.url + path, **kwargs)
@@ -218,8 +230,12 @@ class ServerProcess:
     """
 
     def __init__(
-        self, args: Sequence[str], *, cwd: str | os.PathLike[str] | None = None,
-        env: Mapping[str, str] | None = None, timeout: float = 20.0,
+        self,
+        args: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 20.0,
         ready_line: str = "Application startup complete.",
     ) -> None:
         self.args = list(args)
@@ -263,23 +279,28 @@ class ServerProcess:
 
     async def __aenter__(self) -> ServerProcess:
         self._process = await asyncio.create_subprocess_exec(
-            *self.args, cwd=self.cwd, env={**self.env, "PYTHONUNBUFFERED": "1"},
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            *self.args,
+            cwd=self.cwd,
+            env={**self.env, "PYTHONUNBUFFERED": "1"},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         self._reader = asyncio.create_task(self._read())
         started = asyncio.create_task(self._started.wait())
         try:
-            await asyncio.wait({started, self._reader}, timeout=self.timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {started, self._reader}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             started.cancel()
         if self._started.is_set() and not await self._listening():
             self._started.clear()
         if not self._started.is_set():
             await self.stop()
-            why = ("exited" if self.returncode is not None
-                   else f"did not start in {self.timeout:g} s")
+            why = (
+                "exited" if self.returncode is not None else f"did not start in {self.timeout:g} s"
+            )
             raise RuntimeError(
                 f"server process {why} (status {self.returncode}): {' '.join(self.args)}\n"
                 f"{self.output}"
@@ -344,9 +365,9 @@ class ServerProcess:
         self.returncode = process.returncode
         return self.returncode
 
-    def websocket(self, path: str, **kwargs: Any) -> contextlib.AbstractAsyncContextManager[
-        LiveWebSocket
-    ]:
+    def websocket(
+        self, path: str, **kwargs: Any
+    ) -> contextlib.AbstractAsyncContextManager[LiveWebSocket]:
         """Open a real WebSocket to ``path`` on this server (see :func:`connect`)."""
         return connect(self.url + path, **kwargs)
 
@@ -362,6 +383,7 @@ class ServerProcess:
         """Open a WebSocket that must be refused; return the HTTP status."""
         status = await self.refused_status(path, **kwargs)
         if status is None:
-            raise AssertionError(f"expected the handshake for {path} to be refused, it was "
-                                 "accepted")
+            raise AssertionError(
+                f"expected the handshake for {path} to be refused, it was accepted"
+            )
         return status

@@ -41,7 +41,10 @@ def _async_fixture(fn: _F) -> _F:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pachinko")
     group.addoption(
-        "--pachinko-timeout", type=float, default=None, metavar="SECONDS",
+        "--pachinko-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
         help=f"default receive timeout of pachinko test clients (default {DEFAULT_TIMEOUT:g})",
     )
 

@@ -167,7 +167,8 @@ class WebSocketSimulator(MessageStream):
             self._outbox.put_nowait(_CLOSED)
             raise WebSocketClosed(
                 f"{self.label}: closed with code {self.close_code} {self.close_reason!r}",
-                self.close_code, self.close_reason,
+                self.close_code,
+                self.close_reason,
             )
         return item  # type: ignore[no-any-return]
 
@@ -198,10 +199,16 @@ class ResourceHarness:
     """
 
     def __init__(
-        self, resource: type[WebSocketResource] | WebSocketResource, *args: Any,
-        manager: Any = None, settings: Settings | None = None, path: str = "/",
-        params: Mapping[str, Any] | None = None, user_id: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT, **kwargs: Any,
+        self,
+        resource: type[WebSocketResource] | WebSocketResource,
+        *args: Any,
+        manager: Any = None,
+        settings: Settings | None = None,
+        path: str = "/",
+        params: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        **kwargs: Any,
     ) -> None:
         self.resource: WebSocketResource = (
             resource(*args, **kwargs) if isinstance(resource, type) else resource
@@ -292,7 +299,11 @@ class Probe(WebSocketSimulator):
     """
 
     def __init__(
-        self, manager: Any, *, rooms: Iterable[str] = (), user_id: str | None = None,
+        self,
+        manager: Any,
+        *,
+        rooms: Iterable[str] = (),
+        user_id: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(timeout=timeout)

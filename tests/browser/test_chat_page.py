@@ -63,9 +63,14 @@ async def test_two_tabs_chat_through_pachinko_serve(browser_tools: None) -> None
         for old in ARTIFACTS.glob("chat-*.png"):
             old.unlink()
         node = await asyncio.create_subprocess_exec(
-            "node", str(HERE / "chat.mjs"), server.http_url, str(ARTIFACTS),
-            cwd=HERE, env={**os.environ, "CHROMIUM": CHROMIUM},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "node",
+            str(HERE / "chat.mjs"),
+            server.http_url,
+            str(ARTIFACTS),
+            cwd=HERE,
+            env={**os.environ, "CHROMIUM": CHROMIUM},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             out, err = await asyncio.wait_for(node.communicate(), 90)
