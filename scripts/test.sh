@@ -20,8 +20,10 @@ fi
 
 setup_venv() {  # setup_venv PYTHON DIR: a virtualenv at DIR with the project and its dev tools
     "$1" -m venv "$2"
-    "$2/bin/python" -m pip install -q --disable-pip-version-check --upgrade "${constraints[@]}" pip
-    "$2/bin/python" -m pip install -q --disable-pip-version-check "${constraints[@]}" -e '.[dev]'
+    # NOTE: the build backend comes from the constraints too (no build isolation,
+    # which would fetch the newest setuptools at every install).
+    "$2/bin/python" -m pip install -q --disable-pip-version-check --upgrade "${constraints[@]}" pip setuptools
+    "$2/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation "${constraints[@]}" -e '.[dev]'
 }
 
 find_python() {  # find_python 3.12 -> path of an interpreter of that version, or nothing
