@@ -50,9 +50,24 @@ def _parse_converter_args(where: str, argstr: str) -> tuple[list[Any], dict[str,
 
 
 def join_paths(prefix: str, path: str) -> str:
-    """Join two template parts with exactly one ``/`` between them."""
-    joined = prefix.rstrip("/") + "/" + path.lstrip("/")
-    return joined.rstrip("/") or "/"
+    """Join two template parts with exactly one ``/`` between them.
+
+    A trailing slash of ``path`` is kept (``/a`` and ``/a/`` are different
+    routes, as in Falcon); a ``path`` of ``/`` (a router's root) is the
+    prefix itself.
+    """
+    if not path.strip("/"):
+        return prefix or "/"
+    return prefix.rstrip("/") + "/" + path.lstrip("/")
+
+
+def split_path(path: str) -> list[str]:
+    """Split a request path (below the mount) into segments, as Falcon does.
+
+    Leading slashes are dropped, a trailing slash leaves an empty last
+    segment: ``/a/`` is ``["a", ""]``, ``/`` is ``[""]``.
+    """
+    return path.lstrip("/").split("/")
 
 
 class _Field:
@@ -68,9 +83,10 @@ class _Field:
 class _Segment:
     """A path segment containing one or more fields."""
 
-    __slots__ = ("fields", "key", "pattern", "simple")
+    __slots__ = ("fields", "key", "pattern", "raw", "simple")
 
     def __init__(self, raw: str, fields: list[_Field], key: str) -> None:
+        self.raw = raw
         self.fields = fields
         self.key = key  # shape of the segment without field names: detects conflicts
         self.simple = len(fields) == 1 and _FIELD.fullmatch(raw) is not None
@@ -81,7 +97,7 @@ class _Segment:
             pos = 0
             for match in _FIELD.finditer(raw):
                 parts.append(re.escape(raw[pos : match.start()]))
-                parts.append(f"(?P<{match.group('name')}>.+?)")
+                parts.append(f"(?P<{match.group('name')}>.+)")
                 pos = match.end()
             parts.append(re.escape(raw[pos:]))
             self.pattern = re.compile("".join(parts) + r"\Z")
@@ -389,9 +405,12 @@ class WebSocketRouter:
     # -- matching ------------------------------------------------------------
 
     def match(self, path: str) -> tuple[RouteInfo, dict[str, Any]] | None:
-        """Find the route for ``path`` (below the mount prefix) and its params."""
-        stripped = path.strip("/")
-        segments = stripped.split("/") if stripped else []
+        """Find the route for ``path`` (below the mount prefix) and its params.
+
+        As in Falcon's router, leading slashes are ignored and a trailing
+        slash matters: ``/a/`` matches the template ``/a/``, not ``/a``.
+        """
+        segments = split_path(path)
         params: dict[str, Any] = {}
         entry = _find(self.root._trie, segments, 0, params)
         if entry is None:
@@ -437,11 +456,14 @@ class WebSocketRouter:
             raise RouteError(f"{where}: templates must start with '/'")
         if re.search(r"\s", template):
             raise RouteError(f"{where}: templates may not contain whitespace")
-        raw_segments = template.strip("/").split("/") if template.strip("/") else []
+        raw_segments = split_path(template)
+        if template.startswith("//"):
+            raise RouteError(f"{where}: empty segment ('//')")
         seen: set[str] = set()
         parsed: list[tuple[str | _Segment | _Field, str]] = []
+        last = len(raw_segments) - 1
         for index, raw in enumerate(raw_segments):
-            if not raw:
+            if not raw and index != last:
                 raise RouteError(f"{where}: empty segment ('//')")
             if "{" not in raw and "}" not in raw:
                 parsed.append((raw, raw))
@@ -468,7 +490,7 @@ class WebSocketRouter:
                     except (TypeError, ValueError) as ex:
                         raise RouteError(f"{where}: converter {conv!r}: {ex}") from ex
                     if conv == "path":
-                        if match.group(0) != raw or index != len(raw_segments) - 1:
+                        if match.group(0) != raw or index != last:
                             raise RouteError(
                                 f"{where}: a 'path' field must be the whole last segment"
                             )
@@ -490,27 +512,39 @@ class WebSocketRouter:
 def _insert(
     node: _Node, segments: Iterable[tuple[str | _Segment | _Field, str]], entry: Any
 ) -> None:
-    for part, key in segments:
+    for part, _key in segments:
         if isinstance(part, str):
             node = node.literals.setdefault(part, _Node())
         elif isinstance(part, _Field):
             node.rest = (part, node.rest[1] if node.rest else _Node())
             node = node.rest[1]
         else:
+            # NOTE: segments are shared only when written the same, field names
+            #   included: `/a/{x}/b` and `/a/{y}/c` keep their own names (Falcon
+            #   refuses the pair).
             for existing, child in node.dynamic:
-                if existing.key == key:
+                if existing.raw == part.raw:
                     node = child
                     break
             else:
                 child = _Node()
                 node.dynamic.append((part, child))
-                # NOTE: fields with converters or literal text are more specific than a
-                #   bare {name}: try them first (stable for equal specificity).
-                node.dynamic.sort(
-                    key=lambda pair: pair[0].simple and pair[0].fields[0].converter is None
-                )
+                node.dynamic.sort(key=_specificity)
                 node = child
     node.entry = entry
+
+
+def _specificity(pair: tuple[_Segment, _Node]) -> int:
+    """Order of trial among a node's field segments (stable for equal ranks).
+
+    As in Falcon, segments with literal text or several fields come before a
+    single field. A single field with a converter comes before a bare one
+    (Falcon refuses the two side by side).
+    """
+    segment = pair[0]
+    if not segment.simple:
+        return 0
+    return 1 if segment.fields[0].converter is not None else 2
 
 
 def _find(node: _Node, segments: list[str], index: int, params: dict[str, Any]) -> Any:
