@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._serve import Mount
-from .errors import PachinkoError
+from .errors import PachinkoError, RouteError
 from .manager import WebSocketConnectionManager
 from .settings import Settings
 from .workers import WorkerController, shutdown_server
@@ -68,6 +68,31 @@ class Runtime:
         self.allowed_origins = (
             None if origins is None else frozenset(o.lower().rstrip("/") for o in origins)
         )
+
+    def url_for(self, name: str, /, **params: Any) -> str:
+        """Build the URL path of the route called ``name`` on this app, prefix included.
+
+        Looks the name up in every router mounted on the app; the prefix is
+        that mount's, whatever other apps mounted the same router at.
+
+        Raises:
+            RouteError: No mounted route has that name, several mounts do
+                (ask the mount), or a field value is missing.
+        """
+        found = [m for m in self.mounts if name in m.router.root._names]
+        if not found:
+            known = sorted({n for m in self.mounts for n in m.router.root._names})
+            raise RouteError(
+                f"url_for(): no route named {name!r} on this app "
+                f"(known: {', '.join(known) or 'none'})"
+            )
+        if len(found) > 1:
+            raise RouteError(
+                f"url_for({name!r}): routers mounted at "
+                f"{' and '.join(repr(m.prefix) for m in found)} both have a route of that "
+                "name; ask the mount: runtime_of(app).mounts[i].url_for(...)"
+            )
+        return found[0].url_for(name, **params)
 
     async def startup(self) -> None:
         """Start the backend, create services, start workers (ASGI lifespan startup)."""

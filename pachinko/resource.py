@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 
 from ._dispatch import DispatchTable, HandlerSpec, MessageError, build_table, handles_message
-from .errors import PachinkoError
+from .errors import PachinkoError, RouteError
 
 if TYPE_CHECKING:
     from falcon.asgi import Request, WebSocket
@@ -112,6 +112,24 @@ class WebSocketResource:
                 "when the router builds them for a handshake"
             ) from None
         return conn
+
+    def url_for(self, name: str, /, **params: Any) -> str:
+        """Build the URL path of the route called ``name``, this app's prefix included.
+
+        The route is looked up in the router mounted where this connection
+        came in, so a router mounted on several apps gives each its own URLs.
+
+        Raises:
+            RouteError: No such route, a field value is missing, or the
+                resource was not built by a mounted router (test harness).
+        """
+        mount = self.connection.mount
+        if mount is None:
+            raise RouteError(
+                f"{type(self).__qualname__}.url_for({name!r}): this connection did not come "
+                "through a mounted router; use the router's or the app's url_for()"
+            )
+        return mount.url_for(name, **params)
 
     @property
     def manager(self) -> WebSocketConnectionManager:

@@ -227,7 +227,9 @@ class WebSocketRouter:
         self._parent: WebSocketRouter | None = None
         self._prefix = "/"
         self._hooks: list[tuple[str, HookFn, type | None]] = []
-        self._mount_prefix = ""
+        # Prefixes the root was mounted at (any app): only for url_for() here;
+        #   an app's own URLs come from its Mount, which holds its prefix.
+        self._mount_prefixes: set[str] = set()
         # The root router of a tree holds the compiled table, updated on each add.
         self._trie = _Node()
         self._shapes: dict[str, str] = {}
@@ -420,11 +422,30 @@ class WebSocketRouter:
     def url_for(self, name: str, /, **params: Any) -> str:
         """Build the URL path of the route called ``name``, mount prefix included.
 
-        Values are converted with ``str()`` and percent-encoded.
+        Values are converted with ``str()`` and percent-encoded. The prefix
+        is the one the router is mounted at; a router mounted at several
+        prefixes (on one app or several) cannot tell which one is meant: ask
+        the app (``pachinko.runtime_of(app).url_for(...)``), the
+        mount (what :func:`~pachinko.mount` returns) or a resource.
+        A router never mounted gives the path below the mount.
 
         Raises:
-            RouteError: No such route, or a field value is missing.
+            RouteError: No such route, a field value is missing, or the
+                router is mounted at more than one prefix.
         """
+        path = self._path_for(name, params)
+        prefixes = self.root._mount_prefixes
+        if len(prefixes) > 1:
+            raise RouteError(
+                f"url_for({name!r}): the router is mounted at "
+                f"{' and '.join(map(repr, sorted(prefixes)))}, so the prefix is ambiguous; "
+                "ask the app instead: pachinko.runtime_of(app).url_for(...), "
+                "mount.url_for(...), or self.url_for(...) in a resource"
+            )
+        return join_paths(next(iter(prefixes)), path) if prefixes else path
+
+    def _path_for(self, name: str, params: dict[str, Any]) -> str:
+        """The path of the route called ``name``, below the mount prefix."""
         root = self.root
         try:
             info = root._names[name]
@@ -443,8 +464,7 @@ class WebSocketRouter:
             safe = "/" if match.group("conv") == "path" else ""
             return quote(str(value), safe=safe)
 
-        path = _FIELD.sub(fill, info.template)
-        return join_paths(root._mount_prefix, path) if root._mount_prefix else path
+        return _FIELD.sub(fill, info.template)
 
     def _parse(
         self, template: str, converters: ConverterMap | None = None
@@ -506,7 +526,7 @@ class WebSocketRouter:
         return parsed
 
     def _mounted(self, prefix: str) -> None:
-        self._mount_prefix = prefix
+        self._mount_prefixes.add(prefix)
 
 
 def _insert(
