@@ -49,6 +49,11 @@ def _parse_converter_args(where: str, argstr: str) -> tuple[list[Any], dict[str,
     return args, kwargs
 
 
+def _require_str(call: str, what: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{call}(): {what} must be a str, got {type(value).__name__}")
+
+
 def join_paths(prefix: str, path: str) -> str:
     """Join two template parts with exactly one ``/`` between them.
 
@@ -198,6 +203,7 @@ class Route:
         child handles the messages. Both share the connection's ``state``
         unless the parent's context supplies another ``state``.
         """
+        _require_str("add_subroute", "path", path)
         template = join_paths(self._info.template, path)
         return self._router._register(template, target, args, kwargs, name, self._info)
 
@@ -263,7 +269,9 @@ class WebSocketRouter:
         Raises:
             RouteError: The template is malformed, conflicts with a route
                 already registered, or the name is taken.
+            TypeError: ``path`` is not a str or ``target`` is not callable.
         """
+        _require_str("add_route", "path", path)
         return self._register(join_paths("/", path), target, args, kwargs, name, None)
 
     def add_router(self, prefix: str, router: WebSocketRouter) -> None:
@@ -272,7 +280,13 @@ class WebSocketRouter:
         Raises:
             RouteError: ``router`` is already nested, or one of its routes
                 conflicts with a route of this tree.
+            TypeError: ``prefix`` is not a str or ``router`` not a router.
         """
+        _require_str("add_router", "prefix", prefix)
+        if not isinstance(router, WebSocketRouter):
+            raise TypeError(
+                f"add_router({prefix!r}): expected a WebSocketRouter, got {type(router).__name__}"
+            )
         if router._parent is not None or router is self or router is self.root:
             raise RouteError(f"add_router({prefix!r}): the router is already part of a tree")
         prefix = join_paths("/", prefix)
@@ -307,7 +321,8 @@ class WebSocketRouter:
         parent: RouteInfo | None,
     ) -> Route:
         if not callable(target):
-            raise RouteError(
+            # NOTE: a TypeError, as Falcon's add_route() raises for a wrong type.
+            raise TypeError(
                 f"add_route({template!r}): target must be a resource class or factory, "
                 f"got {target!r}"
             )
