@@ -114,15 +114,40 @@ def origin_allowed(req: Request, allowed: frozenset[str] | None) -> bool:
 
     Requests without an Origin header (non-browser clients) are allowed:
     cross-site WebSocket hijacking needs a browser, and browsers always send
-    it. ``None`` means same-origin only; ``"*"`` allows every origin.
+    it. ``None`` means same-origin only: the Origin's scheme, host and port
+    must be the request's (``https`` goes with ``wss``, ``http`` with
+    ``ws``; a missing port is the scheme's default). The request's scheme is
+    the ASGI scope's, which the server sets from a trusted proxy's
+    ``X-Forwarded-Proto`` (uvicorn's ``--forwarded-allow-ips``); the header
+    itself is never read here. ``"*"`` allows every origin.
     """
     origin = req.get_header("Origin")
     if origin is None or (allowed is not None and "*" in allowed):
         return True
     if allowed is None:
-        host = (req.get_header("Host") or "").lower()
-        return urlsplit(origin).netloc.lower() == host
+        return _same_origin(origin, req.scheme, req.get_header("Host") or "")
     return origin.lower().rstrip("/") in allowed
+
+
+_SECURE: Final = {"http": False, "ws": False, "https": True, "wss": True}
+
+
+def _same_origin(origin: str, scheme: str, host: str) -> bool:
+    """Whether ``origin`` names the server reached with ``scheme`` and ``host``."""
+    try:
+        theirs = urlsplit(origin.strip())
+        ours = urlsplit("//" + host.strip())
+        their_port, our_port = theirs.port, ours.port
+    except ValueError:  # a malformed port or IPv6 address
+        return False
+    secure = _SECURE.get(theirs.scheme.lower())
+    if secure is None or secure != _SECURE.get(scheme.lower()):
+        return False
+    default = 443 if secure else 80
+    return theirs.hostname is not None and (theirs.hostname, their_port or default) == (
+        ours.hostname,
+        our_port or default,
+    )
 
 
 async def _maybe_await(value: Any) -> Any:
