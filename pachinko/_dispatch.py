@@ -432,7 +432,11 @@ def _payload_type(
     if annotation is inspect.Parameter.empty:
         return None
     if isinstance(annotation, str):
-        namespace: dict[str, Any] = dict(vars(sys.modules.get(fn.__module__, object())))
+        # NOTE: the function's own globals (its module's, or an exec() namespace).
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        namespace: dict[str, Any] = dict(
+            getattr(fn, "__globals__", None) or (vars(module) if module else {})
+        )
         namespace.update(frame_locals or {})
         namespace.update(vars(cls))
         try:
@@ -440,7 +444,8 @@ def _payload_type(
         except Exception as ex:
             raise HandlerDefinitionError(
                 f"{cls.__qualname__}.{method}: cannot resolve the payload annotation "
-                f"{params[2].annotation!r}: {ex}"
+                f"{params[2].annotation!r}: {ex}; define it before the class, at module "
+                "level or in the function that defines the class"
             ) from ex
     if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
         return annotation

@@ -26,6 +26,7 @@ from ._dispatch import ENVELOPE, RAW_DICT, MessageError
 from .connection import Connection
 from .errors import Refuse
 from .resource import WebSocketResource
+from .router import join_paths
 
 if TYPE_CHECKING:
     from falcon.asgi import Request, Response, WebSocket
@@ -61,6 +62,9 @@ class Mount:
 
     __slots__ = ("prefix", "router", "runtime")
 
+    # NOTE: the prefix lives here, per mount: one router mounted on two apps
+    #   (or twice on one) builds each app's URLs with that app's prefix.
+
     def __init__(self, runtime: Runtime, prefix: str, router: WebSocketRouter) -> None:
         self.runtime = runtime
         self.prefix = prefix
@@ -73,6 +77,14 @@ class Mount:
         if self.prefix == "/":
             return re.compile("/")
         return re.compile(re.escape(self.prefix) + r"(?=/|\Z)")
+
+    def url_for(self, name: str, /, **params: Any) -> str:
+        """Build the URL path of the route called ``name``, this mount's prefix included.
+
+        Raises:
+            RouteError: No such route, or a field value is missing.
+        """
+        return join_paths(self.prefix, self.router._path_for(name, params))
 
     def swap(self, router: WebSocketRouter) -> WebSocketRouter:
         """Serve new connections with ``router``; return the previous one."""
@@ -94,7 +106,7 @@ class Mount:
                 }
             return
         path = req.path[len(self.prefix) :] if self.prefix != "/" else req.path
-        await serve(self.runtime, self.router, req, ws, path or "/")
+        await serve(self.runtime, self.router, req, ws, path or "/", self)
 
 
 def origin_allowed(req: Request, allowed: frozenset[str] | None) -> bool:
@@ -102,15 +114,40 @@ def origin_allowed(req: Request, allowed: frozenset[str] | None) -> bool:
 
     Requests without an Origin header (non-browser clients) are allowed:
     cross-site WebSocket hijacking needs a browser, and browsers always send
-    it. ``None`` means same-origin only; ``"*"`` allows every origin.
+    it. ``None`` means same-origin only: the Origin's scheme, host and port
+    must be the request's (``https`` goes with ``wss``, ``http`` with
+    ``ws``; a missing port is the scheme's default). The request's scheme is
+    the ASGI scope's, which the server sets from a trusted proxy's
+    ``X-Forwarded-Proto`` (uvicorn's ``--forwarded-allow-ips``); the header
+    itself is never read here. ``"*"`` allows every origin.
     """
     origin = req.get_header("Origin")
     if origin is None or (allowed is not None and "*" in allowed):
         return True
     if allowed is None:
-        host = (req.get_header("Host") or "").lower()
-        return urlsplit(origin).netloc.lower() == host
+        return _same_origin(origin, req.scheme, req.get_header("Host") or "")
     return origin.lower().rstrip("/") in allowed
+
+
+_SECURE: Final = {"http": False, "ws": False, "https": True, "wss": True}
+
+
+def _same_origin(origin: str, scheme: str, host: str) -> bool:
+    """Whether ``origin`` names the server reached with ``scheme`` and ``host``."""
+    try:
+        theirs = urlsplit(origin.strip())
+        ours = urlsplit("//" + host.strip())
+        their_port, our_port = theirs.port, ours.port
+    except ValueError:  # a malformed port or IPv6 address
+        return False
+    secure = _SECURE.get(theirs.scheme.lower())
+    if secure is None or secure != _SECURE.get(scheme.lower()):
+        return False
+    default = 443 if secure else 80
+    return theirs.hostname is not None and (theirs.hostname, their_port or default) == (
+        ours.hostname,
+        our_port or default,
+    )
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -118,7 +155,12 @@ async def _maybe_await(value: Any) -> Any:
 
 
 async def serve(
-    runtime: Runtime, router: WebSocketRouter, req: Request, ws: WebSocket, path: str
+    runtime: Runtime,
+    router: WebSocketRouter,
+    req: Request,
+    ws: WebSocket,
+    path: str,
+    mount: Mount | None = None,
 ) -> None:
     """Run one WebSocket connection from handshake to close."""
     if not runtime.accepting:
@@ -138,6 +180,7 @@ async def serve(
 
     manager = runtime.manager
     conn = Connection(ws, path, params, manager)
+    conn.mount = mount
     chain = await _handshake(runtime, info, conn, req, ws, params)
     if chain is None:
         return

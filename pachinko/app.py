@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._serve import Mount
-from .errors import PachinkoError
+from .errors import ConfigError, PachinkoError, RouteError
 from .manager import WebSocketConnectionManager
+from .router import WebSocketRouter
 from .settings import Settings
 from .workers import WorkerController, shutdown_server
 
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     import falcon.asgi
 
     from .backends import ConnectionBackend
-    from .router import WebSocketRouter
 
 __all__ = ["Runtime", "install", "mount", "runtime_of"]
 
@@ -69,14 +69,34 @@ class Runtime:
             None if origins is None else frozenset(o.lower().rstrip("/") for o in origins)
         )
 
+    def url_for(self, name: str, /, **params: Any) -> str:
+        """Build the URL path of the route called ``name`` on this app, prefix included.
+
+        Looks the name up in every router mounted on the app; the prefix is
+        that mount's, whatever other apps mounted the same router at.
+
+        Raises:
+            RouteError: No mounted route has that name, several mounts do
+                (ask the mount), or a field value is missing.
+        """
+        found = [m for m in self.mounts if name in m.router.root._names]
+        if not found:
+            known = sorted({n for m in self.mounts for n in m.router.root._names})
+            raise RouteError(
+                f"url_for(): no route named {name!r} on this app "
+                f"(known: {', '.join(known) or 'none'})"
+            )
+        if len(found) > 1:
+            raise RouteError(
+                f"url_for({name!r}): routers mounted at "
+                f"{' and '.join(repr(m.prefix) for m in found)} both have a route of that "
+                "name; ask the mount: runtime_of(app).mounts[i].url_for(...)"
+            )
+        return found[0].url_for(name, **params)
+
     async def startup(self) -> None:
         """Start the backend, create services, start workers (ASGI lifespan startup)."""
-        reserved = sorted({"manager", "settings"} & self.service_factories.keys())
-        if reserved:
-            raise PachinkoError(
-                f"services: {', '.join(map(repr, reserved))} is reserved for the app's own "
-                "object (injected into workers by that name); rename the service"
-            )
+        _check_service_names(self.service_factories)
         await self.manager.start()
         try:
             for name, factory in self.service_factories.items():
@@ -155,6 +175,18 @@ class Runtime:
         self._closed_connections = False
 
 
+def _check_service_names(services: Mapping[str, Any]) -> None:
+    reserved = sorted(_RESERVED_SERVICES & services.keys())
+    if reserved:
+        raise ConfigError(
+            f"services: {', '.join(map(repr, reserved))} is reserved for the app's own "
+            "object (injected into workers by that name); rename the service"
+        )
+
+
+_RESERVED_SERVICES = frozenset({"manager", "settings"})
+
+
 class _Lifespan:
     """Falcon middleware running the Runtime at ASGI lifespan startup/shutdown.
 
@@ -223,8 +255,10 @@ def install(
             process, so the server shuts down (see docs/workers.md).
 
     Raises:
-        PachinkoError: Already installed with different options.
+        ConfigError: Already installed with different options, or a
+            service is named ``manager`` or ``settings`` (reserved).
     """
+    _check_service_names(services or {})
     existing = _find_runtime(app)
     if existing is not None:
         if (
@@ -234,7 +268,7 @@ def install(
             or services
             or on_worker_crash
         ):
-            raise PachinkoError(
+            raise ConfigError(
                 "install(): pachinko is already installed on this app; pass settings, backend, "
                 "workers and services to the first install() call"
             )
@@ -260,16 +294,28 @@ def mount(
 
     Returns:
         The :class:`Mount`; ``mount.swap(new_router)`` replaces the router
-        atomically for new connections.
+        atomically for new connections; ``mount.url_for(name, **params)``
+        builds URLs with this prefix.
+
+    Raises:
+        RouteError: ``prefix`` does not start with ``/``, or a router is
+            already mounted there.
+        TypeError: ``prefix`` is not a str or ``router`` not a router.
     """
+    if not isinstance(prefix, str):
+        raise TypeError(f"mount(): prefix must be a str, got {type(prefix).__name__}")
+    if not isinstance(router, WebSocketRouter):
+        raise TypeError(
+            f"mount({prefix!r}): expected a WebSocketRouter, got {type(router).__name__}"
+        )
     if not prefix.startswith("/"):
-        raise PachinkoError(f"mount(): prefix must start with '/', got {prefix!r}")
+        raise RouteError(f"mount(): prefix must start with '/', got {prefix!r}")
     prefix = prefix.rstrip("/") or "/"
     if _find_runtime(app) is None or install_options:
         install(app, **install_options)
     runtime = runtime_of(app)
     if any(m.prefix == prefix for m in runtime.mounts):
-        raise PachinkoError(f"mount(): a router is already mounted at {prefix!r}")
+        raise RouteError(f"mount(): a router is already mounted at {prefix!r}")
     mounted = Mount(runtime, prefix, router)
     runtime.mounts.append(mounted)
     app.add_sink(mounted.handle, mounted.pattern)

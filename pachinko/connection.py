@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from falcon.asgi import WebSocket
 
+    from ._serve import Mount
     from .manager import WebSocketConnectionManager
     from .resource import WebSocketResource
 
@@ -34,12 +35,15 @@ class Connection:
         manager: The app's connection manager.
         state: Connection-scoped state shared by the resource chain.
         outbox: The outgoing queue (owned by the manager).
+        mount: The mount (what :func:`~pachinko.mount` returns) that served the handshake
+            (``None`` in the in-memory test harness).
     """
 
     __slots__ = (
         "_user_id",
         "id",
         "manager",
+        "mount",
         "outbox",
         "params",
         "path",
@@ -67,6 +71,7 @@ class Connection:
         self.rooms: set[str] = set()
         self.state: MutableMapping[str, Any] = {}
         self.outbox: Any = None
+        self.mount: Mount | None = None
 
     @property
     def user_id(self) -> str | None:

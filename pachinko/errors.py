@@ -33,7 +33,7 @@ class RouteError(PachinkoError, ValueError):
 
 
 class ConfigError(PachinkoError, ValueError):
-    """Raised when a configuration (routes.toml or Settings) is invalid."""
+    """Raised when a configuration (routes.toml, Settings, install() options) is invalid."""
 
 
 class BackendUnavailable(PachinkoError, ConnectionError):

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+)
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
 from ._dispatch import DispatchTable, HandlerSpec, MessageError, build_table, handles_message
-from .errors import PachinkoError
+from .errors import PachinkoError, RouteError
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from falcon.asgi import Request, WebSocket
 
     from .connection import Connection
@@ -28,6 +37,28 @@ def encode_text(message: Any) -> str:
     if isinstance(message, str):
         return message
     return _encoder.encode(message).decode()
+
+
+def _defining_locals(cls: type) -> Mapping[str, Any] | None:
+    """The local names of the code running ``cls``'s class statement, if any.
+
+    A class defined in a function (``f.<locals>.R``) may annotate handlers
+    with Structs local to that function. The frame running the class
+    statement is found by its code's qualified name (``f``), not by its
+    distance from here: base classes with their own ``__init_subclass__``
+    and metaclasses add frames in between. ``None`` for a module-level class
+    (its module's globals are used) or when no such frame is running.
+    """
+    outer = cls.__qualname__.rpartition(".")[0]
+    if not outer:
+        return None
+    outer = outer.removesuffix(".<locals>")
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_qualname == outer and frame.f_globals.get("__name__") == cls.__module__:
+            return frame.f_locals
+        frame = frame.f_back
+    return None
 
 
 class WebSocketResource:
@@ -58,10 +89,7 @@ class WebSocketResource:
         super().__init_subclass__(**kwargs)
         # NOTE: validation happens here, not in __set_name__: Python 3.11 wraps
         #   exceptions raised from __set_name__ in RuntimeError, 3.12+ does not.
-        #   The frame is the one running the class statement, so annotations
-        #   naming classes local to a function still resolve.
-        frame = sys._getframe(1)
-        cls.__pachinko_table__ = build_table(cls, frame.f_locals)
+        cls.__pachinko_table__ = build_table(cls, _defining_locals(cls))
 
     @classmethod
     def message_types(cls) -> dict[str, HandlerSpec]:
@@ -112,6 +140,24 @@ class WebSocketResource:
                 "when the router builds them for a handshake"
             ) from None
         return conn
+
+    def url_for(self, name: str, /, **params: Any) -> str:
+        """Build the URL path of the route called ``name``, this app's prefix included.
+
+        The route is looked up in the router mounted where this connection
+        came in, so a router mounted on several apps gives each its own URLs.
+
+        Raises:
+            RouteError: No such route, a field value is missing, or the
+                resource was not built by a mounted router (test harness).
+        """
+        mount = self.connection.mount
+        if mount is None:
+            raise RouteError(
+                f"{type(self).__qualname__}.url_for({name!r}): this connection did not come "
+                "through a mounted router; use the router's or the app's url_for()"
+            )
+        return mount.url_for(name, **params)
 
     @property
     def manager(self) -> WebSocketConnectionManager:

@@ -49,10 +49,30 @@ def _parse_converter_args(where: str, argstr: str) -> tuple[list[Any], dict[str,
     return args, kwargs
 
 
+def _require_str(call: str, what: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{call}(): {what} must be a str, got {type(value).__name__}")
+
+
 def join_paths(prefix: str, path: str) -> str:
-    """Join two template parts with exactly one ``/`` between them."""
-    joined = prefix.rstrip("/") + "/" + path.lstrip("/")
-    return joined.rstrip("/") or "/"
+    """Join two template parts with exactly one ``/`` between them.
+
+    A trailing slash of ``path`` is kept (``/a`` and ``/a/`` are different
+    routes, as in Falcon); a ``path`` of ``/`` (a router's root) is the
+    prefix itself.
+    """
+    if not path.strip("/"):
+        return prefix or "/"
+    return prefix.rstrip("/") + "/" + path.lstrip("/")
+
+
+def split_path(path: str) -> list[str]:
+    """Split a request path (below the mount) into segments, as Falcon does.
+
+    Leading slashes are dropped, a trailing slash leaves an empty last
+    segment: ``/a/`` is ``["a", ""]``, ``/`` is ``[""]``.
+    """
+    return path.lstrip("/").split("/")
 
 
 class _Field:
@@ -68,9 +88,10 @@ class _Field:
 class _Segment:
     """A path segment containing one or more fields."""
 
-    __slots__ = ("fields", "key", "pattern", "simple")
+    __slots__ = ("fields", "key", "pattern", "raw", "simple")
 
     def __init__(self, raw: str, fields: list[_Field], key: str) -> None:
+        self.raw = raw
         self.fields = fields
         self.key = key  # shape of the segment without field names: detects conflicts
         self.simple = len(fields) == 1 and _FIELD.fullmatch(raw) is not None
@@ -81,7 +102,7 @@ class _Segment:
             pos = 0
             for match in _FIELD.finditer(raw):
                 parts.append(re.escape(raw[pos : match.start()]))
-                parts.append(f"(?P<{match.group('name')}>.+?)")
+                parts.append(f"(?P<{match.group('name')}>.+)")
                 pos = match.end()
             parts.append(re.escape(raw[pos:]))
             self.pattern = re.compile("".join(parts) + r"\Z")
@@ -182,6 +203,7 @@ class Route:
         child handles the messages. Both share the connection's ``state``
         unless the parent's context supplies another ``state``.
         """
+        _require_str("add_subroute", "path", path)
         template = join_paths(self._info.template, path)
         return self._router._register(template, target, args, kwargs, name, self._info)
 
@@ -211,7 +233,9 @@ class WebSocketRouter:
         self._parent: WebSocketRouter | None = None
         self._prefix = "/"
         self._hooks: list[tuple[str, HookFn, type | None]] = []
-        self._mount_prefix = ""
+        # Prefixes the root was mounted at (any app): only for url_for() here;
+        #   an app's own URLs come from its Mount, which holds its prefix.
+        self._mount_prefixes: set[str] = set()
         # The root router of a tree holds the compiled table, updated on each add.
         self._trie = _Node()
         self._shapes: dict[str, str] = {}
@@ -245,7 +269,9 @@ class WebSocketRouter:
         Raises:
             RouteError: The template is malformed, conflicts with a route
                 already registered, or the name is taken.
+            TypeError: ``path`` is not a str or ``target`` is not callable.
         """
+        _require_str("add_route", "path", path)
         return self._register(join_paths("/", path), target, args, kwargs, name, None)
 
     def add_router(self, prefix: str, router: WebSocketRouter) -> None:
@@ -254,7 +280,13 @@ class WebSocketRouter:
         Raises:
             RouteError: ``router`` is already nested, or one of its routes
                 conflicts with a route of this tree.
+            TypeError: ``prefix`` is not a str or ``router`` not a router.
         """
+        _require_str("add_router", "prefix", prefix)
+        if not isinstance(router, WebSocketRouter):
+            raise TypeError(
+                f"add_router({prefix!r}): expected a WebSocketRouter, got {type(router).__name__}"
+            )
         if router._parent is not None or router is self or router is self.root:
             raise RouteError(f"add_router({prefix!r}): the router is already part of a tree")
         prefix = join_paths("/", prefix)
@@ -289,7 +321,8 @@ class WebSocketRouter:
         parent: RouteInfo | None,
     ) -> Route:
         if not callable(target):
-            raise RouteError(
+            # NOTE: a TypeError, as Falcon's add_route() raises for a wrong type.
+            raise TypeError(
                 f"add_route({template!r}): target must be a resource class or factory, "
                 f"got {target!r}"
             )
@@ -389,9 +422,12 @@ class WebSocketRouter:
     # -- matching ------------------------------------------------------------
 
     def match(self, path: str) -> tuple[RouteInfo, dict[str, Any]] | None:
-        """Find the route for ``path`` (below the mount prefix) and its params."""
-        stripped = path.strip("/")
-        segments = stripped.split("/") if stripped else []
+        """Find the route for ``path`` (below the mount prefix) and its params.
+
+        As in Falcon's router, leading slashes are ignored and a trailing
+        slash matters: ``/a/`` matches the template ``/a/``, not ``/a``.
+        """
+        segments = split_path(path)
         params: dict[str, Any] = {}
         entry = _find(self.root._trie, segments, 0, params)
         if entry is None:
@@ -401,11 +437,30 @@ class WebSocketRouter:
     def url_for(self, name: str, /, **params: Any) -> str:
         """Build the URL path of the route called ``name``, mount prefix included.
 
-        Values are converted with ``str()`` and percent-encoded.
+        Values are converted with ``str()`` and percent-encoded. The prefix
+        is the one the router is mounted at; a router mounted at several
+        prefixes (on one app or several) cannot tell which one is meant: ask
+        the app (``pachinko.runtime_of(app).url_for(...)``), the
+        mount (what :func:`~pachinko.mount` returns) or a resource.
+        A router never mounted gives the path below the mount.
 
         Raises:
-            RouteError: No such route, or a field value is missing.
+            RouteError: No such route, a field value is missing, or the
+                router is mounted at more than one prefix.
         """
+        path = self._path_for(name, params)
+        prefixes = self.root._mount_prefixes
+        if len(prefixes) > 1:
+            raise RouteError(
+                f"url_for({name!r}): the router is mounted at "
+                f"{' and '.join(map(repr, sorted(prefixes)))}, so the prefix is ambiguous; "
+                "ask the app instead: pachinko.runtime_of(app).url_for(...), "
+                "mount.url_for(...), or self.url_for(...) in a resource"
+            )
+        return join_paths(next(iter(prefixes)), path) if prefixes else path
+
+    def _path_for(self, name: str, params: dict[str, Any]) -> str:
+        """The path of the route called ``name``, below the mount prefix."""
         root = self.root
         try:
             info = root._names[name]
@@ -424,8 +479,7 @@ class WebSocketRouter:
             safe = "/" if match.group("conv") == "path" else ""
             return quote(str(value), safe=safe)
 
-        path = _FIELD.sub(fill, info.template)
-        return join_paths(root._mount_prefix, path) if root._mount_prefix else path
+        return _FIELD.sub(fill, info.template)
 
     def _parse(
         self, template: str, converters: ConverterMap | None = None
@@ -437,11 +491,14 @@ class WebSocketRouter:
             raise RouteError(f"{where}: templates must start with '/'")
         if re.search(r"\s", template):
             raise RouteError(f"{where}: templates may not contain whitespace")
-        raw_segments = template.strip("/").split("/") if template.strip("/") else []
+        raw_segments = split_path(template)
+        if template.startswith("//"):
+            raise RouteError(f"{where}: empty segment ('//')")
         seen: set[str] = set()
         parsed: list[tuple[str | _Segment | _Field, str]] = []
+        last = len(raw_segments) - 1
         for index, raw in enumerate(raw_segments):
-            if not raw:
+            if not raw and index != last:
                 raise RouteError(f"{where}: empty segment ('//')")
             if "{" not in raw and "}" not in raw:
                 parsed.append((raw, raw))
@@ -468,7 +525,7 @@ class WebSocketRouter:
                     except (TypeError, ValueError) as ex:
                         raise RouteError(f"{where}: converter {conv!r}: {ex}") from ex
                     if conv == "path":
-                        if match.group(0) != raw or index != len(raw_segments) - 1:
+                        if match.group(0) != raw or index != last:
                             raise RouteError(
                                 f"{where}: a 'path' field must be the whole last segment"
                             )
@@ -484,33 +541,45 @@ class WebSocketRouter:
         return parsed
 
     def _mounted(self, prefix: str) -> None:
-        self._mount_prefix = prefix
+        self._mount_prefixes.add(prefix)
 
 
 def _insert(
     node: _Node, segments: Iterable[tuple[str | _Segment | _Field, str]], entry: Any
 ) -> None:
-    for part, key in segments:
+    for part, _key in segments:
         if isinstance(part, str):
             node = node.literals.setdefault(part, _Node())
         elif isinstance(part, _Field):
             node.rest = (part, node.rest[1] if node.rest else _Node())
             node = node.rest[1]
         else:
+            # NOTE: segments are shared only when written the same, field names
+            #   included: `/a/{x}/b` and `/a/{y}/c` keep their own names (Falcon
+            #   refuses the pair).
             for existing, child in node.dynamic:
-                if existing.key == key:
+                if existing.raw == part.raw:
                     node = child
                     break
             else:
                 child = _Node()
                 node.dynamic.append((part, child))
-                # NOTE: fields with converters or literal text are more specific than a
-                #   bare {name}: try them first (stable for equal specificity).
-                node.dynamic.sort(
-                    key=lambda pair: pair[0].simple and pair[0].fields[0].converter is None
-                )
+                node.dynamic.sort(key=_specificity)
                 node = child
     node.entry = entry
+
+
+def _specificity(pair: tuple[_Segment, _Node]) -> int:
+    """Order of trial among a node's field segments (stable for equal ranks).
+
+    As in Falcon, segments with literal text or several fields come before a
+    single field. A single field with a converter comes before a bare one
+    (Falcon refuses the two side by side).
+    """
+    segment = pair[0]
+    if not segment.simple:
+        return 0
+    return 1 if segment.fields[0].converter is not None else 2
 
 
 def _find(node: _Node, segments: list[str], index: int, params: dict[str, Any]) -> Any:

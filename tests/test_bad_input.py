@@ -183,30 +183,52 @@ async def test_rate_limit_closes_1008(conductor_for: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("allowed", "origin", "host", "accepted"),
+    ("allowed", "origin", "scheme", "host", "accepted"),
     [
-        (None, None, "example.com", True),  # non-browser client
-        (None, "https://example.com", "example.com", True),  # same origin
-        (None, "https://evil.test", "example.com", False),
-        (("https://app.test",), "https://app.test", "api.test", True),
-        (("https://app.test",), "https://evil.test", "api.test", False),
-        (("*",), "https://evil.test", "api.test", True),
+        (None, None, "ws", "example.com", True),  # non-browser client
+        (None, "https://example.com", "wss", "example.com", True),  # same origin
+        (None, "http://example.com", "ws", "example.com", True),
+        (None, "https://evil.test", "wss", "example.com", False),
+        # the scheme counts: an https page is not the origin of a ws:// server
+        (None, "https://example.com", "ws", "example.com", False),
+        (None, "http://example.com", "wss", "example.com", False),
+        # default ports are the scheme's; other ports differ
+        (None, "https://example.com", "wss", "example.com:443", True),
+        (None, "http://example.com:80", "ws", "example.com", True),
+        (None, "http://example.com:8080", "ws", "example.com", False),
+        (None, "http://example.com:8080", "ws", "example.com:8080", True),
+        (None, "HTTP://Example.COM", "ws", "example.com", True),
+        (None, "null", "ws", "example.com", False),
+        (None, "http://example.com:99999", "ws", "example.com", False),
+        (("https://app.test",), "https://app.test", "ws", "api.test", True),
+        (("https://app.test",), "https://evil.test", "ws", "api.test", False),
+        (("*",), "https://evil.test", "ws", "api.test", True),
     ],
 )
 async def test_origin_allow_list(
-    conductor_for: Any, allowed: Any, origin: str | None, host: str, accepted: bool
+    conductor_for: Any,
+    allowed: Any,
+    origin: str | None,
+    scheme: str,
+    host: str,
+    accepted: bool,
 ) -> None:
     from falcon.errors import WebSocketDisconnected
 
     conductor = await conductor_for(echo_app(allowed_origins=allowed))
-    headers = {"Origin": origin} if origin else {}
+    name, _, port = host.partition(":")
+    options: dict[str, Any] = {"host": name, "scheme": scheme}
+    if port:
+        options["port"] = int(port)
+    if origin:
+        options["headers"] = {"Origin": origin}
     if accepted:
-        async with conductor.simulate_ws("/ws/echo", headers=headers, host=host) as ws:
+        async with conductor.simulate_ws("/ws/echo", **options) as ws:
             await ws.send_text('{"type": "say", "text": "ok"}')
             assert (await recv_json(ws))["text"] == "ok"
     else:
         with pytest.raises(WebSocketDisconnected) as info:
-            async with conductor.simulate_ws("/ws/echo", headers=headers, host=host):
+            async with conductor.simulate_ws("/ws/echo", **options):
                 pass
         assert info.value.code == FORBIDDEN
 

@@ -290,6 +290,15 @@ DEFINITION_ERRORS = {
         """,
         "R.schema: J is tagged on field 'kind', but R.tag_field is 'type'",
     ),
+    "unresolvable payload annotation": (
+        """
+        from __future__ import annotations
+        class R(WebSocketResource):
+            async def on_x(self, ws, payload: Q): ...
+        """,
+        "R.on_x: cannot resolve the payload annotation 'Q': name 'Q' is not defined; "
+        "define it before the class, at module level or in the function that defines the class",
+    ),
 }
 
 

@@ -246,8 +246,10 @@ async def test_nested_routers(conductor_for: Any) -> None:
     router.add_router("/admin", admin)
     admin.add_route("/late", Echo, "late")  # added after nesting
     make_app(router)
-    conductor = await conductor_for(make_app(router, prefix="/other"))
-    assert router.url_for("stats", kind="cpu") == "/other/admin/stats/cpu"
+    app = make_app(router, prefix="/other")
+    conductor = await conductor_for(app)
+    # mounted at /ws and /other: each app builds its own URLs (tests/test_routing.py)
+    assert pachinko.runtime_of(app).url_for("stats", kind="cpu") == "/other/admin/stats/cpu"
     async with conductor.simulate_ws("/other/admin/late") as ws:
         await ws.send_text('{"type": "echo"}')
         assert (await recv_json(ws))["label"] == "late"

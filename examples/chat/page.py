@@ -16,7 +16,7 @@ from typing import Any, Final
 import falcon
 import falcon.asgi
 
-from pachinko import PachinkoError, RouteError, runtime_of
+from pachinko import PachinkoError, runtime_of
 
 __all__ = ["ChatPage", "add_page"]
 
@@ -27,15 +27,9 @@ _PLACEHOLDER: Final = '<meta name="pachinko-ws-path" content="/ws/chat">'
 def chat_path(app: falcon.asgi.App[Any, Any], route: str = "chat") -> str:
     """The URL path of the WebSocket route named ``route`` on ``app``."""
     try:
-        mounts = runtime_of(app).mounts
-    except PachinkoError:
-        mounts = []
-    for mounted in mounts:
-        try:
-            return mounted.router.url_for(route)
-        except RouteError:
-            continue
-    return "/ws/chat"
+        return runtime_of(app).url_for(route)
+    except PachinkoError:  # not installed, or no such route (RouteError)
+        return "/ws/chat"
 
 
 class ChatPage:
