@@ -423,12 +423,14 @@ def init(directory: str, force: bool) -> None:
     help="Write to this file instead of standard output.",
 )
 def export(target: str, prefix: str | None, output: str | None) -> None:
-    """Write the routes.toml of a Python router (MODULE:ROUTER).
+    """Write the routes.toml of a router or app (MODULE:ROUTER).
 
     MODULE is imported from the current directory (as uvicorn does); ROUTER
-    is a WebSocketRouter or a Falcon app with one mounted router.
+    is a WebSocketRouter or a Falcon app with one mounted router. An app
+    also has its settings, services and workers written (an app made from
+    a routes.toml: everything it was declared with).
     """
-    from .config import export_toml
+    from .config.export import export_app, export_toml
     from .config.imports import ImportFailure, import_path
     from .router import WebSocketRouter as Router
 
@@ -438,8 +440,6 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
         obj = import_path(target)
     except ImportFailure as ex:
         _fail(f"Error: cannot import {target}: {ex}")
-    router: Any = obj
-    settings: Settings | None = None
     if not isinstance(obj, Router):
         import falcon.asgi
 
@@ -448,11 +448,9 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
         mounts = None
         if isinstance(obj, falcon.asgi.App):
             try:
-                runtime = runtime_of(obj)
+                mounts = runtime_of(obj).mounts
             except PachinkoError:
                 mounts = []
-            else:
-                mounts, settings = runtime.mounts, runtime.settings
         if mounts is None or len(mounts) != 1:
             found = (
                 type(obj).__name__
@@ -463,10 +461,12 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
                 f"Error: {target} must be a WebSocketRouter or a Falcon app with one mounted "
                 f"router, found {found}"
             )
-        router = mounts[0].router
-        prefix = prefix or mounts[0].prefix
     try:
-        text = export_toml(router, prefix=prefix, settings=settings)
+        text = (
+            export_toml(obj, prefix=prefix)
+            if isinstance(obj, Router)
+            else export_app(obj, prefix=prefix)
+        )
     except PachinkoError as ex:
         _fail(f"Error: cannot export {target}:\n{ex}")
     if output is None:

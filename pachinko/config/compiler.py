@@ -410,6 +410,7 @@ class _Compiler:
                         kwargs[name] = services[name]
             return target(*args, **kwargs)
 
+        resource_factory.__pachinko_inject__ = inject  # type: ignore[attr-defined]  # export
         return resource_factory
 
     def compile_route(

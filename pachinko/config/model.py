@@ -144,7 +144,9 @@ class TypeConfig(_Table):
         struct: Instead of ``fields``: an import path to a ``msgspec.Struct``.
         tag: Message type tag, for server-to-client types (typed sends).
         tag_field: Field holding the tag.
-        description: Documentation.
+        description: Documentation: the Struct's docstring, so the JSON
+            Schema, the AsyncAPI message and export show it (not with
+            ``struct``: that Struct's own docstring describes it).
     """
 
     fields: dict[str, str | FieldConfig] = {}

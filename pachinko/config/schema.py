@@ -183,6 +183,14 @@ class _Compiler:
                 self.problems.append(
                     Problem((*path, "struct"), "either 'struct' or 'fields'", "both")
                 )
+            if decl.description is not None:
+                self.problems.append(
+                    Problem(
+                        (*path, "description"),
+                        "no 'description' with 'struct' (the Struct's docstring describes it)",
+                        repr(decl.description),
+                    )
+                )
             try:
                 value = import_path(decl.struct)
             except ImportFailure as ex:
@@ -209,6 +217,10 @@ class _Compiler:
         options: dict[str, Any] = {}
         if decl.tag is not None:
             options.update(tag=decl.tag, tag_field=decl.tag_field)
+        if decl.description is not None:
+            # NOTE: a docstring, as a Python Struct carries it: msgspec's JSON
+            #   Schema (and so AsyncAPI) reads it, export writes it back.
+            options["namespace"] = {"__doc__": decl.description}
         try:
             return msgspec.defstruct(
                 name, specs, module=_MODULE, kw_only=True, forbid_unknown_fields=True, **options

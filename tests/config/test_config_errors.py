@@ -84,6 +84,9 @@ EXPECTED = {
     "  bad_constraint.toml:2: types.Join.fields.active: expected constraints that fit the "
     "field's type, found Can only set `min_length` on a str, bytes, or collection type - type "
     "`typing.Annotated[bool, msgspec.Meta(min_length=1)]` is invalid",
+    "description_with_struct.toml": "1 error in description_with_struct.toml\n"
+    "  description_with_struct.toml:3: types.Join.description: expected no 'description' with "
+    "'struct' (the Struct's docstring describes it), found 'Join a room.'",
     "undeclared_service.toml": "1 error in undeclared_service.toml\n"
     "  undeclared_service.toml:3: routes[0].services[0]: expected a declared service "
     "(none declared), found 'history'",
