@@ -27,7 +27,7 @@ from ..router import WebSocketRouter
 from ..settings import Settings
 from ..workers import RestartPolicy
 from ._toml import KeyPath
-from .imports import ImportFailure, import_path, is_import_path
+from .imports import Importer, ImportFailure, is_import_path
 from .loader import Loaded, Located, Report, Source, load, load_text, router_hooks
 from .model import HandlerConfig, RouteConfig, RouterConfig
 from .schema import compile_types
@@ -168,6 +168,9 @@ class _Compiler:
         self.inject: dict[Any, tuple[str, ...]] = {}  # target -> service names
         self.names: dict[str, Located] = {}
         self.class_names: set[str] = set()
+        self.importer = Importer()
+        #: Modules that raised while importing: the failure, every key naming them.
+        self.broken_modules: dict[str, tuple[ImportFailure, list[Located]]] = {}
 
     # -- helpers ----------------------------------------------------------------
 
@@ -184,10 +187,36 @@ class _Compiler:
 
     def resolve(self, where: Located, path: str) -> Any:
         try:
-            return import_path(path)
+            return self.importer(path)
         except ImportFailure as ex:
-            self.add(where, ex.expected, ex.found, ex.cause)
+            self.import_failed(where, ex)
             return None
+
+    def import_failed(self, where: Located, ex: ImportFailure) -> None:
+        if ex.module is None:
+            self.add(where, ex.expected, ex.found, ex.cause)
+        else:  # reported once for the module, by report_broken_modules()
+            self.broken_modules.setdefault(ex.module, (ex, []))[1].append(where)
+
+    def report_broken_modules(self) -> None:
+        """One issue per module that failed to import, at the first key naming it."""
+        from ._toml import format_path, line_of
+
+        order = {source.name: index for index, source in enumerate(self.loaded.sources)}
+        for ex, places in self.broken_modules.values():
+            places.sort(key=lambda p: (order.get(p[0].name, 0), line_of(p[0].lines, p[1]) or 0))
+            first, *others = places
+            found = ex.found
+            if others:
+                also = ", ".join(
+                    f"{format_path(path)} ({source.name}:{line_of(source.lines, path)})"
+                    if line_of(source.lines, path) is not None
+                    else f"{format_path(path)} ({source.name})"
+                    for source, path in others
+                )
+                head, _, trace = found.partition("\n")
+                found = f"{head.rstrip(':')} (also named by {also}):\n{trace}"
+            self.add(first, ex.expected, found, ex.cause)
 
     def function(
         self,
@@ -229,12 +258,15 @@ class _Compiler:
                 continue
             by_name[name] = (path, decl)
             sources[name] = source
-        structs, problems = compile_types(by_name)
+        structs, problems = compile_types(by_name, self.importer)
         for problem in problems:
             # a problem's path starts with the type's own path: find its file
             name = str(problem.path[1]) if len(problem.path) > 1 else ""
             source = sources.get(name, loaded.root)
-            self.report.add(source, problem.path, problem.expected, problem.found)
+            if problem.failure is not None:
+                self.import_failed((source, problem.path), problem.failure)
+            else:
+                self.report.add(source, problem.path, problem.expected, problem.found)
         self.structs = structs
 
         services = self.compile_services()
@@ -256,6 +288,7 @@ class _Compiler:
             is not None
         ]
         router = self.compile_router("", loaded.routes, loaded.routers, loaded.hooks)
+        self.report_broken_modules()
         self.report.raise_if_any()
         return Compiled(
             loaded,

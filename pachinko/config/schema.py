@@ -21,7 +21,7 @@ from typing import Annotated, Any, Final, Literal, Union
 import msgspec
 
 from ._toml import KeyPath
-from .imports import ImportFailure, import_path, is_import_path
+from .imports import Importer, ImportFailure, is_import_path
 from .model import FieldConfig, TypeConfig
 from .validate import Problem, kind_of
 
@@ -136,8 +136,12 @@ def _finish(tp: Any) -> Any:
 
 class _Compiler:
     def __init__(
-        self, types: Mapping[str, tuple[KeyPath, TypeConfig]], structs: dict[str, Any]
+        self,
+        types: Mapping[str, tuple[KeyPath, TypeConfig]],
+        structs: dict[str, Any],
+        importer: Importer,
     ) -> None:
+        self.import_path = importer
         self.types = types
         self.structs = structs
         self.problems: list[Problem] = []
@@ -156,7 +160,7 @@ class _Compiler:
             return built
         if is_import_path(name):
             try:
-                value = import_path(name)
+                value = self.import_path(name)
             except ImportFailure as ex:
                 raise LookupError(f"{ex.found}") from ex
             if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
@@ -192,9 +196,9 @@ class _Compiler:
                     )
                 )
             try:
-                value = import_path(decl.struct)
+                value = self.import_path(decl.struct)
             except ImportFailure as ex:
-                self.problems.append(Problem((*path, "struct"), ex.expected, ex.found))
+                self.problems.append(Problem((*path, "struct"), ex.expected, ex.found, ex))
                 return None
             if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
                 self.problems.append(
@@ -260,7 +264,10 @@ class _Compiler:
                 tp = parse_type(field.type, self.resolve)
             except (ValueError, LookupError) as ex:
                 message = str(ex)
-                if message:
+                failure = ex.__cause__
+                if isinstance(failure, ImportFailure) and failure.module is not None:
+                    self.problems.append(Problem(tpath, failure.expected, failure.found, failure))
+                elif message:
                     found = f"{field.type!r}: {message}"
                     self.problems.append(
                         Problem(
@@ -342,16 +349,19 @@ def _strip_none(tp: Any) -> Any:
 
 def compile_types(
     types: Mapping[str, tuple[KeyPath, TypeConfig]],
+    importer: Importer | None = None,
 ) -> tuple[dict[str, Any], list[Problem]]:
     """Build a Struct for every declared type.
 
     Args:
         types: Type name → (key path of its table, declaration).
+        importer: Resolves import paths (shared with the rest of the file's
+            compilation, so a broken module runs once).
 
     Returns:
         Name → Struct (types with errors are missing) and every problem.
     """
-    compiler = _Compiler(types, {})
+    compiler = _Compiler(types, {}, importer or Importer())
     for name in types:
         if name not in compiler.structs:
             compiler.build(name)

@@ -21,18 +21,25 @@ import msgspec
 
 from ._toml import KeyPath
 
+if typing.TYPE_CHECKING:
+    from .imports import ImportFailure
+
 __all__ = ["Problem", "check", "describe", "kind_of"]
 
 
 class Problem:
     """A value that does not fit the model (collected into a ConfigError)."""
 
-    __slots__ = ("expected", "found", "path")
+    __slots__ = ("expected", "failure", "found", "path")
 
-    def __init__(self, path: KeyPath, expected: str, found: str) -> None:
+    def __init__(
+        self, path: KeyPath, expected: str, found: str, failure: ImportFailure | None = None
+    ) -> None:
         self.path = path
         self.expected = expected
         self.found = found
+        #: The user's module failed to import (reported once per module).
+        self.failure = failure
 
     def __repr__(self) -> str:
         return f"Problem({self.path!r}, {self.expected!r}, {self.found!r})"

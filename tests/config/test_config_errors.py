@@ -106,6 +106,7 @@ def test_every_failure_kind_has_a_fixture() -> None:
         "include_cycle_b.toml",
         "multi.toml",
         "user_import_error.toml",
+        "broken_module.toml",
     }
     assert fixtures == set(EXPECTED)
 
@@ -165,6 +166,48 @@ def test_the_users_own_import_error_is_shown_unchanged() -> None:
     cause = info.value.__cause__
     assert isinstance(cause, ModuleNotFoundError)
     assert cause.name == "fx_missing_dependency"
+
+
+def test_a_module_that_fails_to_import_is_reported_once_with_every_key_naming_it() -> None:
+    with pytest.raises(ConfigFileError) as info:
+        load_config("broken_module.toml")
+    fx_broken = os.path.join(ERRORS, "fx_broken.py")
+    assert str(info.value) == (
+        "1 error in broken_module.toml\n"
+        "  broken_module.toml:2: types.Join.struct: expected module 'fx_broken' to import "
+        "cleanly, found ModuleNotFoundError raised while importing it (also named by "
+        "types.Say.fields.who (broken_module.toml:5), workers.beat.target "
+        "(broken_module.toml:8), routes[0].on_connect (broken_module.toml:12), "
+        "routes[0].handlers.join (broken_module.toml:13), routes[0].handlers.leave.handler "
+        "(broken_module.toml:14), routes[0].handlers.leave.payload (broken_module.toml:14)):\n"
+        "Traceback (most recent call last):\n"
+        f'  File "{fx_broken}", line 3, in <module>\n'
+        "    import fx_missing_dependency  # noqa: F401\n"
+        + "    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        + "ModuleNotFoundError: No module named 'fx_missing_dependency'"
+    )
+    assert isinstance(info.value.__cause__, ModuleNotFoundError)
+
+
+def test_a_module_that_fails_to_import_runs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fx_counted.py").write_text(
+        "import pathlib\n"
+        "runs = pathlib.Path(__file__).with_suffix('.runs')\n"
+        "runs.write_text((runs.read_text() if runs.exists() else '') + 'x')\n"
+        "raise RuntimeError('boom')\n"
+    )
+    (tmp_path / "routes.toml").write_text(
+        '[[routes]]\npath = "/chat"\n'
+        + "".join(f'handlers.h{i} = "fx_counted:h{i}"\n' for i in range(20))
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigFileError) as info:
+        load_config("routes.toml")
+    assert len(info.value.issues) == 1
+    assert "routes[0].handlers.h19 (routes.toml:22)):\nTraceback" in str(info.value)
+    assert (tmp_path / "fx_counted.runs").read_text() == "x"
 
 
 def test_the_users_own_syntax_error_is_shown_unchanged(
