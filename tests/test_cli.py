@@ -68,8 +68,48 @@ def test_check_accepts_the_example(runner: CliRunner, in_root: None) -> None:
     result = run(runner, "check", "routes.example.toml")
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        "routes.example.toml: OK (1 route, 10 message types, 1 worker, 1 service)\n"
+        "routes.example.toml: OK (1 route, 1 worker, 1 service, 11 declared types; "
+        "messages summed over routes: 4 in, 6 out)\n"
     )
+
+
+def test_check_says_what_it_counts(runner: CliRunner, tmp_path: Path) -> None:
+    # Two routes share one type each way: 3 declared types (one unused), and
+    # the messages are counted once per route, as `pachinko routes` lists them.
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        textwrap.dedent("""\
+            [types.Join.fields]
+            room = "str"
+
+            [types.Joined]
+            tag = "joined"
+            fields = { room = "str" }
+
+            [types.Unused.fields]
+            x = "int"
+
+            [[routes]]
+            path = "/a"
+            sends = ["Joined"]
+            handlers.join = { handler = "tests.test_cli:echo", payload = "Join" }
+
+            [[routes]]
+            path = "/b"
+            sends = ["Joined"]
+            handlers.join = { handler = "tests.test_cli:echo", payload = "Join" }
+        """)
+    )
+    result = run(runner, "check", str(config))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"{config}: OK (2 routes, 0 workers, 0 services, 3 declared types; "
+        "messages summed over routes: 2 in, 2 out)\n"
+    )
+
+
+async def echo(resource: Any, ws: Any, payload: Any) -> None:
+    await resource.send(payload)
 
 
 BROKEN = textwrap.dedent("""\
@@ -247,7 +287,10 @@ def test_init_writes_a_starter_that_checks(runner: CliRunner, tmp_path: Path) ->
     assert f"cd {target} && pachinko serve" in result.stdout
     result = run(runner, "check", str(target / "routes.toml"))
     assert result.exit_code == 0, result.output
-    assert "OK (1 route, 4 message types, 0 workers, 0 services)" in result.stdout
+    assert result.stdout == (
+        f"{target / 'routes.toml'}: OK (1 route, 0 workers, 0 services, 4 declared types; "
+        "messages summed over routes: 2 in, 2 out)\n"
+    )
 
 
 def test_init_refuses_to_overwrite(runner: CliRunner, tmp_path: Path) -> None:
