@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import typing
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal, Union
@@ -40,6 +41,9 @@ SCALARS: Final[dict[str, Any]] = {
     "any": Any,
 }
 _GENERICS: Final = {"list": 1, "dict": 2, "optional": 1}
+_LENGTHS: Final = ("min_length", "max_length")
+_BOUNDS: Final = ("ge", "gt", "le", "lt", "multiple_of")
+_CONSTRAINTS: Final = (*_LENGTHS, "pattern", *_BOUNDS)
 _TOKEN: Final = re.compile(
     r"\s*(?:(?P<name>[A-Za-z_][\w.]*(?::[A-Za-z_][\w.]*)?)|(?P<punct>[\[\],]))"
 )
@@ -233,6 +237,41 @@ class _Compiler:
             self.problems.append(Problem(path, "a valid message type", str(ex)))
             return None
 
+    def _constraints_fit(
+        self, fpath: KeyPath, field: FieldConfig, inner: Any, meta: dict[str, Any]
+    ) -> bool:
+        """Report each constraint key that does not apply to the field's type."""
+        allowed = _allowed(inner)
+        of = "an enum" if field.type is None else f"type {field.type!r}"
+        if allowed:
+            expected = f"one of {', '.join(allowed)} (the constraints of {of})"
+        else:
+            expected = f"no constraint on {of} (only description applies)"
+        ok = True
+        for key in _CONSTRAINTS:
+            if key not in meta:
+                continue
+            value = meta[key]
+            if key not in allowed:
+                self.problems.append(Problem((*fpath, key), expected, f"{key} = {_written(value)}"))
+                ok = False
+            elif inner is int and key in _BOUNDS and not float(value).is_integer():
+                self.problems.append(
+                    Problem((*fpath, key), f"an integer (the field has {of})", f"{key} = {value}")
+                )
+                ok = False
+            elif inner is int and key in _BOUNDS:
+                meta[key] = int(value)
+            elif key == "pattern":
+                try:
+                    re.compile(value)
+                except re.error as ex:
+                    self.problems.append(
+                        Problem((*fpath, key), "a regular expression", f"{value!r}: {ex}")
+                    )
+                    ok = False
+        return ok
+
     def _field(self, fname: str, fpath: KeyPath, field: FieldConfig, table: bool) -> Any:
         tpath = (*fpath, "type") if table else fpath
         if not fname.isidentifier():
@@ -280,28 +319,17 @@ class _Compiler:
         optional = _is_optional(tp)
         meta = {
             key: getattr(field, key)
-            for key in (
-                "min_length",
-                "max_length",
-                "pattern",
-                "ge",
-                "gt",
-                "le",
-                "lt",
-                "multiple_of",
-                "description",
-            )
+            for key in (*_CONSTRAINTS, "description")
             if getattr(field, key) is not None
         }
         inner = _strip_none(tp) if optional else tp
-        for key in ("ge", "gt", "le", "lt", "multiple_of"):
-            if key in meta and inner is int and float(meta[key]).is_integer():
-                meta[key] = int(meta[key])
+        if not self._constraints_fit(fpath, field, inner, meta):
+            return None
         if meta:
             try:
                 annotated: Any = Annotated[inner, msgspec.Meta(**meta)]
                 msgspec.json.Decoder(annotated)
-            except (TypeError, ValueError, re.error) as ex:
+            except (TypeError, ValueError, re.error) as ex:  # NOTE: checked above; msgspec's word
                 self.problems.append(
                     Problem(fpath, "constraints that fit the field's type", str(ex))
                 )
@@ -328,6 +356,21 @@ class _Compiler:
         if optional and not field.required:
             return (fname, tp, None)
         return (fname, tp)
+
+
+def _allowed(tp: Any) -> tuple[str, ...]:
+    """The constraint keys that apply to a field of type ``tp``."""
+    if tp is str:
+        return (*_LENGTHS, "pattern")
+    if tp is int or tp is float:
+        return _BOUNDS
+    if typing.get_origin(tp) in (list, dict):
+        return _LENGTHS
+    return ()
+
+
+def _written(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _copy(value: Any) -> Any:

@@ -90,6 +90,12 @@ def describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         parts = [describe(a) for a in typing.get_args(tp) if a is not type(None)]
+        # NOTE: `int | float` keeps an integer as written; in words it is a number.
+        parts = [
+            p
+            for p in parts
+            if not (p.startswith("an integer") and "a number" + p[len("an integer") :] in parts)
+        ]
         return " or ".join(parts)
     if origin in (list, tuple, set, frozenset):
         args = typing.get_args(tp)

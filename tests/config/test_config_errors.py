@@ -81,9 +81,21 @@ EXPECTED = {
     "an import path to a msgspec.Struct, found 'lst[str]': unknown type 'lst' "
     "(declared types: Join)",
     "bad_constraint.toml": "1 error in bad_constraint.toml\n"
-    "  bad_constraint.toml:2: types.Join.fields.active: expected constraints that fit the "
-    "field's type, found Can only set `min_length` on a str, bytes, or collection type - type "
-    "`typing.Annotated[bool, msgspec.Meta(min_length=1)]` is invalid",
+    "  bad_constraint.toml:2: types.Join.fields.active.min_length: expected no constraint on "
+    "type 'bool' (only description applies), found min_length = 1",
+    "constraint_mixed.toml": "3 errors in constraint_mixed.toml\n"
+    "  constraint_mixed.toml:2: types.Join.fields.name.gt: expected one of min_length, "
+    "max_length, pattern (the constraints of type 'str'), found gt = 1\n"
+    "  constraint_mixed.toml:3: types.Join.fields.count.min_length: expected one of ge, gt, le, "
+    "lt, multiple_of (the constraints of type 'int'), found min_length = 1\n"
+    "  constraint_mixed.toml:4: types.Join.fields.level.max_length: expected no constraint on "
+    "an enum (only description applies), found max_length = 1",
+    "constraint_not_integer.toml": "1 error in constraint_not_integer.toml\n"
+    "  constraint_not_integer.toml:2: types.Join.fields.count.ge: expected an integer (the "
+    "field has type 'optional[int]'), found ge = 1.5",
+    "bad_pattern.toml": "1 error in bad_pattern.toml\n"
+    "  bad_pattern.toml:2: types.Join.fields.room.pattern: expected a regular expression, "
+    "found '(': missing ), unterminated subpattern at position 0",
     "description_with_struct.toml": "1 error in description_with_struct.toml\n"
     "  description_with_struct.toml:3: types.Join.description: expected no 'description' with "
     "'struct' (the Struct's docstring describes it), found 'Join a room.'",
