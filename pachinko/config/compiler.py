@@ -9,11 +9,14 @@ router and plain resource classes.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import re
+import sys
 import types
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -168,7 +171,8 @@ class _Compiler:
         self.inject: dict[Any, tuple[str, ...]] = {}  # target -> service names
         self.names: dict[str, Located] = {}
         self.class_names: set[str] = set()
-        self.importer = Importer()
+        self.shadows: dict[str, ImportFailure | None] = {}
+        self.importer = Importer(self.shadowed)
         #: Modules that raised while importing: the failure, every key naming them.
         self.broken_modules: dict[str, tuple[ImportFailure, list[Located]]] = {}
 
@@ -192,6 +196,38 @@ class _Compiler:
             self.import_failed(where, ex)
             return None
 
+    def shadowed(self, path: str) -> ImportFailure | None:
+        """The failure to report when a module next to the root file is not the one imported.
+
+        The file's folder is last on ``sys.path``: an installed package (or a
+        module another app already imported) of the same name wins, and
+        importing it instead would fail obscurely or run the wrong code.
+        """
+        top = path.partition(":")[0].partition(".")[0]
+        if top in self.shadows:
+            return self.shadows[top]
+        self.shadows[top] = None
+        root = self.loaded.root.path
+        if root is None or not top.isidentifier():
+            return None
+        folder = root.resolve().parent
+        local = next(
+            (p for p in (folder / f"{top}.py", folder / top / "__init__.py") if p.is_file()), None
+        )
+        if local is None:
+            return None
+        origin = _origin(top)
+        if origin is None or origin == local.resolve():
+            return None
+        name = local.name if local.name != "__init__.py" else f"{top}/"
+        self.shadows[top] = ImportFailure(
+            f"module {top!r} to be {name} next to {root.name}",
+            f"{top!r} is {origin}, which comes first on sys.path or was imported already "
+            f"(rename the local {name})",
+            module=top,
+        )
+        return self.shadows[top]
+
     def import_failed(self, where: Located, ex: ImportFailure) -> None:
         if ex.module is None:
             self.add(where, ex.expected, ex.found, ex.cause)
@@ -214,8 +250,9 @@ class _Compiler:
                     else f"{format_path(path)} ({source.name})"
                     for source, path in others
                 )
-                head, _, trace = found.partition("\n")
-                found = f"{head.rstrip(':')} (also named by {also}):\n{trace}"
+                head, newline, trace = found.partition("\n")
+                found = f"{head.rstrip(':')} (also named by {also})"
+                found += f":{newline}{trace}" if newline else ""
             self.add(first, ex.expected, found, ex.cause)
 
     def function(
@@ -801,6 +838,21 @@ def _copy_function(fn: Any) -> Any:
     call.__qualname__ = getattr(fn, "__qualname__", call.__name__)
     call.__pachinko_origin__ = fn  # type: ignore[attr-defined]  # for export
     return call
+
+
+def _origin(top: str) -> Path | None:
+    """Where the top-level module ``top`` is (or would be) imported from."""
+    module = sys.modules.get(top)
+    try:
+        spec = module.__spec__ if module is not None else importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin is not None and spec.has_location:
+        return Path(spec.origin).resolve()
+    locations = list(spec.submodule_search_locations or ())
+    return Path(locations[0]).resolve() if locations else None
 
 
 def _parameters(target: Any) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import re
 import traceback
+from collections.abc import Callable
 from typing import Any, Final
 
 __all__ = ["ImportFailure", "Importer", "import_path", "is_import_path"]
@@ -50,8 +51,10 @@ class Importer:
     it would run it (and fail) again: its failure is kept and raised again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[str], ImportFailure | None] | None = None) -> None:
         self.failed: dict[str, ImportFailure] = {}
+        #: Called first with each path; a failure it returns is raised instead.
+        self.check = check
 
     def __call__(self, path: str) -> Any:
         """Like :func:`import_path`."""
@@ -59,6 +62,9 @@ class Importer:
         known = self.failed.get(module)
         if known is not None:
             raise known
+        refused = self.check(path) if self.check is not None and is_import_path(path) else None
+        if refused is not None:
+            raise refused
         try:
             return import_path(path)
         except ImportFailure as ex:

@@ -243,3 +243,96 @@ def test_the_users_own_syntax_error_is_shown_unchanged(
     assert 'fx_syntax_error.py", line 1\n' in message
     assert message.endswith("SyntaxError: expected ':'")
     assert isinstance(info.value.__cause__, SyntaxError)
+
+
+# -- the file's folder on sys.path ---------------------------------------------------
+
+HANDLER = "async def join(resource, ws, payload):\n    pass\n"
+
+
+def test_the_files_folder_is_last_on_sys_path(tmp_path: Path) -> None:
+    (tmp_path / "fx_local_handlers.py").write_text(HANDLER)
+    (tmp_path / "routes.toml").write_text(
+        '[[routes]]\npath = "/chat"\nhandlers.join = "fx_local_handlers:join"\n'
+    )
+    load_config(tmp_path / "routes.toml")  # the module next to the file imports
+    assert sys.path[-1] == str(tmp_path)
+    assert str(tmp_path) not in sys.path[:-1]
+
+
+def test_a_local_file_does_not_shadow_an_installed_package(tmp_path: Path) -> None:
+    import subprocess
+
+    # idna is installed (a dependency) and not imported by pachinko: after the
+    # load, `import idna` must still give the installed package.
+    (tmp_path / "idna.py").write_text("raise RuntimeError('the local idna.py was imported')\n")
+    (tmp_path / "fx_local_handlers.py").write_text(HANDLER)
+    (tmp_path / "routes.toml").write_text(
+        '[[routes]]\npath = "/chat"\nhandlers.join = "fx_local_handlers:join"\n'
+    )
+    script = (
+        "import sys\n"
+        "from pachinko.config import load_config\n"
+        "assert 'idna' not in sys.modules\n"
+        f"load_config({str(tmp_path / 'routes.toml')!r})\n"
+        "import idna\n"
+        "print(idna.__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ERRORS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "site-packages" in done.stdout
+    assert str(tmp_path) not in done.stdout
+
+
+def test_a_local_file_named_like_an_installed_package_is_reported(tmp_path: Path) -> None:
+    import attrs
+
+    (tmp_path / "attrs.py").write_text(HANDLER)
+    (tmp_path / "routes.toml").write_text(
+        '[types.Join]\nstruct = "attrs:Join"\n\n'
+        '[[routes]]\npath = "/chat"\nhandlers.join = "attrs:join"\n'
+        'handlers.leave = "attrs:join"\n'
+    )
+    with pytest.raises(ConfigFileError) as info:
+        load_config(tmp_path / "routes.toml")
+    installed = Path(attrs.__file__).resolve()
+    name = tmp_path / "routes.toml"
+    assert str(info.value) == (
+        f"1 error in {name}\n"
+        f"  {name}:2: types.Join.struct: expected module 'attrs' to be attrs.py next to "
+        f"routes.toml, found 'attrs' is {installed}, which comes first on sys.path or was "
+        f"imported already (rename the local attrs.py) (also named by routes[0].handlers.join "
+        f"({name}:6), routes[0].handlers.leave ({name}:7))"
+    )
+
+
+def test_two_apps_with_same_named_local_modules_are_told_apart(tmp_path: Path) -> None:
+    # Python keeps one module per name: the second file's own fx_twin.py would
+    # silently be the first one's. It is reported instead.
+    for name, handler in (("a", "join"), ("b", "leave")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fx_twin.py").write_text(HANDLER.replace("join", handler))
+        (tmp_path / name / "routes.toml").write_text(
+            f'[[routes]]\npath = "/chat"\nhandlers.{handler} = "fx_twin:{handler}"\n'
+        )
+    sys.modules.pop("fx_twin", None)
+    try:
+        load_config(tmp_path / "a" / "routes.toml")
+        with pytest.raises(ConfigFileError) as info:
+            load_config(tmp_path / "b" / "routes.toml")
+    finally:
+        sys.modules.pop("fx_twin", None)
+    name = tmp_path / "b" / "routes.toml"
+    assert str(info.value) == (
+        f"1 error in {name}\n"
+        f"  {name}:3: routes[0].handlers.leave: expected module 'fx_twin' to be fx_twin.py "
+        f"next to routes.toml, found 'fx_twin' is {tmp_path / 'a' / 'fx_twin.py'}, which comes "
+        "first on sys.path or was imported already (rename the local fx_twin.py)"
+    )
