@@ -17,6 +17,7 @@ Usable without TOML::
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -206,6 +207,7 @@ class _Builder:
                     self._inbound(spec.payload_type, tag, tag_field, wire, spec.strict),
                     f"Client → server `{tag}`, handled by "
                     f"`{_qualname(getattr(cls, spec.method_name))}`.",
+                    _description(spec.payload_type),
                 )
                 messages[msg_id] = ref
                 receive.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
@@ -219,6 +221,7 @@ class _Builder:
                     tag,
                     payload,
                     f"Server → client `{tag}`, sent by `{cls.__qualname__}`.",
+                    _description(tp),
                 )
                 messages[msg_id] = ref
                 send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
@@ -237,10 +240,19 @@ class _Builder:
                     "messages": refs,
                 }
 
-    def _message(self, key: str, tag: str, payload: dict[str, Any], summary: str) -> dict[str, str]:
+    def _message(
+        self,
+        key: str,
+        tag: str,
+        payload: dict[str, Any],
+        summary: str,
+        description: str | None = None,
+    ) -> dict[str, str]:
         key = self._unique(self.messages, _key(key))
         # NOTE: ``payload`` may still be filled in by schemas(): store the dict itself.
         payload.update(name=tag, title=tag, summary=summary)
+        if description:
+            payload["description"] = description
         self.messages[key] = payload
         return {"$ref": f"#/components/messages/{key}"}
 
@@ -327,6 +339,12 @@ def _qualname(fn: Any) -> str:
     module = getattr(fn, "__module__", None)
     name = getattr(fn, "__qualname__", None) or repr(fn)
     return f"{module}:{name}" if module else name
+
+
+def _description(tp: Any) -> str | None:
+    """The payload type's own docstring (``[types.Name] description`` in TOML)."""
+    doc = vars(tp).get("__doc__") if isinstance(tp, type) else None
+    return inspect.cleandoc(doc) if isinstance(doc, str) and doc.strip() else None
 
 
 def _tag_of(tp: Any) -> str | None:

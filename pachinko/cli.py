@@ -285,13 +285,21 @@ def check(config: str) -> None:
     """Check CONFIG: load and compile everything, import every handler.
 
     Exits with status 0 if the file is valid, 1 with every error otherwise.
+    A valid file's summary counts routes, workers, services, the declared
+    [types], and the messages the routes receive (in) and send (out),
+    summed over routes (the rows of `pachinko routes`).
     """
     compiled = _compile(config)
     routes = compiled.router.routes()
-    messages = sum(len(row["messages"]) for row in route_table(compiled.prefix, compiled.router))
+    rows = [m for row in route_table(compiled.prefix, compiled.router) for m in row["messages"]]
+    received = sum(1 for m in rows if m["direction"] == "in")
+    # NOTE: a type used by two routes is two rows of `pachinko routes`: the
+    #   message counts say they are summed over routes, next to the declared types.
     click.echo(
-        f"{config}: OK ({_count(len(routes), 'route')}, {_count(messages, 'message type')}, "
-        f"{_count(len(compiled.workers), 'worker')}, {_count(len(compiled.services), 'service')})"
+        f"{config}: OK ({_count(len(routes), 'route')}, {_count(len(compiled.workers), 'worker')}, "
+        f"{_count(len(compiled.services), 'service')}, "
+        f"{_count(len(compiled.structs), 'declared type')}; "
+        f"messages summed over routes: {received} in, {len(rows) - received} out)"
     )
 
 
@@ -423,12 +431,14 @@ def init(directory: str, force: bool) -> None:
     help="Write to this file instead of standard output.",
 )
 def export(target: str, prefix: str | None, output: str | None) -> None:
-    """Write the routes.toml of a Python router (MODULE:ROUTER).
+    """Write the routes.toml of a router or app (MODULE:ROUTER).
 
     MODULE is imported from the current directory (as uvicorn does); ROUTER
-    is a WebSocketRouter or a Falcon app with one mounted router.
+    is a WebSocketRouter or a Falcon app with one mounted router. An app
+    also has its settings, services and workers written (an app made from
+    a routes.toml: everything it was declared with).
     """
-    from .config import export_toml
+    from .config.export import export_app, export_toml
     from .config.imports import ImportFailure, import_path
     from .router import WebSocketRouter as Router
 
@@ -438,8 +448,6 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
         obj = import_path(target)
     except ImportFailure as ex:
         _fail(f"Error: cannot import {target}: {ex}")
-    router: Any = obj
-    settings: Settings | None = None
     if not isinstance(obj, Router):
         import falcon.asgi
 
@@ -448,11 +456,9 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
         mounts = None
         if isinstance(obj, falcon.asgi.App):
             try:
-                runtime = runtime_of(obj)
+                mounts = runtime_of(obj).mounts
             except PachinkoError:
                 mounts = []
-            else:
-                mounts, settings = runtime.mounts, runtime.settings
         if mounts is None or len(mounts) != 1:
             found = (
                 type(obj).__name__
@@ -463,10 +469,12 @@ def export(target: str, prefix: str | None, output: str | None) -> None:
                 f"Error: {target} must be a WebSocketRouter or a Falcon app with one mounted "
                 f"router, found {found}"
             )
-        router = mounts[0].router
-        prefix = prefix or mounts[0].prefix
     try:
-        text = export_toml(router, prefix=prefix, settings=settings)
+        text = (
+            export_toml(obj, prefix=prefix)
+            if isinstance(obj, Router)
+            else export_app(obj, prefix=prefix)
+        )
     except PachinkoError as ex:
         _fail(f"Error: cannot export {target}:\n{ex}")
     if output is None:

@@ -68,8 +68,48 @@ def test_check_accepts_the_example(runner: CliRunner, in_root: None) -> None:
     result = run(runner, "check", "routes.example.toml")
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        "routes.example.toml: OK (1 route, 10 message types, 1 worker, 1 service)\n"
+        "routes.example.toml: OK (1 route, 1 worker, 1 service, 11 declared types; "
+        "messages summed over routes: 4 in, 6 out)\n"
     )
+
+
+def test_check_says_what_it_counts(runner: CliRunner, tmp_path: Path) -> None:
+    # Two routes share one type each way: 3 declared types (one unused), and
+    # the messages are counted once per route, as `pachinko routes` lists them.
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        textwrap.dedent("""\
+            [types.Join.fields]
+            room = "str"
+
+            [types.Joined]
+            tag = "joined"
+            fields = { room = "str" }
+
+            [types.Unused.fields]
+            x = "int"
+
+            [[routes]]
+            path = "/a"
+            sends = ["Joined"]
+            handlers.join = { handler = "tests.test_cli:echo", payload = "Join" }
+
+            [[routes]]
+            path = "/b"
+            sends = ["Joined"]
+            handlers.join = { handler = "tests.test_cli:echo", payload = "Join" }
+        """)
+    )
+    result = run(runner, "check", str(config))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        f"{config}: OK (2 routes, 0 workers, 0 services, 3 declared types; "
+        "messages summed over routes: 2 in, 2 out)\n"
+    )
+
+
+async def echo(resource: Any, ws: Any, payload: Any) -> None:
+    await resource.send(payload)
 
 
 BROKEN = textwrap.dedent("""\
@@ -247,7 +287,10 @@ def test_init_writes_a_starter_that_checks(runner: CliRunner, tmp_path: Path) ->
     assert f"cd {target} && pachinko serve" in result.stdout
     result = run(runner, "check", str(target / "routes.toml"))
     assert result.exit_code == 0, result.output
-    assert "OK (1 route, 4 message types, 0 workers, 0 services)" in result.stdout
+    assert result.stdout == (
+        f"{target / 'routes.toml'}: OK (1 route, 0 workers, 0 services, 4 declared types; "
+        "messages summed over routes: 2 in, 2 out)\n"
+    )
 
 
 def test_init_refuses_to_overwrite(runner: CliRunner, tmp_path: Path) -> None:
@@ -358,6 +401,7 @@ def test_uvicorn_options_come_from_settings() -> None:
 # -- export ---------------------------------------------------------------------
 
 EXPORTABLE = textwrap.dedent("""\
+    import functools
     from typing import Annotated, Any
 
     import falcon.asgi
@@ -401,6 +445,40 @@ EXPORTABLE = textwrap.dedent("""\
     schema_router.add_route("/enter", SchemaRooms)
     app = falcon.asgi.App()
     pachinko.mount(app, "/api", router, settings=pachinko.Settings(max_message_size=2048))
+
+
+    class Store:
+        def __init__(self, size: int = 1) -> None:
+            self.size = size
+
+
+    @pachinko.worker(restart=pachinko.RestartPolicy(max_restarts=2))
+    async def beat(manager: Any) -> None:
+        pass
+
+
+    def make_app(workers: list[Any]) -> falcon.asgi.App:
+        made = falcon.asgi.App()
+        pachinko.mount(
+            made,
+            "/api",
+            router,
+            settings=pachinko.Settings(rate_limit=None),
+            services={"store": functools.partial(Store, size=3)},
+            workers=workers,
+        )
+        return made
+
+
+    full = make_app([beat])
+
+
+    async def local_beat(manager: Any) -> None:
+        pass
+
+
+    closure = make_app([local_beat])
+    local_beat.__qualname__ = "make.<locals>.local_beat"
     bare = falcon.asgi.App()
     VALUE = 42
     lam = pachinko.WebSocketRouter()
@@ -539,3 +617,94 @@ def test_export_of_something_without_an_import_path(runner: CliRunner, exportabl
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: cannot export {exportable}:lam:\n")
     assert "lambda" in result.stderr
+
+
+def test_export_a_python_app_with_its_services_and_workers(
+    runner: CliRunner,
+    exportable: str,
+    tmp_path: Path,
+) -> None:
+    result = run(runner, "export", f"{exportable}:full")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert text.startswith('[app]\nprefix = "/api"\n\n[settings]\nrate_limit = false\n\n'), text
+    assert (
+        f'[services.store]\nfactory = "{exportable}:Store"\n\n[services.store.kwargs]\nsize = 3\n'
+    ) in text
+    assert f'[workers.beat]\ntarget = "{exportable}:beat"\n' in text
+    config = tmp_path / "exported.toml"
+    config.write_text(text)
+    compiled = load_config(str(config))
+    assert compiled.settings.rate_limit is None
+    assert compiled.services["store"].kwargs == {"size": 3}
+    restart = compiled.workers["beat"].restart
+    assert restart is not None
+    assert restart.max_restarts == 2
+
+
+def test_export_refuses_a_worker_without_an_import_path(runner: CliRunner, exportable: str) -> None:
+    result = run(runner, "export", f"{exportable}:closure")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"Error: cannot export {exportable}:closure:\n"
+        "1 error in <export>\n"
+        "  <export>: workers.local_beat.target: expected a module-level class or function, "
+        "found <function make.<locals>.local_beat at "
+    )
+
+
+EXAMPLE_APP = textwrap.dedent("""\
+    import pachinko
+
+    app = pachinko.create_app({path!r})
+    router = pachinko.config.load_config({path!r}).router
+""")
+
+
+@pytest.fixture
+def example_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module serving routes.example.toml (an app made from a file, then exported)."""
+    name = f"example_app_{next(_modules)}"
+    (tmp_path / f"{name}.py").write_text(EXAMPLE_APP.format(path=str(EXAMPLE)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [str(ROOT), *__import__("sys").path])
+    return name
+
+
+def test_export_of_an_app_from_toml_round_trips(
+    runner: CliRunner, example_app: str, tmp_path: Path
+) -> None:
+    result = run(runner, "export", f"{example_app}:app")
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "exported.toml"
+    config.write_text(result.stdout)
+    for table in ("[services.chat]", "[workers.heartbeat]", "examples.chat.page:add_page"):
+        assert table in result.stdout
+    checked = run(runner, "check", str(config))
+    assert checked.exit_code == 0, checked.output
+    assert checked.stdout == run(runner, "check", str(EXAMPLE)).stdout.replace(
+        str(EXAMPLE), str(config)
+    )
+    for command in (["routes", "--json"], ["asyncapi", "--format", "json", "--title", "t"]):
+        exported = run(runner, command[0], str(config), *command[1:])
+        original = run(runner, command[0], str(EXAMPLE), *command[1:])
+        assert exported.exit_code == original.exit_code == 0
+        assert json.loads(exported.stdout) == json.loads(original.stdout)
+    # Exporting the export gives the same file.
+    again = load_config(str(config))
+    from pachinko.config.export import _declared
+
+    assert _declared(again, None) == _declared(load_config(str(EXAMPLE)), None)
+
+
+def test_export_of_a_router_from_toml_refuses_its_services(
+    runner: CliRunner, example_app: str
+) -> None:
+    result = run(runner, "export", f"{example_app}:router")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: cannot export {example_app}:router:\n"
+        "1 error in <export>\n"
+        "  <export>: routes[0].services: expected services the file can declare (export the "
+        "app that serves this router: its [services] are written too), found 'chat'\n"
+    )

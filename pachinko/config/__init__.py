@@ -16,7 +16,7 @@ from .loader import load, load_text
 
 if TYPE_CHECKING:
     from .app import Configured, configure, create_app
-    from .export import export_toml
+    from .export import export_app, export_toml
 
 __all__ = [
     "Compiled",
@@ -27,6 +27,7 @@ __all__ = [
     "compile_text",
     "configure",
     "create_app",
+    "export_app",
     "export_toml",
     "load",
     "load_config",
@@ -40,8 +41,8 @@ def __getattr__(name: str) -> Any:
         from . import app
 
         return getattr(app, name)
-    if name == "export_toml":
-        from .export import export_toml
+    if name in ("export_app", "export_toml"):
+        from . import export
 
-        return export_toml
+        return getattr(export, name)
     raise AttributeError(f"module 'pachinko.config' has no attribute {name!r}")

@@ -9,11 +9,14 @@ router and plain resource classes.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import re
+import sys
 import types
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -27,7 +30,7 @@ from ..router import WebSocketRouter
 from ..settings import Settings
 from ..workers import RestartPolicy
 from ._toml import KeyPath
-from .imports import ImportFailure, import_path, is_import_path
+from .imports import Importer, ImportFailure, is_import_path
 from .loader import Loaded, Located, Report, Source, load, load_text, router_hooks
 from .model import HandlerConfig, RouteConfig, RouterConfig
 from .schema import compile_types
@@ -168,6 +171,10 @@ class _Compiler:
         self.inject: dict[Any, tuple[str, ...]] = {}  # target -> service names
         self.names: dict[str, Located] = {}
         self.class_names: set[str] = set()
+        self.shadows: dict[str, ImportFailure | None] = {}
+        self.importer = Importer(self.shadowed)
+        #: Modules that raised while importing: the failure, every key naming them.
+        self.broken_modules: dict[str, tuple[ImportFailure, list[Located]]] = {}
 
     # -- helpers ----------------------------------------------------------------
 
@@ -184,10 +191,69 @@ class _Compiler:
 
     def resolve(self, where: Located, path: str) -> Any:
         try:
-            return import_path(path)
+            return self.importer(path)
         except ImportFailure as ex:
-            self.add(where, ex.expected, ex.found, ex.cause)
+            self.import_failed(where, ex)
             return None
+
+    def shadowed(self, path: str) -> ImportFailure | None:
+        """The failure to report when a module next to the root file is not the one imported.
+
+        The file's folder is last on ``sys.path``: an installed package (or a
+        module another app already imported) of the same name wins, and
+        importing it instead would fail obscurely or run the wrong code.
+        """
+        top = path.partition(":")[0].partition(".")[0]
+        if top in self.shadows:
+            return self.shadows[top]
+        self.shadows[top] = None
+        root = self.loaded.root.path
+        if root is None or not top.isidentifier():
+            return None
+        folder = root.resolve().parent
+        local = next(
+            (p for p in (folder / f"{top}.py", folder / top / "__init__.py") if p.is_file()), None
+        )
+        if local is None:
+            return None
+        origin = _origin(top)
+        if origin is None or origin == local.resolve():
+            return None
+        name = local.name if local.name != "__init__.py" else f"{top}/"
+        self.shadows[top] = ImportFailure(
+            f"module {top!r} to be {name} next to {root.name}",
+            f"{top!r} is {origin}, which comes first on sys.path or was imported already "
+            f"(rename the local {name})",
+            module=top,
+        )
+        return self.shadows[top]
+
+    def import_failed(self, where: Located, ex: ImportFailure) -> None:
+        if ex.module is None:
+            self.add(where, ex.expected, ex.found, ex.cause)
+        else:  # reported once for the module, by report_broken_modules()
+            self.broken_modules.setdefault(ex.module, (ex, []))[1].append(where)
+
+    def report_broken_modules(self) -> None:
+        """One issue per module that failed to import, at the first key naming it."""
+        from ._toml import format_path, line_of
+
+        order = {source.name: index for index, source in enumerate(self.loaded.sources)}
+        for ex, places in self.broken_modules.values():
+            places.sort(key=lambda p: (order.get(p[0].name, 0), line_of(p[0].lines, p[1]) or 0))
+            first, *others = places
+            found = ex.found
+            if others:
+                also = ", ".join(
+                    f"{format_path(path)} ({source.name}:{line_of(source.lines, path)})"
+                    if line_of(source.lines, path) is not None
+                    else f"{format_path(path)} ({source.name})"
+                    for source, path in others
+                )
+                head, newline, trace = found.partition("\n")
+                found = f"{head.rstrip(':')} (also named by {also})"
+                found += f":{newline}{trace}" if newline else ""
+            self.add(first, ex.expected, found, ex.cause)
 
     def function(
         self,
@@ -229,12 +295,15 @@ class _Compiler:
                 continue
             by_name[name] = (path, decl)
             sources[name] = source
-        structs, problems = compile_types(by_name)
+        structs, problems = compile_types(by_name, self.importer)
         for problem in problems:
             # a problem's path starts with the type's own path: find its file
             name = str(problem.path[1]) if len(problem.path) > 1 else ""
             source = sources.get(name, loaded.root)
-            self.report.add(source, problem.path, problem.expected, problem.found)
+            if problem.failure is not None:
+                self.import_failed((source, problem.path), problem.failure)
+            else:
+                self.report.add(source, problem.path, problem.expected, problem.found)
         self.structs = structs
 
         services = self.compile_services()
@@ -256,6 +325,7 @@ class _Compiler:
             is not None
         ]
         router = self.compile_router("", loaded.routes, loaded.routers, loaded.hooks)
+        self.report_broken_modules()
         self.report.raise_if_any()
         return Compiled(
             loaded,
@@ -410,6 +480,7 @@ class _Compiler:
                         kwargs[name] = services[name]
             return target(*args, **kwargs)
 
+        resource_factory.__pachinko_inject__ = inject  # type: ignore[attr-defined]  # export
         return resource_factory
 
     def compile_route(
@@ -767,6 +838,21 @@ def _copy_function(fn: Any) -> Any:
     call.__qualname__ = getattr(fn, "__qualname__", call.__name__)
     call.__pachinko_origin__ = fn  # type: ignore[attr-defined]  # for export
     return call
+
+
+def _origin(top: str) -> Path | None:
+    """Where the top-level module ``top`` is (or would be) imported from."""
+    module = sys.modules.get(top)
+    try:
+        spec = module.__spec__ if module is not None else importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin is not None and spec.has_location:
+        return Path(spec.origin).resolve()
+    locations = list(spec.submodule_search_locations or ())
+    return Path(locations[0]).resolve() if locations else None
 
 
 def _parameters(target: Any) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Write a programmatic router tree back as routes.toml (with its schemas).
+"""Write a router tree, or a whole app, back as routes.toml (with its schemas).
 
 Each resource class becomes a route built from handlers on top of the class
 itself (``base = "module:Class"``): every message type is listed with its
@@ -12,22 +12,33 @@ import path (``struct = "module:Name"``) instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import msgspec.inspect as mi
 import tomli_w
 
+from ..errors import PachinkoError
 from ..resource import WebSocketResource
 from ..router import RouteInfo, WebSocketRouter
 from ..settings import Settings
 from .errors import ConfigFileError, Issue
 from .imports import ImportFailure, import_path
+from .model import RouteConfig, RouterConfig
 
-__all__ = ["export_document", "export_toml"]
+if TYPE_CHECKING:
+    import falcon.asgi
+
+    from .compiler import Compiled
+
+__all__ = ["export_app", "export_app_document", "export_document", "export_toml"]
 
 _BUILT = "pachinko.config.built"
+#: Attribute of a compiled router's resource factory: resource class -> services.
+_INJECT = "__pachinko_inject__"
 _SCALARS: dict[type, str] = {
     mi.StrType: "str",
     mi.IntType: "int",
@@ -85,13 +96,70 @@ def export_document(
     exporter = _Exporter()
     body = exporter.router(router.root)
     exporter.raise_if_any()
+    return _document(exporter, body, {} if prefix is None else {"prefix": prefix}, settings)
+
+
+def export_app(app: falcon.asgi.App[Any, Any], *, prefix: str | None = None) -> str:
+    """Return a Falcon app's pachinko part as a routes.toml document.
+
+    The app's one mounted router, its prefix and settings, and its services
+    and workers. An app configured from a routes.toml is written from its
+    declarations (``[app] setup`` included); HTTP routes and middleware that
+    Python code added to the app are not pachinko's and are not written.
+
+    Args:
+        app: An app with pachinko installed and one router mounted.
+        prefix: ``[app].prefix`` to write instead of the mount's.
+
+    Raises:
+        ConfigError: Something has no import path (a service factory or
+            worker defined inside a function, ...); every one is named.
+        PachinkoError: pachinko is not installed, or not one router is mounted.
+    """
+    return tomli_w.dumps(export_app_document(app, prefix=prefix))
+
+
+def export_app_document(
+    app: falcon.asgi.App[Any, Any], *, prefix: str | None = None
+) -> dict[str, Any]:
+    """Like :func:`export_app`, as the TOML document's dict."""
+    from ..app import runtime_of
+    from .app import Configured
+
+    runtime = runtime_of(app)
+    if len(runtime.mounts) != 1:
+        raise PachinkoError(
+            f"export needs an app with one mounted router, found {len(runtime.mounts)}"
+        )
+    mount = runtime.mounts[0]
+    for component in getattr(app, "_unprepared_middleware", ()):
+        if isinstance(component, Configured) and component.mount is mount:
+            return _declared(component.compiled, prefix)
+    exporter = _Exporter(declared=runtime.service_factories)
+    services = {
+        name: table
+        for name, factory in runtime.service_factories.items()
+        if (table := exporter.service(name, factory, runtime.service_factories)) is not None
+    }
+    workers = exporter.workers(runtime.declared_workers)
+    body = exporter.router(mount.router.root)
+    exporter.raise_if_any()
+    doc = _document(exporter, body, {"prefix": prefix or mount.prefix}, runtime.settings)
+    if services:
+        doc["services"] = services
+    if workers:
+        doc["workers"] = workers
+    return _ordered(doc)
+
+
+def _document(
+    exporter: _Exporter, body: dict[str, Any], app: dict[str, Any], settings: Settings | None
+) -> dict[str, Any]:
     doc: dict[str, Any] = {}
-    if prefix is not None:
-        doc["app"] = {"prefix": prefix}
+    if app:
+        doc["app"] = app
     if settings is not None:
-        values = msgspec.to_builtins(settings)
-        defaults = msgspec.to_builtins(Settings())
-        changed = {k: v for k, v in values.items() if defaults.get(k) != v and v is not None}
+        changed = _settings(settings)
         if changed:
             doc["settings"] = changed
     if exporter.types:
@@ -100,13 +168,102 @@ def export_document(
     return doc
 
 
+def _settings(settings: Settings) -> dict[str, Any]:
+    """The values that differ from the defaults (``false`` for one turned off)."""
+    values = msgspec.to_builtins(settings)
+    defaults = msgspec.to_builtins(Settings())
+    # NOTE: TOML has no null: a setting turned off is written `false`, which
+    #   the loader reads back as None.
+    return {k: False if v is None else v for k, v in values.items() if defaults.get(k, v) != v}
+
+
+#: Top-level tables in the order a person writes them.
+_ORDER = ("include", "app", "settings", "types", "services", "workers", "hooks")
+
+
+def _ordered(doc: dict[str, Any]) -> dict[str, Any]:
+    head = {k: doc[k] for k in _ORDER if k in doc}
+    return {**head, **{k: v for k, v in doc.items() if k not in head}}
+
+
+def _declared(compiled: Compiled, prefix: str | None) -> dict[str, Any]:
+    """The document a configured app was compiled from, includes merged."""
+    loaded = compiled.loaded
+    doc: dict[str, Any] = {
+        "app": {**msgspec.to_builtins(loaded.app), "prefix": prefix or loaded.app.prefix}
+    }
+    changed = _settings(loaded.settings)
+    if changed:
+        doc["settings"] = changed
+    for section in ("types", "services", "workers"):
+        items = getattr(loaded, section)
+        if items:
+            doc[section] = {name: msgspec.to_builtins(decl) for name, (_, decl) in items.items()}
+    for decl in doc.get("types", {}).values():
+        if "fields" in decl:
+            decl["fields"] = _in_order(decl["fields"], "type")
+    hooks: dict[str, list[str]] = {}
+    for _, event, path in loaded.hooks:
+        hooks.setdefault(event, []).append(path)
+    if hooks:
+        doc["hooks"] = hooks
+    if loaded.routes:
+        doc["routes"] = [_route(route) for _, route in loaded.routes]
+    if loaded.routers:
+        doc["routers"] = [_router(router) for _, router in loaded.routers]
+    return _ordered(doc)
+
+
+def _route(route: RouteConfig) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(route, routes=[]))
+    if "handlers" in out:
+        out["handlers"] = _in_order(out["handlers"], "handler")
+    if route.routes:
+        out["routes"] = [_route(sub) for sub in route.routes]
+    return out
+
+
+def _router(router: RouterConfig) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(
+        msgspec.structs.replace(router, routes=[], routers=[])
+    )
+    if router.routes:
+        out["routes"] = [_route(route) for route in router.routes]
+    if router.routers:
+        out["routers"] = [_router(sub) for sub in router.routers]
+    return out
+
+
+def _in_order(table: dict[str, Any], key: str) -> dict[str, Any]:
+    """Keep the order of ``fields`` / ``handlers`` through TOML.
+
+    NOTE: tomli_w writes a table's plain values before its sub-tables, which
+    would move a field written after a sub-table up (field order is the
+    wire order). After the first sub-table, plain values become ``{key = v}``.
+    """
+    out: dict[str, Any] = {}
+    tables = False
+    for name, value in table.items():
+        tables = tables or isinstance(value, dict)
+        out[name] = {key: value} if tables and not isinstance(value, dict) else value
+    return out
+
+
 class _Exporter:
-    def __init__(self) -> None:
+    def __init__(self, declared: Mapping[str, Any] | None = None) -> None:
         self.types: dict[str, Any] = {}
         self.names: dict[Any, str] = {}
         self.problems: list[Issue] = []
+        #: Services the document declares (None: a bare router, it declares none).
+        self.declared = declared
+        #: Declared types of built resources, written after those the routes use.
+        self.extra_types: list[Any] = []
 
     def raise_if_any(self) -> None:
+        for struct in self.extra_types:
+            if isinstance(struct, type) and issubclass(struct, msgspec.Struct):
+                self.struct(struct, with_tag=True)
+        self.extra_types.clear()
         if self.problems:
             raise ConfigFileError(self.problems)
 
@@ -150,7 +307,11 @@ class _Exporter:
             body["hooks"] = {k: v[0] if len(v) == 1 else v for k, v in hooks.items()}
         own = router.own_routes
         tops = [info for info in own if info.parent is None]
-        routes = [self.route(info, own, None, f"{where}routes[{i}]") for i, info in enumerate(tops)]
+        inject: Mapping[Any, Any] = getattr(router.resource_factory, _INJECT, None) or {}
+        routes = [
+            self.route(info, own, None, f"{where}routes[{i}]", inject)
+            for i, info in enumerate(tops)
+        ]
         if routes:
             body["routes"] = routes
         routers = []
@@ -162,7 +323,12 @@ class _Exporter:
         return body
 
     def route(
-        self, info: RouteInfo, own: list[RouteInfo], parent: RouteInfo | None, where: str
+        self,
+        info: RouteInfo,
+        own: list[RouteInfo],
+        parent: RouteInfo | None,
+        where: str,
+        inject: Mapping[Any, Any],
     ) -> dict[str, Any]:
         path = info.template
         if parent is not None:
@@ -170,7 +336,7 @@ class _Exporter:
         out: dict[str, Any] = {"path": path}
         if info.name is not None:
             out["name"] = info.name
-        out.update(self.resource(info.target, where))
+        out.update(self.resource(info.target, where, inject))
         if info.args:
             out["args"] = list(info.args)
         if info.kwargs:
@@ -178,19 +344,23 @@ class _Exporter:
         children = [c for c in own if c.parent is info]
         if children:
             out["routes"] = [
-                self.route(c, own, info, f"{where}.routes[{i}]") for i, c in enumerate(children)
+                self.route(c, own, info, f"{where}.routes[{i}]", inject)
+                for i, c in enumerate(children)
             ]
         return out
 
     # -- resources --------------------------------------------------------------
 
-    def resource(self, target: Any, where: str) -> dict[str, Any]:
+    def resource(self, target: Any, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
         if not (isinstance(target, type) and issubclass(target, WebSocketResource)):
             path = self.path_of(target, f"{where}.resource")
-            return {"resource": path} if path else {}
+            out: dict[str, Any] = {"resource": path} if path else {}
+            if inject.get(target):
+                out["services"] = self.route_services(list(inject[target]), where)
+            return out
         built = target.__module__ == _BUILT
         base = target.__bases__[0] if built else target
-        out: dict[str, Any] = {}
+        out = {}
         if base is not WebSocketResource:
             path = self.path_of(base, f"{where}.base")
             if path:
@@ -217,7 +387,12 @@ class _Exporter:
         if built:
             services = list(getattr(target, "__pachinko_services__", ()))
             if services:
-                out["services"] = services
+                out["services"] = self.route_services(services, where)
+            # NOTE: handlers may build any declared type (resource.types.Name):
+            #   every one is written, used by a route or not.
+            self.extra_types.extend(vars(getattr(target, "types", None) or object()).values())
+        elif inject.get(target):
+            out["services"] = self.route_services(list(inject[target]), where)
             for attr, key in _LIFECYCLE.items():
                 if attr in vars(target):
                     path = self.path_of(vars(target)[attr], f"{where}.{key}")
@@ -231,6 +406,75 @@ class _Exporter:
             }
             if hooks:
                 out["hooks"] = hooks
+        return out
+
+    def route_services(self, names: list[str], where: str) -> list[str]:
+        if self.declared is None:
+            self.fail(
+                f"{where}.services",
+                "services the file can declare (export the app that serves this router: "
+                "its [services] are written too)",
+                ", ".join(map(repr, names)),
+            )
+        else:
+            missing = [name for name in names if name not in self.declared]
+            if missing:
+                self.fail(
+                    f"{where}.services",
+                    "services of the app (" + (", ".join(self.declared) or "none") + ")",
+                    ", ".join(map(repr, missing)),
+                )
+        return names
+
+    # -- services and workers ------------------------------------------------------
+
+    def service(
+        self, name: str, factory: Any, services: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        where = f"services.{name}"
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+        if isinstance(factory, functools.partial):
+            factory, args, kwargs = factory.func, factory.args, dict(factory.keywords)
+        path = self.path_of(factory, f"{where}.factory")
+        if path is None:
+            return None
+        table: dict[str, Any] = {"factory": path}
+        if args:
+            table["args"] = list(args)
+        if kwargs:
+            table["kwargs"] = kwargs
+        try:
+            tomli_w.dumps(msgspec.to_builtins(table))
+        except (TypeError, ValueError):
+            self.fail(where, "arguments with a TOML form", repr((args, kwargs)))
+            return None
+        # NOTE: a declared factory gets the services declared before it by
+        #   parameter name; the Python app calls it without them.
+        earlier = list(services)[: list(services).index(name)]
+        shadowed = [n for n in _parameters(factory) if n in earlier and n not in kwargs]
+        if shadowed:
+            self.fail(
+                f"{where}.factory",
+                "a factory without parameters named like the services declared before it "
+                "(a routes.toml would pass them)",
+                f"{path} with parameter(s) " + ", ".join(map(repr, shadowed)),
+            )
+            return None
+        return msgspec.to_builtins(table)  # type: ignore[no-any-return]
+
+    def workers(self, declared: Iterable[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for fn in declared:
+            spec = getattr(fn, "__pachinko_worker__", None)
+            name = spec.name if spec is not None else getattr(fn, "__name__", repr(fn))
+            path = self.path_of(fn, f"workers.{name}.target")
+            if path is None:
+                continue
+            table: dict[str, Any] = {"target": path}
+            if spec is not None and spec.restart is not None:
+                table["restart"] = msgspec.to_builtins(spec.restart)
+            out[name] = table
         return out
 
     def handler_path(
@@ -264,7 +508,7 @@ class _Exporter:
                 if field.encode_name != field.name:
                     raise _Unrepresentable(f"field {field.name!r} is renamed")
                 fields[field.name] = self.field(field)
-            table["fields"] = fields
+            table["fields"] = _in_order(fields, "type")
         except _Unrepresentable:
             path = self.path_of(_user_struct(struct), f"types.{name}")
             table = {"struct": path or "?"}
@@ -272,6 +516,9 @@ class _Exporter:
             table["tag"] = str(info.tag)
             if info.tag_field != "type":
                 table["tag_field"] = info.tag_field
+        doc = vars(struct).get("__doc__")
+        if isinstance(doc, str) and doc.strip() and "struct" not in table:
+            table["description"] = inspect.cleandoc(doc)
         self.types[name] = table
         return name
 
@@ -359,3 +606,10 @@ def _user_struct(struct: type) -> type:
     while struct.__bases__ and struct.__bases__[0].__name__ == struct.__name__:
         struct = struct.__bases__[0]
     return struct
+
+
+def _parameters(target: Any) -> list[str]:
+    try:
+        return list(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return []

@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 import re
 import traceback
+from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["ImportFailure", "import_path", "is_import_path"]
+__all__ = ["ImportFailure", "Importer", "import_path", "is_import_path"]
 
 _PATH: Final = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 
@@ -26,13 +27,50 @@ class ImportFailure(Exception):
         expected: What a valid path would have given.
         found: What happened instead.
         cause: The user's own exception, when their module failed to import.
+        module: That module's name (with ``cause``).
     """
 
-    def __init__(self, expected: str, found: str, cause: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        expected: str,
+        found: str,
+        cause: BaseException | None = None,
+        module: str | None = None,
+    ) -> None:
         super().__init__(f"expected {expected}, found {found}")
         self.expected = expected
         self.found = found
         self.cause = cause
+        self.module = module
+
+
+class Importer:
+    """:func:`import_path` that runs a failing module once per configuration.
+
+    NOTE: Python forgets a module whose import raised, so every path naming
+    it would run it (and fail) again: its failure is kept and raised again.
+    """
+
+    def __init__(self, check: Callable[[str], ImportFailure | None] | None = None) -> None:
+        self.failed: dict[str, ImportFailure] = {}
+        #: Called first with each path; a failure it returns is raised instead.
+        self.check = check
+
+    def __call__(self, path: str) -> Any:
+        """Like :func:`import_path`."""
+        module = path.partition(":")[0] if isinstance(path, str) else ""
+        known = self.failed.get(module)
+        if known is not None:
+            raise known
+        refused = self.check(path) if self.check is not None and is_import_path(path) else None
+        if refused is not None:
+            raise refused
+        try:
+            return import_path(path)
+        except ImportFailure as ex:
+            if ex.module is not None:
+                self.failed[ex.module] = ex
+            raise
 
 
 def is_import_path(text: str) -> bool:
@@ -95,4 +133,5 @@ def _user_error(module_name: str, ex: BaseException) -> ImportFailure:
         f"module {module_name!r} to import cleanly",
         f"{type(ex).__name__} raised while importing it:\n{text}",
         ex,
+        module_name,
     )

@@ -112,8 +112,10 @@ def load(
 ) -> Loaded:
     """Read, interpolate, check and merge ``path`` and its includes.
 
-    The file's directory is put on ``sys.path`` (if it is not there yet) so
-    its import paths can name modules next to it, as ``python app.py`` would.
+    The file's directory is added at the end of ``sys.path`` (if it is not
+    there yet) so its import paths can name modules next to it. At the end,
+    it never shadows an installed package; a local file named like one is
+    reported by the compiler.
 
     Args:
         path: The root file.
@@ -129,7 +131,9 @@ def load(
     display = os.fspath(path)
     folder = str(Path(display).resolve().parent)
     if folder not in sys.path:
-        sys.path.insert(0, folder)
+        # NOTE: appended, not inserted first: a local channels_redis.py must not
+        #   replace the installed package for the whole process.
+        sys.path.append(folder)
     loaded = _Merger(report, os.environ if environ is None else environ)
     loaded.file(Path(display), display, None, ())
     if own:

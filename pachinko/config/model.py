@@ -31,6 +31,9 @@ __all__ = [
 
 ImportPath = Annotated[str, msgspec.Meta(description="an import path 'package.module:attribute'")]
 Hooks = ImportPath | list[ImportPath]
+# NOTE: `int | float` keeps a bound as written (`gt = 1` stays 1 in messages and export).
+_PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+_PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class _Table(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -128,11 +131,11 @@ class FieldConfig(_Table):
     min_length: Annotated[int, msgspec.Meta(ge=0)] | None = None
     max_length: Annotated[int, msgspec.Meta(ge=0)] | None = None
     pattern: str | None = None
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    multiple_of: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    ge: int | float | None = None
+    gt: int | float | None = None
+    le: int | float | None = None
+    lt: int | float | None = None
+    multiple_of: _PositiveInt | _PositiveFloat | None = None
     description: str | None = None
 
 
@@ -144,7 +147,9 @@ class TypeConfig(_Table):
         struct: Instead of ``fields``: an import path to a ``msgspec.Struct``.
         tag: Message type tag, for server-to-client types (typed sends).
         tag_field: Field holding the tag.
-        description: Documentation.
+        description: Documentation: the Struct's docstring, so the JSON
+            Schema, the AsyncAPI message and export show it (not with
+            ``struct``: that Struct's own docstring describes it).
     """
 
     fields: dict[str, str | FieldConfig] = {}

@@ -51,7 +51,9 @@ its key expects (`max_connections = "${MAX_CONN:-1000}"` is an integer); under
 keys of any type (`args`, `kwargs`) it stays a string.
 
 Import paths are `package.module:attribute` (dotted attributes allowed:
-`pkg.mod:Class.method`). The directory of the root file is put on `sys.path`.
+`pkg.mod:Class.method`). The directory of the root file is added at the end of
+`sys.path`: an installed package wins over a same-named file next to it, and
+such a file named by the configuration is reported as an error.
 The file names code to import: it must be trusted like code.
 
 TOML has no null: leave a key out to keep its default; for a `[settings]` key

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import typing
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal, Union
@@ -21,7 +22,7 @@ from typing import Annotated, Any, Final, Literal, Union
 import msgspec
 
 from ._toml import KeyPath
-from .imports import ImportFailure, import_path, is_import_path
+from .imports import Importer, ImportFailure, is_import_path
 from .model import FieldConfig, TypeConfig
 from .validate import Problem, kind_of
 
@@ -40,6 +41,9 @@ SCALARS: Final[dict[str, Any]] = {
     "any": Any,
 }
 _GENERICS: Final = {"list": 1, "dict": 2, "optional": 1}
+_LENGTHS: Final = ("min_length", "max_length")
+_BOUNDS: Final = ("ge", "gt", "le", "lt", "multiple_of")
+_CONSTRAINTS: Final = (*_LENGTHS, "pattern", *_BOUNDS)
 _TOKEN: Final = re.compile(
     r"\s*(?:(?P<name>[A-Za-z_][\w.]*(?::[A-Za-z_][\w.]*)?)|(?P<punct>[\[\],]))"
 )
@@ -136,8 +140,12 @@ def _finish(tp: Any) -> Any:
 
 class _Compiler:
     def __init__(
-        self, types: Mapping[str, tuple[KeyPath, TypeConfig]], structs: dict[str, Any]
+        self,
+        types: Mapping[str, tuple[KeyPath, TypeConfig]],
+        structs: dict[str, Any],
+        importer: Importer,
     ) -> None:
+        self.import_path = importer
         self.types = types
         self.structs = structs
         self.problems: list[Problem] = []
@@ -156,7 +164,7 @@ class _Compiler:
             return built
         if is_import_path(name):
             try:
-                value = import_path(name)
+                value = self.import_path(name)
             except ImportFailure as ex:
                 raise LookupError(f"{ex.found}") from ex
             if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
@@ -183,10 +191,18 @@ class _Compiler:
                 self.problems.append(
                     Problem((*path, "struct"), "either 'struct' or 'fields'", "both")
                 )
+            if decl.description is not None:
+                self.problems.append(
+                    Problem(
+                        (*path, "description"),
+                        "no 'description' with 'struct' (the Struct's docstring describes it)",
+                        repr(decl.description),
+                    )
+                )
             try:
-                value = import_path(decl.struct)
+                value = self.import_path(decl.struct)
             except ImportFailure as ex:
-                self.problems.append(Problem((*path, "struct"), ex.expected, ex.found))
+                self.problems.append(Problem((*path, "struct"), ex.expected, ex.found, ex))
                 return None
             if not (isinstance(value, type) and issubclass(value, msgspec.Struct)):
                 self.problems.append(
@@ -209,6 +225,10 @@ class _Compiler:
         options: dict[str, Any] = {}
         if decl.tag is not None:
             options.update(tag=decl.tag, tag_field=decl.tag_field)
+        if decl.description is not None:
+            # NOTE: a docstring, as a Python Struct carries it: msgspec's JSON
+            #   Schema (and so AsyncAPI) reads it, export writes it back.
+            options["namespace"] = {"__doc__": decl.description}
         try:
             return msgspec.defstruct(
                 name, specs, module=_MODULE, kw_only=True, forbid_unknown_fields=True, **options
@@ -216,6 +236,41 @@ class _Compiler:
         except (TypeError, ValueError) as ex:
             self.problems.append(Problem(path, "a valid message type", str(ex)))
             return None
+
+    def _constraints_fit(
+        self, fpath: KeyPath, field: FieldConfig, inner: Any, meta: dict[str, Any]
+    ) -> bool:
+        """Report each constraint key that does not apply to the field's type."""
+        allowed = _allowed(inner)
+        of = "an enum" if field.type is None else f"type {field.type!r}"
+        if allowed:
+            expected = f"one of {', '.join(allowed)} (the constraints of {of})"
+        else:
+            expected = f"no constraint on {of} (only description applies)"
+        ok = True
+        for key in _CONSTRAINTS:
+            if key not in meta:
+                continue
+            value = meta[key]
+            if key not in allowed:
+                self.problems.append(Problem((*fpath, key), expected, f"{key} = {_written(value)}"))
+                ok = False
+            elif inner is int and key in _BOUNDS and not float(value).is_integer():
+                self.problems.append(
+                    Problem((*fpath, key), f"an integer (the field has {of})", f"{key} = {value}")
+                )
+                ok = False
+            elif inner is int and key in _BOUNDS:
+                meta[key] = int(value)
+            elif key == "pattern":
+                try:
+                    re.compile(value)
+                except re.error as ex:
+                    self.problems.append(
+                        Problem((*fpath, key), "a regular expression", f"{value!r}: {ex}")
+                    )
+                    ok = False
+        return ok
 
     def _field(self, fname: str, fpath: KeyPath, field: FieldConfig, table: bool) -> Any:
         tpath = (*fpath, "type") if table else fpath
@@ -248,7 +303,10 @@ class _Compiler:
                 tp = parse_type(field.type, self.resolve)
             except (ValueError, LookupError) as ex:
                 message = str(ex)
-                if message:
+                failure = ex.__cause__
+                if isinstance(failure, ImportFailure) and failure.module is not None:
+                    self.problems.append(Problem(tpath, failure.expected, failure.found, failure))
+                elif message:
                     found = f"{field.type!r}: {message}"
                     self.problems.append(
                         Problem(
@@ -261,28 +319,17 @@ class _Compiler:
         optional = _is_optional(tp)
         meta = {
             key: getattr(field, key)
-            for key in (
-                "min_length",
-                "max_length",
-                "pattern",
-                "ge",
-                "gt",
-                "le",
-                "lt",
-                "multiple_of",
-                "description",
-            )
+            for key in (*_CONSTRAINTS, "description")
             if getattr(field, key) is not None
         }
         inner = _strip_none(tp) if optional else tp
-        for key in ("ge", "gt", "le", "lt", "multiple_of"):
-            if key in meta and inner is int and float(meta[key]).is_integer():
-                meta[key] = int(meta[key])
+        if not self._constraints_fit(fpath, field, inner, meta):
+            return None
         if meta:
             try:
                 annotated: Any = Annotated[inner, msgspec.Meta(**meta)]
                 msgspec.json.Decoder(annotated)
-            except (TypeError, ValueError, re.error) as ex:
+            except (TypeError, ValueError, re.error) as ex:  # NOTE: checked above; msgspec's word
                 self.problems.append(
                     Problem(fpath, "constraints that fit the field's type", str(ex))
                 )
@@ -311,6 +358,21 @@ class _Compiler:
         return (fname, tp)
 
 
+def _allowed(tp: Any) -> tuple[str, ...]:
+    """The constraint keys that apply to a field of type ``tp``."""
+    if tp is str:
+        return (*_LENGTHS, "pattern")
+    if tp is int or tp is float:
+        return _BOUNDS
+    if typing.get_origin(tp) in (list, dict):
+        return _LENGTHS
+    return ()
+
+
+def _written(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _copy(value: Any) -> Any:
     return msgspec.convert(msgspec.to_builtins(value), type(value))
 
@@ -330,16 +392,19 @@ def _strip_none(tp: Any) -> Any:
 
 def compile_types(
     types: Mapping[str, tuple[KeyPath, TypeConfig]],
+    importer: Importer | None = None,
 ) -> tuple[dict[str, Any], list[Problem]]:
     """Build a Struct for every declared type.
 
     Args:
         types: Type name → (key path of its table, declaration).
+        importer: Resolves import paths (shared with the rest of the file's
+            compilation, so a broken module runs once).
 
     Returns:
         Name → Struct (types with errors are missing) and every problem.
     """
-    compiler = _Compiler(types, {})
+    compiler = _Compiler(types, {}, importer or Importer())
     for name in types:
         if name not in compiler.structs:
             compiler.build(name)

@@ -21,18 +21,25 @@ import msgspec
 
 from ._toml import KeyPath
 
+if typing.TYPE_CHECKING:
+    from .imports import ImportFailure
+
 __all__ = ["Problem", "check", "describe", "kind_of"]
 
 
 class Problem:
     """A value that does not fit the model (collected into a ConfigError)."""
 
-    __slots__ = ("expected", "found", "path")
+    __slots__ = ("expected", "failure", "found", "path")
 
-    def __init__(self, path: KeyPath, expected: str, found: str) -> None:
+    def __init__(
+        self, path: KeyPath, expected: str, found: str, failure: ImportFailure | None = None
+    ) -> None:
         self.path = path
         self.expected = expected
         self.found = found
+        #: The user's module failed to import (reported once per module).
+        self.failure = failure
 
     def __repr__(self) -> str:
         return f"Problem({self.path!r}, {self.expected!r}, {self.found!r})"
@@ -83,6 +90,12 @@ def describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         parts = [describe(a) for a in typing.get_args(tp) if a is not type(None)]
+        # NOTE: `int | float` keeps an integer as written; in words it is a number.
+        parts = [
+            p
+            for p in parts
+            if not (p.startswith("an integer") and "a number" + p[len("an integer") :] in parts)
+        ]
         return " or ".join(parts)
     if origin in (list, tuple, set, frozenset):
         args = typing.get_args(tp)

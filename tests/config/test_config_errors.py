@@ -81,9 +81,24 @@ EXPECTED = {
     "an import path to a msgspec.Struct, found 'lst[str]': unknown type 'lst' "
     "(declared types: Join)",
     "bad_constraint.toml": "1 error in bad_constraint.toml\n"
-    "  bad_constraint.toml:2: types.Join.fields.active: expected constraints that fit the "
-    "field's type, found Can only set `min_length` on a str, bytes, or collection type - type "
-    "`typing.Annotated[bool, msgspec.Meta(min_length=1)]` is invalid",
+    "  bad_constraint.toml:2: types.Join.fields.active.min_length: expected no constraint on "
+    "type 'bool' (only description applies), found min_length = 1",
+    "constraint_mixed.toml": "3 errors in constraint_mixed.toml\n"
+    "  constraint_mixed.toml:2: types.Join.fields.name.gt: expected one of min_length, "
+    "max_length, pattern (the constraints of type 'str'), found gt = 1\n"
+    "  constraint_mixed.toml:3: types.Join.fields.count.min_length: expected one of ge, gt, le, "
+    "lt, multiple_of (the constraints of type 'int'), found min_length = 1\n"
+    "  constraint_mixed.toml:4: types.Join.fields.level.max_length: expected no constraint on "
+    "an enum (only description applies), found max_length = 1",
+    "constraint_not_integer.toml": "1 error in constraint_not_integer.toml\n"
+    "  constraint_not_integer.toml:2: types.Join.fields.count.ge: expected an integer (the "
+    "field has type 'optional[int]'), found ge = 1.5",
+    "bad_pattern.toml": "1 error in bad_pattern.toml\n"
+    "  bad_pattern.toml:2: types.Join.fields.room.pattern: expected a regular expression, "
+    "found '(': missing ), unterminated subpattern at position 0",
+    "description_with_struct.toml": "1 error in description_with_struct.toml\n"
+    "  description_with_struct.toml:3: types.Join.description: expected no 'description' with "
+    "'struct' (the Struct's docstring describes it), found 'Join a room.'",
     "undeclared_service.toml": "1 error in undeclared_service.toml\n"
     "  undeclared_service.toml:3: routes[0].services[0]: expected a declared service "
     "(none declared), found 'history'",
@@ -103,6 +118,7 @@ def test_every_failure_kind_has_a_fixture() -> None:
         "include_cycle_b.toml",
         "multi.toml",
         "user_import_error.toml",
+        "broken_module.toml",
     }
     assert fixtures == set(EXPECTED)
 
@@ -164,6 +180,48 @@ def test_the_users_own_import_error_is_shown_unchanged() -> None:
     assert cause.name == "fx_missing_dependency"
 
 
+def test_a_module_that_fails_to_import_is_reported_once_with_every_key_naming_it() -> None:
+    with pytest.raises(ConfigFileError) as info:
+        load_config("broken_module.toml")
+    fx_broken = os.path.join(ERRORS, "fx_broken.py")
+    assert str(info.value) == (
+        "1 error in broken_module.toml\n"
+        "  broken_module.toml:2: types.Join.struct: expected module 'fx_broken' to import "
+        "cleanly, found ModuleNotFoundError raised while importing it (also named by "
+        "types.Say.fields.who (broken_module.toml:5), workers.beat.target "
+        "(broken_module.toml:8), routes[0].on_connect (broken_module.toml:12), "
+        "routes[0].handlers.join (broken_module.toml:13), routes[0].handlers.leave.handler "
+        "(broken_module.toml:14), routes[0].handlers.leave.payload (broken_module.toml:14)):\n"
+        "Traceback (most recent call last):\n"
+        f'  File "{fx_broken}", line 3, in <module>\n'
+        "    import fx_missing_dependency  # noqa: F401\n"
+        + "    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        + "ModuleNotFoundError: No module named 'fx_missing_dependency'"
+    )
+    assert isinstance(info.value.__cause__, ModuleNotFoundError)
+
+
+def test_a_module_that_fails_to_import_runs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fx_counted.py").write_text(
+        "import pathlib\n"
+        "runs = pathlib.Path(__file__).with_suffix('.runs')\n"
+        "runs.write_text((runs.read_text() if runs.exists() else '') + 'x')\n"
+        "raise RuntimeError('boom')\n"
+    )
+    (tmp_path / "routes.toml").write_text(
+        '[[routes]]\npath = "/chat"\n'
+        + "".join(f'handlers.h{i} = "fx_counted:h{i}"\n' for i in range(20))
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigFileError) as info:
+        load_config("routes.toml")
+    assert len(info.value.issues) == 1
+    assert "routes[0].handlers.h19 (routes.toml:22)):\nTraceback" in str(info.value)
+    assert (tmp_path / "fx_counted.runs").read_text() == "x"
+
+
 def test_the_users_own_syntax_error_is_shown_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,3 +243,96 @@ def test_the_users_own_syntax_error_is_shown_unchanged(
     assert 'fx_syntax_error.py", line 1\n' in message
     assert message.endswith("SyntaxError: expected ':'")
     assert isinstance(info.value.__cause__, SyntaxError)
+
+
+# -- the file's folder on sys.path ---------------------------------------------------
+
+HANDLER = "async def join(resource, ws, payload):\n    pass\n"
+
+
+def test_the_files_folder_is_last_on_sys_path(tmp_path: Path) -> None:
+    (tmp_path / "fx_local_handlers.py").write_text(HANDLER)
+    (tmp_path / "routes.toml").write_text(
+        '[[routes]]\npath = "/chat"\nhandlers.join = "fx_local_handlers:join"\n'
+    )
+    load_config(tmp_path / "routes.toml")  # the module next to the file imports
+    assert sys.path[-1] == str(tmp_path)
+    assert str(tmp_path) not in sys.path[:-1]
+
+
+def test_a_local_file_does_not_shadow_an_installed_package(tmp_path: Path) -> None:
+    import subprocess
+
+    # idna is installed (a dependency) and not imported by pachinko: after the
+    # load, `import idna` must still give the installed package.
+    (tmp_path / "idna.py").write_text("raise RuntimeError('the local idna.py was imported')\n")
+    (tmp_path / "fx_local_handlers.py").write_text(HANDLER)
+    (tmp_path / "routes.toml").write_text(
+        '[[routes]]\npath = "/chat"\nhandlers.join = "fx_local_handlers:join"\n'
+    )
+    script = (
+        "import sys\n"
+        "from pachinko.config import load_config\n"
+        "assert 'idna' not in sys.modules\n"
+        f"load_config({str(tmp_path / 'routes.toml')!r})\n"
+        "import idna\n"
+        "print(idna.__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ERRORS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "site-packages" in done.stdout
+    assert str(tmp_path) not in done.stdout
+
+
+def test_a_local_file_named_like_an_installed_package_is_reported(tmp_path: Path) -> None:
+    import attrs
+
+    (tmp_path / "attrs.py").write_text(HANDLER)
+    (tmp_path / "routes.toml").write_text(
+        '[types.Join]\nstruct = "attrs:Join"\n\n'
+        '[[routes]]\npath = "/chat"\nhandlers.join = "attrs:join"\n'
+        'handlers.leave = "attrs:join"\n'
+    )
+    with pytest.raises(ConfigFileError) as info:
+        load_config(tmp_path / "routes.toml")
+    installed = Path(attrs.__file__).resolve()
+    name = tmp_path / "routes.toml"
+    assert str(info.value) == (
+        f"1 error in {name}\n"
+        f"  {name}:2: types.Join.struct: expected module 'attrs' to be attrs.py next to "
+        f"routes.toml, found 'attrs' is {installed}, which comes first on sys.path or was "
+        f"imported already (rename the local attrs.py) (also named by routes[0].handlers.join "
+        f"({name}:6), routes[0].handlers.leave ({name}:7))"
+    )
+
+
+def test_two_apps_with_same_named_local_modules_are_told_apart(tmp_path: Path) -> None:
+    # Python keeps one module per name: the second file's own fx_twin.py would
+    # silently be the first one's. It is reported instead.
+    for name, handler in (("a", "join"), ("b", "leave")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fx_twin.py").write_text(HANDLER.replace("join", handler))
+        (tmp_path / name / "routes.toml").write_text(
+            f'[[routes]]\npath = "/chat"\nhandlers.{handler} = "fx_twin:{handler}"\n'
+        )
+    sys.modules.pop("fx_twin", None)
+    try:
+        load_config(tmp_path / "a" / "routes.toml")
+        with pytest.raises(ConfigFileError) as info:
+            load_config(tmp_path / "b" / "routes.toml")
+    finally:
+        sys.modules.pop("fx_twin", None)
+    name = tmp_path / "b" / "routes.toml"
+    assert str(info.value) == (
+        f"1 error in {name}\n"
+        f"  {name}:3: routes[0].handlers.leave: expected module 'fx_twin' to be fx_twin.py "
+        f"next to routes.toml, found 'fx_twin' is {tmp_path / 'a' / 'fx_twin.py'}, which comes "
+        "first on sys.path or was imported already (rename the local fx_twin.py)"
+    )

@@ -267,3 +267,77 @@ def test_type_problems_name_the_field_and_cycles_are_refused() -> None:
             "string 'x'",
         ),
     ]
+
+
+# -- [types] description ------------------------------------------------------------
+
+
+DESCRIBED = """\
+[types.Join]
+description = "Join a room.\\n\\nThe name is shown to the others."
+fields = { room = { type = "str", description = "The room." } }
+
+[types.Joined]
+tag = "joined"
+description = "You joined."
+fields = { room = "str" }
+
+[[routes]]
+path = "/chat"
+sends = ["Joined"]
+handlers.join = { handler = "test_config_parts:join", payload = "Join" }
+"""
+
+
+async def join(resource: Any, ws: Any, payload: Any) -> None:
+    await resource.send(resource.types.Joined(room=payload.room))
+
+
+def test_a_type_description_reaches_json_schema_asyncapi_and_export() -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from pachinko import asyncapi
+    from pachinko.config import compile_text, export_toml
+
+    compiled = compile_text(DESCRIBED)
+    join_type = compiled.structs["Join"]
+    assert join_type.__doc__ == "Join a room.\n\nThe name is shown to the others."
+    schema = msgspec.json.schema(join_type)
+    assert schema["$defs"]["Join"]["description"] == join_type.__doc__
+    doc = asyncapi.document([(compiled.prefix, compiled.router)], title="t", version="1")
+    messages = doc["components"]["messages"]
+    assert messages["ChatResource.receive.join"]["description"] == join_type.__doc__
+    assert messages["ChatResource.receive.join"]["payload"]["description"] == join_type.__doc__
+    assert messages["ChatResource.send.joined"]["description"] == "You joined."
+    assert doc["components"]["schemas"]["Joined"]["description"] == "You joined."
+    spec = Path(__file__).parent.parent / "fixtures" / "asyncapi-3.0.0-schema.json"
+    validator = jsonschema.Draft7Validator(json.loads(spec.read_text()))
+    assert [e.message for e in validator.iter_errors(doc)] == []
+    text = export_toml(compiled.router)
+    assert '[types.Join]\ndescription = "Join a room.\\n\\nThe name is shown to the others."\n' in (
+        text
+    )
+    assert '[types.Joined]\ntag = "joined"\ndescription = "You joined."\n' in text
+    assert compile_text(text).structs["Join"].__doc__ == join_type.__doc__
+
+
+def test_a_type_without_description_has_no_docstring() -> None:
+    from pachinko.config import compile_text
+
+    compiled = compile_text(DESCRIBED.replace('description = "You joined."\n', ""))
+    assert compiled.structs["Joined"].__doc__ is None
+    assert "description" not in msgspec.json.schema(compiled.structs["Joined"])
+
+
+def test_export_writes_every_declared_type_a_handler_may_build() -> None:
+    from pachinko.config import compile_text, export_toml
+
+    # Handlers build any declared type as resource.types.Name: unused by the
+    # routes' keys or not, each one is part of the app.
+    text = DESCRIBED + '\n[types.Extra.fields]\nnote = "str"\n'
+    exported = export_toml(compile_text(text).router)
+    assert '[types.Extra.fields]\nnote = "str"\n' in exported
+    assert compile_text(exported).structs["Extra"].__struct_fields__ == ("note",)

@@ -94,6 +94,8 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
         types[name] = {"fields": fields}
         if draw(st.booleans()):
             types[name]["tag"] = name.lower()
+        if draw(st.booleans()):
+            types[name]["description"] = f"The {name} message.\n\nSecond paragraph."
         declared.append(name)
     routes = []
     paths = draw(
