@@ -282,12 +282,18 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
                 f"type for {tag!r} is {struct.__qualname__}"
             )
         plan[tag] = (method, strict, struct)
-    # convention handlers annotated with a tagged Struct declare their tag too
+    # Convention handlers annotated with a Struct declare their tag too: a tagged
+    # Struct's own tag, else the snake_case name itself (``on_send_message`` →
+    # ``send_message``), so that spelling takes the fast path. Other spellings of
+    # the same name (``sendMessage``) still reach the handler through the slow path.
     for method in convention:
         declared = _payload_type(cls, method, frame_locals)
-        if declared is None or declared.__struct_config__.tag is None:
+        if declared is None:
             continue
-        tag = _struct_tag(declared, name)
+        struct_tag = declared.__struct_config__.tag
+        if struct_tag is None and wire == "flat" and _has_field(declared, tag_field):
+            continue  # NOTE: the Struct reads the tag itself: no tagged variant exists
+        tag = method[3:] if struct_tag is None else _struct_tag(declared, name)
         if tag not in plan and handler_name(tag) == method:
             plan[tag] = (method, True, declared)
 
@@ -365,6 +371,10 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
         union: Any = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
         decoder = msgspec.json.Decoder(union)
     return DispatchTable(decoder, by_type, specs, conventional, by_tag, wire, tag_field)
+
+
+def _has_field(struct: type[msgspec.Struct], encoded_name: str) -> bool:
+    return any(f.encode_name == encoded_name for f in msgspec.structs.fields(struct))
 
 
 def _collect_decorated(cls: type) -> dict[str, tuple[str, bool]]:
