@@ -159,6 +159,8 @@ class DispatchTable:
             obj = msgspec.json.decode(raw)
         except msgspec.DecodeError as ex:
             return MessageError("invalid_json", str(ex), None, raw)
+        except RecursionError:
+            return MessageError("invalid_json", TOO_DEEP, None, raw)
         tf = self.tag_field
         if not isinstance(obj, dict):
             return MessageError(
@@ -194,8 +196,14 @@ class DispatchTable:
         except msgspec.ValidationError as ex:
             detail, path = _split_msgspec_error(str(ex))
             return MessageError("validation_error", detail, path, raw)
+        except RecursionError:
+            return MessageError("invalid_json", TOO_DEEP, None, raw)
         return fn, decoded.payload if self.wire == "envelope" else decoded
 
+
+#: ``detail`` of the error reply to JSON nested deeper than msgspec decodes
+#: (it raises RecursionError at about 1000 levels).
+TOO_DEEP: Final = "JSON nested too deeply (the limit is about 1000 levels)"
 
 _LENIENT = HandlerSpec("", "", None, False)
 _MISSING_FIELD = re.compile(r"Object missing required field `([^`]*)`")
