@@ -263,36 +263,33 @@ def hook_list(
 class OutageLog:
     """Log a backend outage that handlers run into once, not once per message.
 
-    An outage is over when the backend (``available``, as the Redis backend
-    has it) was seen down and is up again, or after ``quiet`` seconds
-    without a failure.
+    A backend that counts its outages (``outages`` and ``available``, as the
+    Redis backend has them) tells them apart: a failure while it is still
+    marked available belongs to the outage it is about to notice. For other
+    backends an outage is a run of failures less than ``quiet`` seconds apart.
     """
 
-    __slots__ = ("down_seen", "last", "quiet", "suppressed")
+    __slots__ = ("key", "last", "quiet")
 
     def __init__(self, quiet: float = 30.0) -> None:
         self.quiet = quiet
+        self.key: int | None = None
         self.last: float | None = None
-        self.down_seen = False
-        self.suppressed = 0
 
     def report(self, exc: BackendUnavailable, backend: object, where: str) -> None:
         """Record one failure: a warning for the first of an outage, else debug."""
         now = monotonic()
-        available = getattr(backend, "available", None)
-        ongoing = (
-            self.last is not None
-            and now - self.last < self.quiet
-            and not (self.down_seen and available is True)
-        )
+        outages = getattr(backend, "outages", None)
+        if isinstance(outages, int):
+            key = outages if getattr(backend, "available", None) is False else outages + 1
+            new = key != self.key
+            self.key = key
+        else:
+            new = self.last is None or now - self.last >= self.quiet
         self.last = now
-        if ongoing:
-            self.down_seen = self.down_seen or available is False
-            self.suppressed += 1
+        if not new:
             logger.debug("%s: backend still unavailable: %s", where, exc)
             return
-        self.down_seen = available is False
-        self.suppressed = 0
         logger.warning(
             "%s: %s; clients get error replies with reason 'unavailable' until it is back "
             "(logged once per outage)",
