@@ -73,9 +73,16 @@ class MessageError:
         self.path = path
         self.raw = raw
 
-    def to_message(self, tag_field: str = "type") -> dict[str, Any]:
-        """Return the error reply sent to the client."""
-        return {tag_field: "error", "reason": self.reason, "detail": self.detail, "path": self.path}
+    def to_message(self, tag_field: str = "type", wire: str = "flat") -> dict[str, Any]:
+        """Return the error reply sent to the client, in the resource's wire shape.
+
+        Flat: ``{"type": "error", "reason": ..., "detail": ..., "path": ...}``;
+        envelope: ``{"type": "error", "payload": {"reason": ..., ...}}``.
+        """
+        body = {"reason": self.reason, "detail": self.detail, "path": self.path}
+        if wire == "envelope":
+            return {tag_field: "error", "payload": body}
+        return {tag_field: "error", **body}
 
     def __repr__(self) -> str:
         return f"MessageError({self.reason!r}, {self.detail!r}, path={self.path!r})"

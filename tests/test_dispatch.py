@@ -139,6 +139,51 @@ async def test_envelope_shape_with_custom_tag_field(conductor_for: Any) -> None:
         assert await recv_json(ws) == {"kind": "raw", "payload": [1, "a"]}
 
 
+class Moved(msgspec.Struct, tag="moved"):
+    x: int
+    y: int
+
+
+class EnvelopeReplies(WebSocketResource):
+    wire = "envelope"
+    tag_field = "kind"
+    sends = (Moved,)
+
+    async def after_connect(self, ws: Any) -> None:
+        await self.join_room("board")
+
+    @handles_message("move")
+    async def move(self, ws: Any, payload: Point) -> None:
+        await self.send(Moved(x=payload.x, y=payload.y))
+        await self.broadcast_to_room("board", Moved(x=payload.x, y=payload.y))
+        await self.send({"kind": "raw", "as": "given"})  # a dict is sent as written
+
+
+async def test_envelope_resources_write_envelopes(conductor_for: Any) -> None:
+    conductor = await conductor_for(chat_app(EnvelopeReplies))
+    async with (
+        conductor.simulate_ws("/ws/chat") as ws,
+        conductor.simulate_ws("/ws/chat") as other,
+    ):
+        await ws.send_text('{"kind": "move", "payload": {"x": 1, "y": 2}}')
+        moved = {"kind": "moved", "payload": {"x": 1, "y": 2}}
+        assert await recv_json(ws) == moved
+        assert await recv_json(other) == moved  # broadcasts too
+        assert await recv_json(ws) == {"kind": "raw", "as": "given"}
+        await ws.send_text('{"kind": "move", "payload": {"x": 1, "y": "a"}}')
+        assert await recv_json(ws) == {
+            "kind": "error",
+            "payload": {
+                "reason": "validation_error",
+                "detail": "Expected `int`, got `str`",
+                "path": "$.payload.y",
+            },
+        }
+        await ws.send_text("{")
+        reply = await recv_json(ws)
+        assert (reply["kind"], reply["payload"]["reason"]) == ("error", "invalid_json")
+
+
 @pytest.mark.parametrize(
     ("text", "path", "detail"),
     [
@@ -152,11 +197,10 @@ async def test_missing_or_null_payload_is_a_validation_error(
     conductor = await conductor_for(chat_app(Envelope))
     async with conductor.simulate_ws("/ws/chat") as ws:
         await ws.send_text(text)
+        # an envelope resource answers in envelopes too
         assert await recv_json(ws) == {
             "kind": "error",
-            "reason": "validation_error",
-            "detail": detail,
-            "path": path,
+            "payload": {"reason": "validation_error", "detail": detail, "path": path},
         }
 
 
