@@ -428,9 +428,9 @@ async def receive_loop(
                     await hook(ws, text)
             payload: Any
             if decoder is not None:
-                # NOTE: msgspec raises RecursionError past ~1000 levels of
-                #   nesting, even while skipping a value: the slow path turns
-                #   it into an error reply.
+                # NOTE: msgspec raises RecursionError for deep nesting (from
+                #   ~1000 levels on 3.11), even while skipping a value: the slow
+                #   path turns it into an error reply.
                 try:
                     msg = decoder.decode(text)
                     handler, kind = by_type[type(msg)]
