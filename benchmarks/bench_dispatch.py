@@ -8,7 +8,8 @@ by the same minimal driver (a ``receive`` that returns prepared events and a
 receive, decode a msgspec tagged union, dispatch, encode and send a reply.
 Each configuration runs ``--rounds`` times; the best round is reported.
 Falcon's buffered receiver (``ws_options.max_receive_queue``, default 4) is
-measured on and off for both apps.
+measured on and off for both apps. The last row serves the same messages with
+``on_{tag}`` convention handlers annotated with untagged Structs (no schema).
 """
 
 from __future__ import annotations
@@ -104,10 +105,40 @@ class Chat(WebSocketResource):
         await self.send(Ack(msg.room, 3))
 
 
-def pachinko_app(queue: int, rate_limited: bool = False) -> falcon.asgi.App:
+class JoinBody(msgspec.Struct, forbid_unknown_fields=True):
+    room: str
+    name: str
+
+
+class SayBody(msgspec.Struct, forbid_unknown_fields=True):
+    room: str
+    text: str
+
+
+class TypingBody(msgspec.Struct, forbid_unknown_fields=True):
+    room: str
+    active: bool
+
+
+class ChatByName(WebSocketResource):
+    """The same handlers by convention only: untagged Structs, tags from the names."""
+
+    async def on_join(self, ws: Any, msg: JoinBody) -> None:
+        await self.send(Ack(msg.room, 1))
+
+    async def on_say(self, ws: Any, msg: SayBody) -> None:
+        await self.send(Ack(msg.room, 2))
+
+    async def on_typing(self, ws: Any, msg: TypingBody) -> None:
+        await self.send(Ack(msg.room, 3))
+
+
+def pachinko_app(
+    queue: int, rate_limited: bool = False, resource: type[WebSocketResource] = Chat
+) -> falcon.asgi.App:
     app = falcon.asgi.App()
     router = WebSocketRouter()
-    router.add_route("/chat", Chat)
+    router.add_route("/chat", resource)
     # NOTE: the per-connection rate limit is on by default (100/s); the main
     #   figure turns it off (the hand-written loop has none), the last row
     #   measures its cost with a rate high enough never to trigger.
@@ -194,14 +225,18 @@ class Lifespan:
 
 
 async def measure(
-    queue: int, messages: int, rounds: int, rate_limited: bool = False
+    queue: int,
+    messages: int,
+    rounds: int,
+    rate_limited: bool = False,
+    resource: type[WebSocketResource] = Chat,
 ) -> tuple[float, float]:
     """Best µs/message of (hand-written, pachinko), rounds interleaved A/B.
 
     NOTE: interleaving cancels drift from other load on the machine; the
     best round is the least disturbed one.
     """
-    hand_app, our_app = handwritten_app(queue), pachinko_app(queue, rate_limited)
+    hand_app, our_app = handwritten_app(queue), pachinko_app(queue, rate_limited, resource)
     hand: list[float] = []
     ours: list[float] = []
     async with Lifespan(hand_app), Lifespan(our_app):
@@ -229,6 +264,8 @@ async def main() -> None:
         print(f"{queue:>14} {hand:>13.2f} {ours:>9.2f} {ours / hand:>6.3f}")
     hand, ours = await measure(0, args.messages, args.rounds, rate_limited=True)
     print(f"{'0 + rate limit':>14} {hand:>13.2f} {ours:>9.2f} {ours / hand:>6.3f}")
+    hand, ours = await measure(0, args.messages, args.rounds, resource=ChatByName)
+    print(f"{'0 + on_{tag}':>14} {hand:>13.2f} {ours:>9.2f} {ours / hand:>6.3f}")
     print(
         f"pachinko default (queue 0) vs a hand-written loop on Falcon's default (queue 4): "
         f"{results[0][1] / results[4][0]:.3f}"

@@ -73,9 +73,16 @@ class MessageError:
         self.path = path
         self.raw = raw
 
-    def to_message(self, tag_field: str = "type") -> dict[str, Any]:
-        """Return the error reply sent to the client."""
-        return {tag_field: "error", "reason": self.reason, "detail": self.detail, "path": self.path}
+    def to_message(self, tag_field: str = "type", wire: str = "flat") -> dict[str, Any]:
+        """Return the error reply sent to the client, in the resource's wire shape.
+
+        Flat: ``{"type": "error", "reason": ..., "detail": ..., "path": ...}``;
+        envelope: ``{"type": "error", "payload": {"reason": ..., ...}}``.
+        """
+        body = {"reason": self.reason, "detail": self.detail, "path": self.path}
+        if wire == "envelope":
+            return {tag_field: "error", "payload": body}
+        return {tag_field: "error", **body}
 
     def __repr__(self) -> str:
         return f"MessageError({self.reason!r}, {self.detail!r}, path={self.path!r})"
@@ -159,6 +166,8 @@ class DispatchTable:
             obj = msgspec.json.decode(raw)
         except msgspec.DecodeError as ex:
             return MessageError("invalid_json", str(ex), None, raw)
+        except RecursionError:
+            return MessageError("invalid_json", TOO_DEEP, None, raw)
         tf = self.tag_field
         if not isinstance(obj, dict):
             return MessageError(
@@ -194,8 +203,15 @@ class DispatchTable:
         except msgspec.ValidationError as ex:
             detail, path = _split_msgspec_error(str(ex))
             return MessageError("validation_error", detail, path, raw)
+        except RecursionError:
+            return MessageError("invalid_json", TOO_DEEP, None, raw)
         return fn, decoded.payload if self.wire == "envelope" else decoded
 
+
+#: ``detail`` of the error reply to JSON nested deeper than msgspec decodes.
+#: NOTE: msgspec raises RecursionError at Python's recursion limit: about
+#: 1000 levels on Python 3.11, a few thousand on 3.12, about 10000 on 3.13.
+TOO_DEEP: Final = "JSON nested too deeply"
 
 _LENIENT = HandlerSpec("", "", None, False)
 _MISSING_FIELD = re.compile(r"Object missing required field `([^`]*)`")
@@ -282,12 +298,18 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
                 f"type for {tag!r} is {struct.__qualname__}"
             )
         plan[tag] = (method, strict, struct)
-    # convention handlers annotated with a tagged Struct declare their tag too
+    # Convention handlers annotated with a Struct declare their tag too: a tagged
+    # Struct's own tag, else the snake_case name itself (``on_send_message`` →
+    # ``send_message``), so that spelling takes the fast path. Other spellings of
+    # the same name (``sendMessage``) still reach the handler through the slow path.
     for method in convention:
         declared = _payload_type(cls, method, frame_locals)
-        if declared is None or declared.__struct_config__.tag is None:
+        if declared is None:
             continue
-        tag = _struct_tag(declared, name)
+        struct_tag = declared.__struct_config__.tag
+        if struct_tag is None and wire == "flat" and _has_field(declared, tag_field):
+            continue  # NOTE: the Struct reads the tag itself: no tagged variant exists
+        tag = method[3:] if struct_tag is None else _struct_tag(declared, name)
         if tag not in plan and handler_name(tag) == method:
             plan[tag] = (method, True, declared)
 
@@ -365,6 +387,10 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
         union: Any = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
         decoder = msgspec.json.Decoder(union)
     return DispatchTable(decoder, by_type, specs, conventional, by_tag, wire, tag_field)
+
+
+def _has_field(struct: type[msgspec.Struct], encoded_name: str) -> bool:
+    return any(f.encode_name == encoded_name for f in msgspec.structs.fields(struct))
 
 
 def _collect_decorated(cls: type) -> dict[str, tuple[str, bool]]:

@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -22,9 +22,9 @@ import falcon
 import msgspec
 from falcon.errors import PayloadTypeError, WebSocketDisconnected
 
-from ._dispatch import ENVELOPE, RAW_DICT, MessageError
+from ._dispatch import AS_DECODED, ENVELOPE, MessageError
 from .connection import Connection
-from .errors import Refuse
+from .errors import BackendUnavailable, Refuse
 from .resource import WebSocketResource
 from .router import join_paths
 
@@ -32,9 +32,11 @@ if TYPE_CHECKING:
     from falcon.asgi import Request, Response, WebSocket
 
     from .app import Runtime
+    from .manager import WebSocketConnectionManager
     from .router import RouteInfo, WebSocketRouter
+    from .settings import Settings
 
-__all__ = ["Mount"]
+__all__ = ["Mount", "OutageLog", "Receiver", "receive_loop", "run_disconnect"]
 
 logger = logging.getLogger("pachinko")
 
@@ -60,7 +62,7 @@ class Mount:
     atomically: connections already open keep the resources they have.
     """
 
-    __slots__ = ("prefix", "router", "runtime")
+    __slots__ = ("outages", "prefix", "router", "runtime")
 
     # NOTE: the prefix lives here, per mount: one router mounted on two apps
     #   (or twice on one) builds each app's URLs with that app's prefix.
@@ -69,6 +71,7 @@ class Mount:
         self.runtime = runtime
         self.prefix = prefix
         self.router = router
+        self.outages = OutageLog()
         router.root._mounted(prefix)
 
     @property
@@ -160,7 +163,7 @@ async def serve(
     req: Request,
     ws: WebSocket,
     path: str,
-    mount: Mount | None = None,
+    mount: Mount,
 ) -> None:
     """Run one WebSocket connection from handshake to close."""
     if not runtime.accepting:
@@ -189,11 +192,15 @@ async def serve(
     task = asyncio.current_task()
     if task is not None:
         runtime.serving.add(task)
+    hooks_of = info.router
     try:
         if ws.unaccepted:
             await ws.accept()
         manager.opened(conn)
-        close_code = await _receive_loop(runtime, info, chain, leaf, ws)
+        for hook in hook_list(hooks_of, chain, leaf, "after_connect", reverse=True):
+            await hook(ws)
+        rx = Receiver(leaf, runtime.settings, manager, mount.outages, hooks_of, chain)
+        close_code = await receive_loop(rx, runtime.settings, ws, ws.receive_text) or close_code
     except WebSocketDisconnected as ex:
         close_code = ex.code or CLOSE_NO_STATUS
     except Exception:
@@ -201,7 +208,7 @@ async def serve(
         close_code = CLOSE_INTERNAL_ERROR
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
     finally:
-        await _disconnect(info, chain, leaf, ws, close_code)
+        await run_disconnect(hooks_of, chain, leaf, ws, close_code, mount.outages, manager)
         await manager.disconnect(conn)
         runtime.serving.discard(task)
 
@@ -273,48 +280,152 @@ async def _handshake(
     return chain
 
 
-def _hooks(
-    info: RouteInfo,
-    chain: list[WebSocketResource],
+def hook_list(
+    router: WebSocketRouter | None,
+    chain: Sequence[WebSocketResource],
     leaf: WebSocketResource,
     event: str,
     *,
     reverse: bool = False,
 ) -> list[Callable[..., Awaitable[Any]]]:
     """Bound hook callables for ``event``: global, parent, child (or reversed)."""
-    hooks: list[Callable[..., Awaitable[Any]]] = [
-        functools.partial(hook, leaf) for hook in info.router.hooks_for(event, type(leaf))
-    ]
+    hooks: list[Callable[..., Awaitable[Any]]] = []
+    if router is not None:
+        hooks += [functools.partial(hook, leaf) for hook in router.hooks_for(event, type(leaf))]
     hooks += [fn for res in chain if (fn := getattr(res, event, None)) is not None]
     if reverse:
         hooks.reverse()
     return hooks
 
 
-async def _receive_loop(
-    runtime: Runtime,
-    info: RouteInfo,
-    chain: list[WebSocketResource],
-    leaf: WebSocketResource,
-    ws: WebSocket,
-) -> int:
-    """Receive, decode, dispatch until the connection closes; return the close code."""
-    settings = runtime.settings
-    for hook in _hooks(info, chain, leaf, "after_connect", reverse=True):
-        await hook(ws)
-    before = _hooks(info, chain, leaf, "before_receive")
-    after = _hooks(info, chain, leaf, "after_receive", reverse=True)
-    error_hooks = _hooks(info, chain, leaf, "on_error", reverse=True)
-    unhandled = leaf.on_unhandled
-    if not settings.error_replies and type(leaf).on_unhandled is _base_unhandled:
-        unhandled = _ignore_unhandled
+class OutageLog:
+    """Log a backend outage that handlers run into once, not once per message.
 
+    A backend that counts its outages (``outages`` and ``available``, as the
+    Redis backend has them) tells them apart: a failure while it is still
+    marked available belongs to the outage it is about to notice. For other
+    backends an outage is a run of failures less than ``quiet`` seconds apart.
+    """
+
+    __slots__ = ("key", "last", "quiet")
+
+    def __init__(self, quiet: float = 30.0) -> None:
+        self.quiet = quiet
+        self.key: int | None = None
+        self.last: float | None = None
+
+    def report(self, exc: BackendUnavailable, backend: object, where: str) -> None:
+        """Record one failure: a warning for the first of an outage, else debug."""
+        now = monotonic()
+        outages = getattr(backend, "outages", None)
+        if isinstance(outages, int):
+            key = outages if getattr(backend, "available", None) is False else outages + 1
+            new = key != self.key
+            self.key = key
+        else:
+            new = self.last is None or now - self.last >= self.quiet
+        self.last = now
+        if not new:
+            logger.debug("%s: backend still unavailable: %s", where, exc)
+            return
+        logger.warning(
+            "%s: %s; clients get error replies with reason 'unavailable' until it is back "
+            "(logged once per outage)",
+            where,
+            exc,
+        )
+
+
+class Receiver:
+    """One connection's dispatch, built once when the connection opens.
+
+    :func:`receive_loop` runs the one dispatch step with it (decode, hooks,
+    handler, error reply or error handling): :func:`serve` for every real
+    connection, :class:`~pachinko.testing.ResourceHarness` one message at a
+    time, so that a unit test runs exactly what production runs.
+    """
+
+    __slots__ = ("after", "before", "error_hooks", "leaf", "manager", "outages", "unhandled")
+
+    def __init__(
+        self,
+        leaf: WebSocketResource,
+        settings: Settings,
+        manager: WebSocketConnectionManager,
+        outages: OutageLog,
+        router: WebSocketRouter | None = None,
+        chain: Sequence[WebSocketResource] | None = None,
+    ) -> None:
+        levels = (leaf,) if chain is None else chain
+        self.leaf = leaf
+        self.manager = manager
+        self.outages = outages
+        self.before = hook_list(router, levels, leaf, "before_receive")
+        self.after = hook_list(router, levels, leaf, "after_receive", reverse=True)
+        self.error_hooks = hook_list(router, levels, leaf, "on_error", reverse=True)
+        unhandled: Callable[[Any, MessageError], Awaitable[None]] = leaf.on_unhandled
+        if not settings.error_replies and type(leaf).on_unhandled is _base_unhandled:
+            unhandled = _ignore_unhandled
+        self.unhandled = unhandled
+
+    async def failed(self, ws: WebSocket, text: str, exc: Exception) -> int | None:
+        """Handle an exception of a hook or handler; return a close code, or None.
+
+        The error hooks come first (``True``: handled). A
+        :class:`~pachinko.errors.BackendUnavailable` then becomes an error
+        reply through ``on_unhandled`` (reason ``unavailable``), logged once
+        per outage; anything else is logged with its traceback and closes
+        the connection with 1011.
+        """
+        if await _run_error_hooks(self.error_hooks, ws, exc):
+            return None
+        where = f"handler of {type(self.leaf).__qualname__}"
+        if isinstance(exc, BackendUnavailable):
+            self.outages.report(exc, self.manager.backend, where)
+            try:
+                await self.unhandled(
+                    ws, MessageError("unavailable", UNAVAILABLE_DETAIL, None, text)
+                )
+            except WebSocketDisconnected:
+                raise
+            except Exception as ex:
+                exc = ex
+                where = f"{type(self.leaf).__qualname__}.on_unhandled"
+            else:
+                return None
+        logger.error("%s raised; closing with 1011", where, exc_info=exc)
+        await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
+        return CLOSE_INTERNAL_ERROR
+
+
+#: The error reply's ``detail`` when a handler hit a backend outage. It says
+#: nothing of the backend itself (its URL may hold credentials).
+UNAVAILABLE_DETAIL: Final = "A service the server needs is unavailable; try again later"
+
+
+async def receive_loop(
+    rx: Receiver,
+    settings: Settings,
+    ws: WebSocket,
+    receive_text: Callable[[], Awaitable[str | None]],
+) -> int | None:
+    """Receive, decode, dispatch until the connection closes.
+
+    Returns:
+        The close code, or ``None`` when ``receive_text`` returned ``None``
+        (the harness has no more messages).
+    """
+    leaf = rx.leaf
+    before = rx.before
+    after = rx.after
+    unhandled = rx.unhandled
     table = type(leaf).__pachinko_table__
     decoder = table.decoder
     by_type = table.by_type
     dispatch_slow = table.dispatch_slow
-    envelope, raw_dict = ENVELOPE, RAW_DICT
-    receive_text = ws.receive_text
+    as_decoded, envelope = AS_DECODED, ENVELOPE
+    decode_any = msgspec.json.decode
+    undecodable = (msgspec.DecodeError, RecursionError)
     max_size = settings.max_message_size
     # NOTE: a str of n code points is at most 4n UTF-8 bytes, so the exact
     #   byte count is only computed for messages longer than a quarter of the limit.
@@ -330,6 +441,8 @@ async def _receive_loop(
         except PayloadTypeError:
             await ws.close(CLOSE_UNSUPPORTED_DATA, "Binary frames are not accepted")
             return CLOSE_UNSUPPORTED_DATA
+        if text is None:
+            return None
         size = len(text)
         if size > quarter and (size > max_size or len(text.encode()) > max_size):
             await ws.close(CLOSE_TOO_BIG, f"Message too big (limit {max_size} bytes)")
@@ -353,17 +466,21 @@ async def _receive_loop(
                     await hook(ws, text)
             payload: Any
             if decoder is not None:
+                # NOTE: msgspec raises RecursionError for deep nesting (from
+                #   ~1000 levels on 3.11), even while skipping a value: the slow
+                #   path turns it into an error reply.
                 try:
                     msg = decoder.decode(text)
-                except msgspec.DecodeError:
-                    msg = None
-                if msg is not None:
                     handler, kind = by_type[type(msg)]
-                    payload = msg
-                    if kind == envelope:
+                    if kind == as_decoded:
+                        payload = msg
+                    elif kind == envelope:
                         payload = msg.payload
-                    elif kind == raw_dict:
-                        payload = msgspec.json.decode(text)
+                    else:
+                        payload = decode_any(text)
+                except undecodable:
+                    handler = None
+                if handler is not None:
                     await handler(leaf, ws, payload)
                     if after:
                         for hook in after:
@@ -380,12 +497,9 @@ async def _receive_loop(
         except WebSocketDisconnected:
             raise
         except Exception as exc:
-            if not await _run_error_hooks(error_hooks, ws, exc):
-                logger.error(
-                    "handler of %s raised; closing with 1011", type(leaf).__qualname__, exc_info=exc
-                )
-                await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
-                return CLOSE_INTERNAL_ERROR
+            code = await rx.failed(ws, text, exc)
+            if code is not None:
+                return code
 
 
 async def _ignore_unhandled(ws: WebSocket, error: MessageError) -> None:
@@ -404,22 +518,32 @@ async def _run_error_hooks(
     return handled
 
 
-async def _disconnect(
-    info: RouteInfo,
-    chain: list[WebSocketResource],
+async def run_disconnect(
+    router: WebSocketRouter | None,
+    chain: Sequence[WebSocketResource],
     leaf: WebSocketResource,
     ws: WebSocket,
     close_code: int,
+    outages: OutageLog,
+    manager: WebSocketConnectionManager,
 ) -> None:
-    """before_disconnect hooks, then on_disconnect, leaf first; each runs once."""
-    for hook in _hooks(info, chain, leaf, "before_disconnect"):
+    """before_disconnect hooks, then on_disconnect, leaf first; each runs once.
+
+    A backend outage they run into is logged once per outage (``outages``),
+    anything else with its traceback.
+    """
+    for hook in hook_list(router, chain, leaf, "before_disconnect"):
         try:
             await hook(ws, close_code)
+        except BackendUnavailable as ex:
+            outages.report(ex, manager.backend, f"before_disconnect hook {hook!r}")
         except Exception:
             logger.exception("before_disconnect hook %r raised", hook)
     for resource in reversed(chain):
         try:
             await resource.on_disconnect(ws, close_code)
+        except BackendUnavailable as ex:
+            outages.report(ex, manager.backend, f"{type(resource).__qualname__}.on_disconnect")
         except Exception:
             logger.exception("%s.on_disconnect raised", type(resource).__qualname__)
 

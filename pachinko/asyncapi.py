@@ -214,8 +214,7 @@ class _Builder:
             for tp in getattr(cls, "sends", ()) or ():
                 tag = _tag_of(tp) or str(getattr(tp, "__name__", "message"))
                 msg_id = self._unique(messages, _key(f"send.{tag}"))
-                payload: dict[str, Any] = {}
-                self._use(tp, payload, "payload")
+                payload = self._outbound(tp, tag_field, wire)
                 ref = self._message(
                     f"{cls.__qualname__}.send.{tag}",
                     tag,
@@ -255,6 +254,31 @@ class _Builder:
             payload["description"] = description
         self.messages[key] = payload
         return {"$ref": f"#/components/messages/{key}"}
+
+    def _outbound(self, tp: Any, tag_field: str, wire: str) -> dict[str, Any]:
+        """The ``payload`` entry of a server → client message, as ``send()`` writes it."""
+        payload: dict[str, Any] = {}
+        tag = _tag_of(tp)
+        if wire != "envelope" or tag is None:
+            self._use(tp, payload, "payload")
+            return payload
+        # NOTE: an envelope resource sends a tagged Struct as {tag_field: tag,
+        #   "payload": its other fields}: the Struct's schema without its tag.
+        properties: dict[str, Any] = {tag_field: {"type": "string", "const": tag}}
+        own_field = _tag_field_of(tp)
+        payload["payload"] = {
+            "type": "object",
+            "properties": properties,
+            "required": [tag_field, "payload"],
+            "additionalProperties": False,
+        }
+        self._use(
+            tp,
+            properties,
+            "payload",
+            transform=lambda schema, components: _untagged(schema, components, own_field),
+        )
+        return payload
 
     def _inbound(
         self,
@@ -332,6 +356,17 @@ def _flat(
         schema["additionalProperties"] = False
     else:
         schema.pop("additionalProperties", None)
+    return schema
+
+
+def _untagged(ref: dict[str, Any], schemas: dict[str, Any], field: str | None) -> dict[str, Any]:
+    """A tagged Struct's schema without its tag ``field`` (an envelope's payload), inlined."""
+    target = ref.get("$ref", "")
+    base = schemas.get(target[len(_SCHEMAS) :], {}) if target.startswith(_SCHEMAS) else ref
+    base = copy.deepcopy(base)  # NOTE: shared objects would become YAML anchors
+    schema = {k: v for k, v in base.items() if k not in ("properties", "required")}
+    schema["properties"] = {k: v for k, v in base.get("properties", {}).items() if k != field}
+    schema["required"] = [r for r in base.get("required", ()) if r != field]
     return schema
 
 

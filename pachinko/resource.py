@@ -61,6 +61,25 @@ def _defining_locals(cls: type) -> Mapping[str, Any] | None:
     return None
 
 
+def encode_envelope(message: Any, tag_field: str) -> str:
+    """Encode a message in the envelope shape: ``{tag_field: tag, "payload": {...}}``.
+
+    A tagged Struct is wrapped: its tag names the message, its other fields
+    are the payload. Anything else (a dict, a list, an untagged Struct, a
+    str) is sent as given: it already is the message the app wrote.
+    """
+    if isinstance(message, str):
+        return message
+    config = getattr(type(message), "__struct_config__", None)
+    if config is None or config.tag is None:
+        return _encode(message).decode()
+    body = msgspec.to_builtins(message)
+    if isinstance(body, dict):
+        body.pop(config.tag_field, None)
+    tag = config.tag
+    return _encode({tag_field: tag, "payload": body}).decode()
+
+
 class WebSocketResource:
     """Base class of WebSocket resources: one instance per connection.
 
@@ -114,10 +133,12 @@ class WebSocketResource:
         """Handle a message that could not be dispatched.
 
         The default sends the error reply ``{"type": "error", "reason": ...,
-        "detail": ..., "path": ...}`` (unless ``Settings.error_replies`` is
-        off). Override to log, count or answer differently.
+        "detail": ..., "path": ...}`` (for ``wire = "envelope"``: ``{"type":
+        "error", "payload": {"reason": ...}}``), unless
+        ``Settings.error_replies`` is off. Override to log, count or answer
+        differently.
         """
-        await ws.send_text(encode_text(error.to_message(self.tag_field)))
+        await ws.send_text(encode_text(error.to_message(self.tag_field, self.wire)))
 
     def get_child_context(self) -> dict[str, Any]:
         """Return keyword arguments for the nested child resource.
@@ -191,11 +212,18 @@ class WebSocketResource:
         """Send a Struct, dict or list as one JSON text frame (a str as is).
 
         Await the result: ``await self.send(Joined(room=room))``. The message
-        is encoded once with msgspec.
+        is encoded once with msgspec. With ``wire = "envelope"`` a tagged
+        Struct is sent as ``{"type": tag, "payload": {...fields}}``; a dict,
+        list or str is sent as given.
         """
         # PERF: a plain function returning Falcon's send coroutine saves a
         #   coroutine frame per reply (bench_dispatch.py: ~0.2 µs of ~2.5).
-        text = message if isinstance(message, str) else _encode(message).decode()
+        if isinstance(message, str):
+            text = message
+        elif self.wire == "flat":
+            text = _encode(message).decode()
+        else:
+            text = encode_envelope(message, self.tag_field)
         try:
             send_text: Callable[[str], Awaitable[None]] = self._pachinko_send_text  # type: ignore[attr-defined]
         except AttributeError:
@@ -219,8 +247,13 @@ class WebSocketResource:
         exclude: Iterable[str] = (),
         timeout: float | None = None,
     ) -> Delivery:
-        """Send ``message`` to every member of ``room`` (by default not to this one)."""
+        """Send ``message`` to every member of ``room`` (by default not to this one).
+
+        In this resource's wire shape, as :meth:`send` does.
+        """
         excluded = {*exclude, self.connection.id} if exclude_self else set(exclude)
+        if self.wire != "flat" and not isinstance(message, str | bytes):
+            message = encode_envelope(message, self.tag_field)
         return await self.manager.broadcast_to_room(
             room, message, exclude=excluded, timeout=timeout
         )

@@ -352,3 +352,35 @@ def test_nested_types_with_the_same_full_name_are_told_apart(
     assert resolve(doc, nested["b"]["$ref"])["properties"]["value"]["type"] == "string"
     assert nested["a"]["$ref"] != nested["b"]["$ref"]
     assert described[1]["properties"]["value"]["type"] == "integer"
+
+
+async def test_envelope_sends_are_described_as_sent() -> None:
+    """What an envelope resource really sends validates against its AsyncAPI message."""
+    from pachinko.testing import ResourceHarness
+
+    class Placed(msgspec.Struct, tag="placed"):
+        x: int
+        label: str = ""
+
+    class Placer(pachinko.WebSocketResource):
+        wire = "envelope"
+        tag_field = "kind"
+        sends = (Placed,)
+
+        @pachinko.handles_message("place")
+        async def place(self, ws: Any, payload: Any) -> None:
+            await self.send(Placed(x=payload["x"]))
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/place", Placer)
+    doc = asyncapi.document([("/ws", router)])
+    async with ResourceHarness(Placer, timeout=2.0) as harness:
+        assert await harness.connect()
+        await harness.receive({"kind": "place", "payload": {"x": 3}})
+        sent = await harness.ws.receive_json()
+    assert sent == {"kind": "placed", "payload": {"x": 3, "label": ""}}
+    key = next(k for k in doc["components"]["messages"] if k.endswith("Placer.send.placed"))
+    validator = message_validator(doc, key)
+    assert list(validator.iter_errors(sent)) == []
+    flat = {"kind": "placed", "x": 3, "label": ""}  # what send() wrote before
+    assert not validator.is_valid(flat)

@@ -92,6 +92,108 @@ async def test_error_replies_keep_the_connection(
         assert await recv_json(ws) == {"type": "said", "text": "still here"}
 
 
+class AnyValue(msgspec.Struct):
+    value: Any = None
+
+
+class Nested(WebSocketResource):
+    """Every decode path: typed (an `Any` field too), lenient, raw, convention."""
+
+    schema = Say
+
+    async def on_say(self, ws: Any, payload: Say) -> None:
+        await self.send({"type": "said", "text": payload.text})
+
+    @pachinko.handles_message("anything")
+    async def anything(self, ws: Any, payload: AnyValue) -> None:
+        await self.send({"type": "got"})
+
+    @pachinko.handles_message("lenient", strict=False)
+    async def lenient(self, ws: Any, payload: AnyValue) -> None:
+        await self.send({"type": "got"})
+
+    @pachinko.handles_message("raw")
+    async def raw(self, ws: Any, payload: Any) -> None:
+        await self.send({"type": "got"})
+
+
+class RawOnly(WebSocketResource):
+    """No type known ahead: every message takes the slow path."""
+
+    async def on_raw(self, ws: Any, payload: Any) -> None:
+        await self.send({"type": "got"})
+
+
+class NestedEnvelope(Nested):
+    wire = "envelope"
+
+
+# NOTE: msgspec raises RecursionError past ~1000 levels on 3.11, a few thousand
+#   on 3.12, ~10000 on 3.13: 20000 levels (40 KB) are too deep everywhere.
+DEEP = "[" * 20000 + "]" * 20000
+
+
+def deep(template: str) -> str:
+    """``template`` with ``@`` replaced by 20000 nested arrays."""
+    return template.replace("@", DEEP)
+
+
+@pytest.mark.parametrize(
+    ("resource", "frame"),
+    [
+        (Nested, DEEP),  # not an object: the slow path's generic decode
+        (Nested, deep('{"type": "say", "text": @}')),  # typed field, wrong type
+        (Nested, deep('{"type": "anything", "value": @}')),  # typed `Any` field
+        (Nested, deep('{"type": "nope", "x": @}')),  # unknown tag
+        (Nested, deep('{"type": "say", "text": "a", "extra": @}')),  # extra field, strict
+        (Nested, deep('{"type": "lenient", "extra": @}')),  # extra field, skipped
+        (Nested, deep('{"type": "raw", "x": @}')),  # raw-dict handler
+        (Nested, deep('{"x": @, "type": "say"}')),  # before the tag
+        (RawOnly, deep('{"type": "raw", "x": @}')),  # no fast decoder at all
+        (RawOnly, DEEP),
+        (NestedEnvelope, deep('{"type": "anything", "payload": {"value": @}}')),
+        (NestedEnvelope, deep('{"type": "raw", "payload": @}')),
+    ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else v[:40],
+)
+async def test_deep_nesting_is_an_error_reply(
+    conductor_for: Any, caplog: pytest.LogCaptureFixture, resource: type, frame: str
+) -> None:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/deep", resource)
+    conductor = await conductor_for(make_app(router))
+    ok = '{"type": "raw", "payload": 1}' if resource.wire == "envelope" else '{"type": "raw"}'
+    with caplog.at_level(logging.DEBUG, logger="pachinko"):
+        async with conductor.simulate_ws("/ws/deep") as ws:
+            await ws.send_text(frame)
+            reply = await recv_json(ws)
+            await ws.send_text(ok)
+            assert await recv_json(ws) == {"type": "got"}  # the connection is kept
+    payload = reply.get("payload", reply)
+    assert (reply["type"], payload["reason"], payload["path"]) == ("error", "invalid_json", None)
+    assert payload["detail"] == "JSON nested too deeply"
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+async def test_a_thousand_levels_keep_the_connection(
+    conductor_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the reported input: an error reply on every Python (invalid_json where
+    # msgspec gives up at this depth, 3.11; invalid_message where it decodes)
+    conductor = await conductor_for(echo_app())
+    with caplog.at_level(logging.DEBUG, logger="pachinko"):
+        async with conductor.simulate_ws("/ws/echo") as ws:
+            await ws.send_text("[" * 1000 + "]" * 1000)
+            reply = await recv_json(ws)
+            await ws.send_text('{"type": "say", "text": "still here"}')
+            assert await recv_json(ws) == {"type": "said", "text": "still here"}
+    assert (reply["type"], reply["reason"]) in {
+        ("error", "invalid_json"),
+        ("error", "invalid_message"),
+    }
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
 async def test_on_unhandled_is_overridable(conductor_for: Any) -> None:
     seen: list[MessageError] = []
 

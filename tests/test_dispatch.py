@@ -139,6 +139,51 @@ async def test_envelope_shape_with_custom_tag_field(conductor_for: Any) -> None:
         assert await recv_json(ws) == {"kind": "raw", "payload": [1, "a"]}
 
 
+class Moved(msgspec.Struct, tag="moved"):
+    x: int
+    y: int
+
+
+class EnvelopeReplies(WebSocketResource):
+    wire = "envelope"
+    tag_field = "kind"
+    sends = (Moved,)
+
+    async def after_connect(self, ws: Any) -> None:
+        await self.join_room("board")
+
+    @handles_message("move")
+    async def move(self, ws: Any, payload: Point) -> None:
+        await self.send(Moved(x=payload.x, y=payload.y))
+        await self.broadcast_to_room("board", Moved(x=payload.x, y=payload.y))
+        await self.send({"kind": "raw", "as": "given"})  # a dict is sent as written
+
+
+async def test_envelope_resources_write_envelopes(conductor_for: Any) -> None:
+    conductor = await conductor_for(chat_app(EnvelopeReplies))
+    async with (
+        conductor.simulate_ws("/ws/chat") as ws,
+        conductor.simulate_ws("/ws/chat") as other,
+    ):
+        await ws.send_text('{"kind": "move", "payload": {"x": 1, "y": 2}}')
+        moved = {"kind": "moved", "payload": {"x": 1, "y": 2}}
+        assert await recv_json(ws) == moved
+        assert await recv_json(other) == moved  # broadcasts too
+        assert await recv_json(ws) == {"kind": "raw", "as": "given"}
+        await ws.send_text('{"kind": "move", "payload": {"x": 1, "y": "a"}}')
+        assert await recv_json(ws) == {
+            "kind": "error",
+            "payload": {
+                "reason": "validation_error",
+                "detail": "Expected `int`, got `str`",
+                "path": "$.payload.y",
+            },
+        }
+        await ws.send_text("{")
+        reply = await recv_json(ws)
+        assert (reply["kind"], reply["payload"]["reason"]) == ("error", "invalid_json")
+
+
 @pytest.mark.parametrize(
     ("text", "path", "detail"),
     [
@@ -152,11 +197,10 @@ async def test_missing_or_null_payload_is_a_validation_error(
     conductor = await conductor_for(chat_app(Envelope))
     async with conductor.simulate_ws("/ws/chat") as ws:
         await ws.send_text(text)
+        # an envelope resource answers in envelopes too
         assert await recv_json(ws) == {
             "kind": "error",
-            "reason": "validation_error",
-            "detail": detail,
-            "path": path,
+            "payload": {"reason": "validation_error", "detail": detail, "path": path},
         }
 
 
@@ -214,6 +258,75 @@ async def test_typed_handler_without_schema(conductor_for: Any) -> None:
         assert await recv_json(ws) == {"type": "p", "x": 1, "is_point": True}
         await ws.send_text('{"type": "point", "x": 1}')
         assert (await recv_json(ws))["path"] == "$.y"
+
+
+class RoomBody(msgspec.Struct):
+    room: str
+
+
+class ByName(WebSocketResource):
+    """Convention handlers annotated with untagged Structs (no schema)."""
+
+    async def on_join(self, ws: Any, payload: RoomBody) -> None:
+        await self.send({"type": "joined", "room": payload.room, "cls": type(payload).__name__})
+
+    async def on_send_message(self, ws: Any, payload: RoomBody) -> None:
+        await self.send({"type": "sent", "room": payload.room})
+
+
+def test_untagged_convention_handlers_take_the_fast_decoder() -> None:
+    # the tag is known from the method name, so the one decoder of the class
+    # decodes these messages (no second, per-tag decode on a slow path)
+    table = ByName.__pachinko_table__
+    assert {tag: (s.method_name, s.payload_type) for tag, s in ByName.message_types().items()} == {
+        "join": ("on_join", RoomBody),
+        "send_message": ("on_send_message", RoomBody),
+    }
+    assert table.decoder is not None
+    decoded = table.decoder.decode('{"type": "join", "room": "a"}')
+    assert isinstance(decoded, RoomBody)
+    assert table.by_type[type(decoded)][0] is ByName.on_join
+
+
+async def test_untagged_convention_handlers_through_the_app(conductor_for: Any) -> None:
+    conductor = await conductor_for(chat_app(ByName))
+    async with conductor.simulate_ws("/ws/chat") as ws:
+        await ws.send_text('{"type": "join", "room": "lobby"}')
+        assert await recv_json(ws) == {"type": "joined", "room": "lobby", "cls": "RoomBody"}
+        # other spellings of the same name still reach the handler (slow path)
+        await ws.send_text('{"type": "sendMessage", "room": "x"}')
+        assert await recv_json(ws) == {"type": "sent", "room": "x"}
+        await ws.send_text('{"type": "send_message", "room": "y"}')
+        assert await recv_json(ws) == {"type": "sent", "room": "y"}
+        await ws.send_text('{"type": "join", "room": 1}')
+        assert await recv_json(ws) == {
+            "type": "error",
+            "reason": "validation_error",
+            "detail": "Expected `str`, got `int`",
+            "path": "$.room",
+        }
+        await ws.send_text('{"type": "join", "room": "a", "extra": 1}')
+        assert await recv_json(ws) == {
+            "type": "error",
+            "reason": "validation_error",
+            "detail": "Object contains unknown field `extra`",
+            "path": "$",
+        }
+
+
+async def test_untagged_struct_with_the_tag_field_keeps_working(conductor_for: Any) -> None:
+    class Tagged(msgspec.Struct):
+        type: str
+        n: int
+
+    class ReadsTag(WebSocketResource):
+        async def on_count(self, ws: Any, payload: Tagged) -> None:
+            await self.send({"type": "counted", "tag": payload.type, "n": payload.n})
+
+    conductor = await conductor_for(chat_app(ReadsTag))
+    async with conductor.simulate_ws("/ws/chat") as ws:
+        await ws.send_text('{"type": "count", "n": 2}')
+        assert await recv_json(ws) == {"type": "counted", "tag": "count", "n": 2}
 
 
 def test_message_types_lists_handlers() -> None:

@@ -26,6 +26,9 @@ from pachinko.testing import (
 NORMAL = 1000
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
+UNSUPPORTED_DATA = 1003
+TOO_BIG = 1009
+INTERNAL_ERROR = 1011
 NOT_FOUND = 3404
 FORBIDDEN = 3403
 HTTP_FORBIDDEN = 403
@@ -197,22 +200,64 @@ async def test_live_server_stops_and_frees_its_port() -> None:
 
 async def test_simulator_records_what_a_resource_sends() -> None:
     ws = WebSocketSimulator(timeout=0.5)
-    await ws.accept()
-    await ws.send_media({"a": 1})
-    await ws.send_text("plain")
-    await ws.send_data(b"\x00")
+    server = ws.socket  # what the code under test gets as its Falcon WebSocket
+    await server.accept()
+    await server.send_media({"a": 1})
+    await server.send_text("plain")
+    await server.send_data(b"\x00")
     assert ws.sent == ['{"a": 1}', "plain", b"\x00"]
     assert await ws.next_sent() == {"a": 1}
     with pytest.raises(AssertionError, match="expected JSON, got 'plain'"):
         await ws.receive_json()
     assert await ws.receive_bytes() == b"\x00"
-    ws.feed({"type": "say"})
-    assert await ws.receive_text() == '{"type": "say"}'
-    await ws.close(4000, "done")
+    await ws.send_json({"type": "say"})
+    assert await server.receive_text() == '{"type": "say"}'
+    await server.close(4000, "done")
     assert await ws.expect_close() == 4000
     with pytest.raises(WebSocketDisconnected) as caught:
-        await ws.send_text("late")
+        await server.send_text("late")
     assert caught.value.code == 4000
+
+
+async def test_simulator_has_one_direction_per_method() -> None:
+    # the test's end: send_* go to the server, receive_* return what the server sent
+    ws = WebSocketSimulator(timeout=0.5)
+    server = ws.socket
+    await server.accept()
+    await ws.send_text("from the client")
+    await ws.send_json({"n": 1})
+    await ws.send_bytes(b"\x01")
+    await server.send_text("from the server")
+    await server.send_media({"n": 2})
+    await server.send_data(b"\x02")
+    assert await ws.receive_text() == "from the server"
+    assert await ws.receive_json() == {"n": 2}
+    assert await ws.receive_bytes() == b"\x02"
+    # the server's end: receive_* return what the client sent
+    assert await server.receive_text() == "from the client"
+    assert await server.receive_media() == {"n": 1}
+    assert await server.receive_data() == b"\x01"
+    await ws.close(4001)
+    with pytest.raises(WebSocketDisconnected) as caught:
+        await server.receive_text()
+    assert caught.value.code == 4001
+
+
+@pytest.mark.parametrize("end", ["client", "server"])
+@pytest.mark.parametrize("method", ["receive_text", "receive_json", "receive_bytes"])
+async def test_every_simulator_receive_is_bounded(end: str, method: str) -> None:
+    ws = WebSocketSimulator(timeout=0.05)
+    server_methods = {
+        "receive_text": "receive_text",
+        "receive_json": "receive_media",
+        "receive_bytes": "receive_data",
+    }
+    receive = getattr(ws, method) if end == "client" else getattr(ws.socket, server_methods[method])
+    # NOTE: the outer bound only keeps a regression from hanging the suite.
+    with pytest.raises(ReceiveTimeout):
+        await asyncio.wait_for(receive(), 5.0)
+    with pytest.raises(ReceiveTimeout, match=r"within 0\.01 s|waited 0\.01 s"):
+        await asyncio.wait_for(receive(timeout=0.01), 5.0)
 
 
 async def test_harness_dispatches_like_the_serve_loop() -> None:
@@ -226,6 +271,118 @@ async def test_harness_dispatches_like_the_serve_loop() -> None:
         assert error["path"] == "$.text"
         await echo.receive({"type": "bye"})
         assert await echo.ws.expect_close() == NORMAL
+        with pytest.raises(WebSocketClosed):
+            await echo.receive({"type": "say", "text": "after the close"})
+
+
+class Hooked(pachinko.WebSocketResource):
+    """Hooks, a custom on_unhandled and a handler that fails."""
+
+    schema = Say
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def after_connect(self, ws: Any) -> None:
+        self.log.append("after_connect")
+
+    async def before_receive(self, ws: Any, message: str) -> None:
+        self.log.append(f"before {message}")
+
+    async def after_receive(self, ws: Any, message: str) -> None:
+        self.log.append(f"after {message}")
+
+    async def on_say(self, ws: Any, payload: Say) -> None:
+        if payload.text == "boom":
+            raise ValueError("boom")
+        if payload.text == "handled":
+            raise KeyError("handled")
+        await self.send({"type": "said", "text": payload.text})
+
+    async def on_error(self, ws: Any, exc: Exception) -> bool:
+        self.log.append(f"on_error {exc!r}")
+        return isinstance(exc, KeyError)
+
+    async def on_unhandled(self, ws: Any, error: pachinko.MessageError) -> None:
+        self.log.append(f"unhandled {error.reason}")
+
+    async def before_disconnect(self, ws: Any, close_code: int) -> None:
+        self.log.append(f"before_disconnect {close_code}")
+
+    async def on_disconnect(self, ws: Any, close_code: int) -> None:
+        self.log.append(f"on_disconnect {close_code}")
+
+
+class CountingDecoder:
+    """Wraps a class's decoder and counts its decodes."""
+
+    def __init__(self, decoder: Any) -> None:
+        self.decoder = decoder
+        self.calls = 0
+
+    def decode(self, text: str) -> Any:
+        self.calls += 1
+        return self.decoder.decode(text)
+
+
+async def test_harness_runs_the_real_step_hooks_fast_path_and_errors(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import attrs
+
+    table = Hooked.__pachinko_table__
+    counting = CountingDecoder(table.decoder)
+    monkeypatch.setattr(Hooked, "__pachinko_table__", attrs.evolve(table, decoder=counting))
+    settings = pachinko.Settings(error_replies=False)
+    async with ResourceHarness(Hooked, settings=settings, timeout=0.5) as harness:
+        log: list[str] = harness.resource.log  # type: ignore[attr-defined]
+        assert await harness.connect()
+        assert log == ["after_connect"]
+        await harness.receive({"type": "say", "text": "hi"})
+        assert await harness.ws.expect_next(type="said") == {"type": "said", "text": "hi"}
+        assert counting.calls == 1  # the class's one decoder: the fast path
+        # a custom on_unhandled runs even with error_replies=False, as in the loop
+        await harness.receive({"type": "nope"})
+        # an error hook that handles the exception keeps the connection open
+        await harness.receive({"type": "say", "text": "handled"})
+        assert log[1:] == [
+            'before {"type": "say", "text": "hi"}',
+            'after {"type": "say", "text": "hi"}',
+            'before {"type": "nope"}',
+            "unhandled unknown_type",
+            'before {"type": "say", "text": "handled"}',
+            "on_error KeyError('handled')",
+        ]
+        del log[1:]
+        # an exception no hook handles: logged, closed with 1011, on_disconnect runs
+        with caplog.at_level("ERROR", logger="pachinko"):
+            await harness.receive({"type": "say", "text": "boom"})
+        assert await harness.ws.expect_close() == INTERNAL_ERROR
+        assert log[1:] == [
+            'before {"type": "say", "text": "boom"}',
+            "on_error ValueError('boom')",
+            f"before_disconnect {INTERNAL_ERROR}",
+            f"on_disconnect {INTERNAL_ERROR}",
+        ]
+        assert [repr(r.exc_info[1]) for r in caplog.records if r.exc_info] == ["ValueError('boom')"]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [(b"\x00", UNSUPPORTED_DATA), ('{"type": "say", "text": "' + "x" * 70000 + '"}', TOO_BIG)],
+)
+async def test_harness_closes_like_the_serve_loop(frame: Any, code: int) -> None:
+    async with ResourceHarness(Echo, timeout=0.5) as echo:
+        assert await echo.connect()
+        await echo.receive(frame)
+        assert await echo.ws.expect_close() == code
+        assert not echo.registered  # on_disconnect ran, the connection deregistered
+
+
+async def test_harness_needs_an_open_connection() -> None:
+    async with ResourceHarness(Echo, timeout=0.5) as echo:
+        with pytest.raises(RuntimeError, match=r"call \(and await\) connect\(\) first"):
+            await echo.receive({"type": "say", "text": "x"})
 
 
 async def test_probe_receives_what_a_room_receives() -> None:

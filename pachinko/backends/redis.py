@@ -108,6 +108,9 @@ class RedisBackend(ConnectionBackend):
         self.reconnect_max = reconnect_max
         self.socket_timeout = socket_timeout
         self.available = False
+        #: Connection losses so far: each outage counts once (the receive loop
+        #: logs a handler's BackendUnavailable once per outage with it).
+        self.outages = 0
         self._host: BackendHost | None = None
         self._node = ""
         self._redis: Any = None
@@ -286,6 +289,7 @@ class RedisBackend(ConnectionBackend):
             except Exception as ex:  # NOTE: not only RedisError: a dead transport
                 # may raise anything (TypeError from asyncio's writelines on 3.13).
                 if self.available:
+                    self.outages += 1
                     logger.error(
                         "RedisBackend %s: connection lost (%s). Broadcasts raise "
                         "BackendUnavailable and messages from other processes are lost "

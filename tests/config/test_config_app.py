@@ -209,11 +209,13 @@ async def test_nested_router_envelope_wire_and_hook_order(config: Path, conducto
         await ws.send_text('{"kind": "show", "payload": {"x": 3}}')
         assert await recv_json(ws) == {"type": "show", "payload": {"x": 3, "y": 0}}
         await ws.send_text('{"kind": "show", "payload": {"x": -1}}')
-        assert await recv_json(ws) == {
+        assert await recv_json(ws) == {  # an envelope resource answers in envelopes
             "kind": "error",
-            "reason": "validation_error",
-            "detail": "Expected `int` >= 0",
-            "path": "$.payload.x",
+            "payload": {
+                "reason": "validation_error",
+                "detail": "Expected `int` >= 0",
+                "path": "$.payload.x",
+            },
         }
     assert CALLS[:4] == ["outer_before", "inner_before", "resource_before", "outer_after"]
 
