@@ -58,7 +58,10 @@ class Counter:
 # -- strategies -------------------------------------------------------------------
 
 names = st.text(string.ascii_lowercase, min_size=1, max_size=6).filter(lambda s: s != "type")
-type_names = names.map(lambda s: s.capitalize())
+# NOTE: a message type called "error" would be echoed back as {"type": "error"},
+#   which the serving test cannot tell from an error reply.
+tags = names.filter(lambda s: s != "error")
+type_names = tags.map(lambda s: s.capitalize())
 scalar = st.sampled_from(["str", "int", "float", "bool", "datetime", "uuid", "any", "date"])
 
 
@@ -110,7 +113,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
             routes.append(route)
             continue
         handlers = {}
-        for tag in draw(st.lists(names, max_size=3, unique=True)):
+        for tag in draw(st.lists(tags, max_size=3, unique=True)):
             handler: dict[str, Any] = {
                 "handler": f"{HERE}:{draw(st.sampled_from(['echo', 'other']))}"
             }
