@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import struct
 import sys
 from collections.abc import AsyncIterator
@@ -345,3 +346,172 @@ async def test_log_config_replaces_pachinkos_logging(tmp_path: Path) -> None:
     assert "INFO|uvicorn.error|Application startup complete." in server.output
     assert "handlers imported" not in server.output
     assert "WARNING|hardening_app|lifespan shutdown ran" in server.output
+
+
+# -- in-process: uvicorn's protocol classes, pachinko's Server and Config ----------------
+
+
+class FakeTransport:
+    """Just enough of an asyncio transport for uvicorn's protocols."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = self.aborted = False
+        self.protocol: Any = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+
+async def test_smallest_reproduction_of_uvicorns_shutdown_assert() -> None:
+    """Upstream defect (uvicorn 0.54, websockets-sansio): shutdown() after a handshake
+    websockets could not parse raises AssertionError (``assert not self.eof_sent``).
+    If this test fails, uvicorn fixed it: update docs/deployment.md."""
+    import uvicorn
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from uvicorn.server import ServerState
+
+    from pachinko import server as pachinko_server
+
+    async def app(scope: Any, receive: Any, send: Any) -> None: ...
+
+    config = uvicorn.Config(app, ws="websockets-sansio", log_level="critical")
+    config.load()
+    bad = handshake(path="/" + "p" * 8192)
+    plain = WebSocketsSansIOProtocol(config, ServerState(), {})
+    plain.connection_made(FakeTransport())  # type: ignore[arg-type]
+    plain.data_received(bad)
+    assert plain.transport.written == b""  # no answer, and the socket stays open
+    with pytest.raises(AssertionError):
+        plain.shutdown()
+
+    guarded_class = pachinko_server.WebSocketsSansIOProtocol
+    assert guarded_class is not None
+    guarded = guarded_class(config, ServerState(), {})
+    transport = FakeTransport()
+    guarded.connection_made(transport)
+    guarded.data_received(bad)
+    assert transport.written.startswith(b"HTTP/1.1 414 ")
+    assert transport.closed
+    guarded.shutdown()  # no exception
+
+
+async def test_server_shutdown_survives_a_connection_whose_shutdown_raises() -> None:
+    """pachinko's Server with uvicorn's own (unguarded) protocol: the lifespan shutdown runs."""
+    import falcon.asgi
+
+    from pachinko.server import Config, Server
+
+    shutdown_ran = asyncio.Event()
+
+    class Lifespan:
+        async def process_shutdown(self, scope: Any, event: Any) -> None:
+            shutdown_ran.set()
+
+    app = falcon.asgi.App(middleware=[Lifespan()])
+    config = Config(
+        app, host="127.0.0.1", port=0, ws="websockets-sansio", lifespan="on", log_level="critical"
+    )
+    server = Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:
+            await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(handshake(path="/" + "p" * 8192))
+    await writer.drain()
+    async with asyncio.timeout(10):  # until uvicorn's WebSocket protocol has it
+        while not any(
+            type(c).__name__ == "WebSocketsSansIOProtocol" for c in server.server_state.connections
+        ):
+            await asyncio.sleep(0.01)
+    server.should_exit = True
+    async with asyncio.timeout(10):
+        await task  # before the fix: AssertionError from uvicorn's shutdown loop
+    assert shutdown_ran.is_set()
+    writer.close()
+
+
+async def test_pongs_to_a_client_that_does_not_read_are_coalesced() -> None:
+    import pachinko
+    from pachinko.server import Config, Server
+
+    got_message = asyncio.Event()
+
+    class Echo(pachinko.WebSocketResource):
+        @pachinko.handles_message("mark")
+        async def mark(self, ws: Any, payload: dict[str, Any]) -> None:
+            got_message.set()
+
+    router = pachinko.WebSocketRouter()
+    router.add_route("/echo", Echo)
+    app = falcon_app(router)
+    config = Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="critical")
+    server = Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, handshake())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await loop.sock_recv(sock, 1)
+        assert head.startswith(b"HTTP/1.1 101")
+        ping = frame(0x9, b"x" * 125)
+        # 12 MiB of pongs: more than the kernel's socket buffers hold
+        for _ in range(100):
+            await loop.sock_sendall(sock, ping * 1000)
+        await loop.sock_sendall(sock, frame(0x1, b'{"type":"mark"}'))
+        async with asyncio.timeout(30):
+            await got_message.wait()  # every ping before it was handled
+        [protocol] = [c for c in server.server_state.connections if hasattr(c, "held_pong")]
+        # uvicorn alone buffers every pong (megabytes here); pachinko holds one
+        assert protocol.transport.get_write_buffer_size() < 1024 * 1024
+        assert protocol.held_pong is not None
+        sock.close()
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(15):
+            await task
+
+
+def falcon_app(router: Any) -> Any:
+    import falcon.asgi
+
+    import pachinko
+
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router, settings=pachinko.Settings(allowed_origins=("*",)))
+    return app
