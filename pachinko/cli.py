@@ -37,7 +37,11 @@ _DEFAULT_CONFIG: Final = "routes.toml"
 _TEMPLATES: Final = Path(__file__).parent / "config" / "templates"
 #: Starter files written by ``pachinko init``: template name -> file name.
 _STARTER: Final = {"routes.toml.tmpl": "routes.toml", "handlers.py.tmpl": "handlers.py"}
+#: Modules of the serve extra that ``pachinko serve`` imports.
+_SERVE_MODULES: Final = frozenset({"uvicorn", "websockets", "wsproto"})
 _IN_PROCESS_SCHEMES: Final = frozenset({"memory", ""})
+#: What ``pip install 'pachinko[serve]'`` adds that ``serve`` cannot do without.
+_SERVE_EXTRA: Final = "pip install 'pachinko[serve]'"
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -46,6 +50,14 @@ _IN_PROCESS_SCHEMES: Final = frozenset({"memory", ""})
 def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(code)
+
+
+def _needs_extra(what: str, ex: ImportError, alternative: str = "") -> NoReturn:
+    """Exit 1 with one line naming the missing module and the extra that has it."""
+    _fail(
+        f"Error: {what} needs the module {ex.name!r}, which is not installed: install the "
+        f"serve extra with {_SERVE_EXTRA}{alternative}"
+    )
 
 
 def _existing(path: str) -> str:
@@ -137,12 +149,16 @@ def _render_table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def uvicorn_options(settings: Settings, **options: Any) -> dict[str, Any]:
-    """uvicorn's options for serving an app with ``settings`` (plus ``options``).
+    """Options of :func:`pachinko.server.run` for serving an app with ``settings``.
 
+    uvicorn's options plus ``handshake_timeout`` (:class:`pachinko.server.Config`).
     The WebSocket limits are the app's: ``ws_max_size`` is
     ``max_message_size`` (uvicorn's own default is 16 MiB), pings follow
-    ``ping_interval``/``ping_timeout``, and the graceful shutdown waits
-    ``shutdown_timeout``.
+    ``ping_interval``/``ping_timeout``, the graceful shutdown waits
+    ``shutdown_timeout``; ``handshake_timeout``, ``max_handshake_size``
+    (``h11_max_incomplete_event_size``) and ``keep_alive_timeout``
+    (``timeout_keep_alive``) bound connections before and between requests.
+    ``options`` are added last.
     """
     return {
         "lifespan": "on",
@@ -150,6 +166,9 @@ def uvicorn_options(settings: Settings, **options: Any) -> dict[str, Any]:
         "ws_ping_interval": settings.ping_interval,
         "ws_ping_timeout": settings.ping_timeout,
         "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_timeout)),
+        "handshake_timeout": settings.handshake_timeout,
+        "h11_max_incomplete_event_size": settings.max_handshake_size,
+        "timeout_keep_alive": settings.keep_alive_timeout,
         **options,
     }
 
@@ -198,6 +217,15 @@ def main() -> None:
     default="info",
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug", "trace"]),
+    help="Level of uvicorn's, pachinko's and the application's loggers.",
+)
+@click.option(
+    "--log-config",
+    default=None,
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Logging configuration file (.json, .yaml or .ini, as uvicorn's --log-config); "
+    "replaces pachinko's.",
 )
 @click.option(
     "--forwarded-allow-ips",
@@ -216,6 +244,7 @@ def serve(
     workers: int,
     reload: bool,
     log_level: str,
+    log_config: str | None,
     forwarded_allow_ips: str | None,
     root_path: str,
 ) -> None:
@@ -225,8 +254,16 @@ def serve(
     becomes uvicorn's ws_max_size, ping_interval / ping_timeout its
     WebSocket pings, shutdown_timeout its graceful shutdown timeout.
     """
-    from .server import run as serve_with_uvicorn
+    try:
+        from .server import configure_logging, require_websocket_library
+        from .server import log_config as default_log_config
+        from .server import run as serve_with_uvicorn
 
+        require_websocket_library()
+    except ModuleNotFoundError as ex:  # NOTE: only the server's own modules
+        if ex.name not in _SERVE_MODULES:
+            raise
+        _needs_extra("pachinko serve", ex)
     _existing(config)
     compiled = _compile(config)
     settings = compiled.settings
@@ -241,8 +278,15 @@ def serve(
         )
     if workers > 1 and reload:
         _fail("Error: --reload runs one process; it cannot be combined with --workers > 1", 2)
+    logging_config = log_config or default_log_config(log_level)
+    configure_logging(logging_config, log_level)  # the app may log while it is built
     options = uvicorn_options(
-        settings, host=host, port=port, log_level=log_level, root_path=root_path
+        settings,
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=logging_config,
+        root_path=root_path,
     )
     if forwarded_allow_ips is not None:
         options["forwarded_allow_ips"] = forwarded_allow_ips
@@ -386,7 +430,12 @@ def asyncapi(
         )
     except ValueError as ex:
         _fail(f"Error: {ex}", 2)
-    text = generator.dumps(doc, "json" if fmt == "json" else "yaml")
+    try:
+        text = generator.dumps(doc, "json" if fmt == "json" else "yaml")
+    except ModuleNotFoundError as ex:
+        if ex.name != "yaml":
+            raise
+        _needs_extra("--format yaml", ex, " (or use --format json)")
     if output is None:
         click.echo(text, nl=False)
     else:

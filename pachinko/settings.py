@@ -52,6 +52,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         backend: Backend URL: ``memory://`` (in-process) or ``redis://...``.
         ping_interval: Server ping interval in seconds (used by ``serve``).
         ping_timeout: Server ping timeout in seconds (used by ``serve``).
+        handshake_timeout: Seconds a client has, from opening its TCP
+            connection, to complete its HTTP request head and WebSocket
+            handshake; the connection is closed otherwise. ``None``: no limit
+            (uvicorn's own behaviour). Used by ``serve``.
+        max_handshake_size: Largest HTTP request head (the handshake) in
+            bytes; a larger one is answered with 431 and closed. Used by
+            ``serve`` (uvicorn's ``h11_max_incomplete_event_size``).
+        keep_alive_timeout: Seconds an idle HTTP keep-alive connection (not a
+            WebSocket) stays open. Used by ``serve`` (uvicorn's
+            ``timeout_keep_alive``).
     """
 
     max_message_size: _Positive = 64 * 1024
@@ -70,3 +80,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     backend: str = "memory://"
     ping_interval: _PositiveFloat | None = 20.0
     ping_timeout: _PositiveFloat | None = 20.0
+    handshake_timeout: _PositiveFloat | None = 10.0
+    max_handshake_size: _Positive = 16 * 1024
+    keep_alive_timeout: _Positive = 5

@@ -392,6 +392,9 @@ def test_uvicorn_options_come_from_settings() -> None:
         "ws_ping_interval": 7.0,
         "ws_ping_timeout": 3.0,
         "timeout_graceful_shutdown": 3,
+        "handshake_timeout": 10.0,
+        "h11_max_incomplete_event_size": 16384,
+        "timeout_keep_alive": 5,
         "host": "127.0.0.1",
         "port": 0,
     }

@@ -198,6 +198,10 @@ class _Merger:
             where, key = includer or (Source(display, None, {}), ())
             found = ex.strerror if isinstance(ex, OSError) and ex.strerror else str(ex)
             self.report.add(where, key, f"a readable UTF-8 TOML file {display!r}", found)
+            if includer is None:
+                # NOTE: the root file is still a source (deleted under --reload:
+                #   the reloader keeps watching it and reloads it once it is back).
+                self.sources.append(Source(display, path, {}))
             return
         if resolved in chain:
             where, key = includer or (Source(display, None, {}), ())
