@@ -280,6 +280,7 @@ async def _receive_loop(
     burst = float(settings.rate_burst)
     tokens = burst
     last = monotonic()
+    outbox = leaf.connection.outbox
 
     while True:
         try:
@@ -287,6 +288,15 @@ async def _receive_loop(
         except PayloadTypeError:
             await ws.close(CLOSE_UNSUPPORTED_DATA, "Binary frames are not accepted")
             return CLOSE_UNSUPPORTED_DATA
+        except WebSocketDisconnected:
+            closed_with: int | None = outbox.closed_with
+            if closed_with is not None:
+                return closed_with  # closed as a slow consumer: say so
+            raise
+        if outbox.dead:
+            # Evicted (a slow consumer, a failed send): dispatch nothing more
+            # until the disconnect, which the outbox makes happen in time.
+            continue
         size = len(text)
         if size > quarter and (size > max_size or len(text.encode()) > max_size):
             await ws.close(CLOSE_TOO_BIG, f"Message too big (limit {max_size} bytes)")
