@@ -199,3 +199,26 @@ async def test_binary_and_text_frames_cross_processes_unchanged(
     finally:
         for manager in managers:
             await manager.close()
+
+
+async def test_the_per_user_limit_ignores_and_removes_entries_of_dead_processes(
+    redis_server: RedisServer,
+) -> None:
+    prefix = unique_prefix()
+    router = pachinko.WebSocketRouter()
+    router.add_route("/rooms", Rooms)
+    app = falcon.asgi.App()
+    backend = RedisBackend(redis_server.url, prefix=prefix, presence_ttl=2.0)
+    settings = Settings(rate_limit=None, max_connections_per_user=1)
+    pachinko.mount(app, "/ws", router, settings=settings, backend=backend)
+    async with (
+        redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True) as client,
+        AppClient(app) as app_client,
+    ):
+        # a process that died (no presence key) left a connection of ann behind
+        await client.hset(f"{prefix}:users:ann", "deadbeef.1", "deadbeef")
+        async with app_client.websocket("/ws/rooms", query_string="user=ann") as ann:
+            await ann.send_json({"type": "whoami"})
+            me = await ann.expect(type="me")
+            assert await client.hgetall(f"{prefix}:users:ann") == {me["id"]: me["node"]}
+            assert await refusal(app_client, "/ws/rooms", "user=ann") == 1013
