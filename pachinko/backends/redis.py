@@ -99,7 +99,9 @@ class RedisBackend(ConnectionBackend):
         heartbeat: Seconds between presence refreshes (default a third of
             ``presence_ttl``).
         reconnect_min: First delay before reconnecting after a loss.
-        reconnect_max: Longest delay between reconnection attempts.
+        reconnect_max: Longest delay between reconnection attempts: a
+            restarted Redis is found again at most this long after it is
+            back (an attempt is one TCP connect: cheap for Redis).
         socket_timeout: Seconds a Redis command may take.
 
     Raises:
@@ -114,7 +116,7 @@ class RedisBackend(ConnectionBackend):
         presence_ttl: float = 15.0,
         heartbeat: float | None = None,
         reconnect_min: float = 0.1,
-        reconnect_max: float = 5.0,
+        reconnect_max: float = 0.5,
         socket_timeout: float = 5.0,
     ) -> None:
         self._lib = _require_redis()
@@ -287,6 +289,11 @@ class RedisBackend(ConnectionBackend):
         while True:
             try:
                 if self._pubsub is None:
+                    # NOTE: connections pooled before the loss may be dead
+                    #   without knowing it (Redis restarted): a command on one
+                    #   fails with "Connection closed by server", and this
+                    #   attempt with it. Drop them; the attempt uses new ones.
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
                     pubsub = await self._subscribe_all()
                     try:
                         await self._restore()
@@ -317,6 +324,13 @@ class RedisBackend(ConnectionBackend):
                         "until it is back; reconnecting with backoff",
                         self.url,
                         ex or type(ex).__name__,
+                    )
+                else:
+                    logger.debug(
+                        "RedisBackend %s: reconnection failed (%r); next attempt in %g s",
+                        self.url,
+                        ex,
+                        delay,
                     )
                 self.available = False
                 pubsub, self._pubsub = self._pubsub, None
