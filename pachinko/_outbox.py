@@ -133,6 +133,7 @@ class Outbox:
         "close_code",
         "closed_with",
         "dead",
+        "evicted",
         "on_dead",
         "policy",
         "queue",
@@ -163,6 +164,8 @@ class Outbox:
         self._inflight: Ticket | None = None
         self.queue: deque[tuple[str | bytes, Ticket | None]] = deque()
         self.dead = False
+        # Killed by abort() (a slow consumer, a failed send), not closed at shutdown.
+        self.evicted = False
         # The code the slow-consumer policy closed it with (None: not closed so).
         self.closed_with: int | None = None
         self._open = False
@@ -249,7 +252,7 @@ class Outbox:
         """
         if self.dead:
             return
-        self.dead = True
+        self.dead = self.evicted = True
         self._fail_inflight()
         self._fail_queued()
         task, self._task = self._task, None

@@ -153,6 +153,8 @@ async def serve(
         close_code = await _receive_loop(runtime, info, chain, leaf, ws)
     except WebSocketDisconnected as ex:
         close_code = ex.code or CLOSE_NO_STATUS
+        if conn.outbox is not None and conn.outbox.closed_with is not None:
+            close_code = conn.outbox.closed_with  # closed as a slow consumer: say so
     except Exception:
         logger.exception("WebSocket %s failed after the handshake", req.path)
         close_code = CLOSE_INTERNAL_ERROR
@@ -288,12 +290,7 @@ async def _receive_loop(
         except PayloadTypeError:
             await ws.close(CLOSE_UNSUPPORTED_DATA, "Binary frames are not accepted")
             return CLOSE_UNSUPPORTED_DATA
-        except WebSocketDisconnected:
-            closed_with: int | None = outbox.closed_with
-            if closed_with is not None:
-                return closed_with  # closed as a slow consumer: say so
-            raise
-        if outbox.dead:
+        if outbox.evicted:
             # Evicted (a slow consumer, a failed send): dispatch nothing more
             # until the disconnect, which the outbox makes happen in time.
             continue
