@@ -14,6 +14,7 @@ from typing import Any
 
 import falcon.asgi
 import pytest
+from falcon.errors import WebSocketDisconnected
 from websockets.exceptions import ConnectionClosed
 
 import pachinko
@@ -286,6 +287,8 @@ async def attempt(
         outcomes.append(closed.code or 0)
     except ConnectionClosed as closed:  # a live client sending on a closed socket
         outcomes.append(closed.rcvd.code if closed.rcvd is not None else 0)
+    except WebSocketDisconnected as closed:  # an in-process client sending on a closed socket
+        outcomes.append(closed.code or 0)
 
 
 async def test_the_per_user_limit_holds_for_concurrent_handshakes(
