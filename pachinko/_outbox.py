@@ -18,6 +18,11 @@ Slow consumers, bounded twice:
   watchdog checks every ``send_timeout / 4`` seconds (at most 1 s), so a
   stalled send is cut after ``send_timeout`` to ``1.25 * send_timeout``.
 
+Closing a slow consumer is bounded too: its close frame waits behind
+everything already written, and a client that does not read may never
+take it. If the connection has not ended ``send_timeout`` seconds after
+the decision, its TCP connection is reset (see :func:`reset_transport`).
+
 A send that raises (the peer is gone) marks the outbox dead; the manager
 evicts the connection at once.
 """
@@ -27,20 +32,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from falcon.asgi import WebSocket
 
-__all__ = ["DEAD", "DROPPED", "QUEUED", "Outbox", "Ticket"]
+__all__ = ["DEAD", "DROPPED", "QUEUED", "Outbox", "Ticket", "reset_transport", "transport_of"]
 
 logger = logging.getLogger("pachinko")
 
 QUEUED: Final = 0
 DROPPED: Final = 1
 DEAD: Final = 2
+
+# SO_LINGER on, timeout 0: closing the socket resets the connection and
+# drops what the kernel still holds for the peer.
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
+def transport_of(ws: Any) -> Any:
+    """The asyncio transport under a Falcon WebSocket, if the server exposes it.
+
+    ASGI has no event to abort a connection. uvicorn (every WebSocket
+    implementation of 0.54) hands the app the bound ``send`` method of its
+    protocol object, which keeps the connection's ``transport``: reach it
+    there. Other servers (or a wrapping middleware): ``None``.
+    """
+    # NOTE: Falcon keeps the ASGI send callable in a private slot.
+    owner = getattr(getattr(ws, "_asgi_send", None), "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if transport is None or not callable(getattr(transport, "abort", None)):
+        return None
+    return transport
+
+
+def reset_transport(transport: Any) -> bool:
+    """Reset a connection whose peer will not read; return whether it was open.
+
+    A graceful close would wait for the peer to read the backlog (the
+    transport's buffer, then the kernel's, stays queued in FIN-WAIT-1):
+    ``SO_LINGER`` 0 makes the kernel drop it and send a RST.
+    """
+    if transport.is_closing() and not transport.get_write_buffer_size():
+        return False  # closing cleanly: nothing left to flush
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
+    return True
 
 
 class Ticket:
@@ -87,7 +131,9 @@ class Outbox:
         "_task",
         "busy",
         "close_code",
+        "closed_with",
         "dead",
+        "evicted",
         "on_dead",
         "policy",
         "queue",
@@ -118,6 +164,10 @@ class Outbox:
         self._inflight: Ticket | None = None
         self.queue: deque[tuple[str | bytes, Ticket | None]] = deque()
         self.dead = False
+        # Killed by abort() (a slow consumer, a failed send), not closed at shutdown.
+        self.evicted = False
+        # The code the slow-consumer policy closed it with (None: not closed so).
+        self.closed_with: int | None = None
         self._open = False
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -202,7 +252,7 @@ class Outbox:
         """
         if self.dead:
             return
-        self.dead = True
+        self.dead = self.evicted = True
         self._fail_inflight()
         self._fail_queued()
         task, self._task = self._task, None
@@ -210,8 +260,22 @@ class Outbox:
             task.cancel()
         if code is not None:
             logger.warning("closing a slow consumer with %d: %s", code, reason)
-            self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
+            self.closed_with = code
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.send_timeout
+            transport = transport_of(self.ws)
+            if transport is not None:
+                # Whatever the client does, the connection ends by the deadline.
+                loop.call_at(deadline, self._expire_close, transport)
+            self._closer = loop.create_task(self._close(code, reason, deadline))
         self.on_dead()
+
+    def _expire_close(self, transport: Any) -> None:
+        if reset_transport(transport):
+            logger.warning(
+                "slow consumer did not take its close frame within %g s: connection reset",
+                self.send_timeout,
+            )
 
     async def aclose(self, code: int, reason: str) -> None:
         """Stop accepting frames, flush the queue (bounded), close the socket."""
@@ -229,7 +293,7 @@ class Outbox:
             except Exception:
                 logger.debug("flush before close failed", exc_info=True)
         self._fail_queued()
-        await self._close(code, reason)
+        await self._close(code, reason, asyncio.get_running_loop().time() + self.send_timeout)
 
     def discard(self) -> None:
         """Forget everything: the connection has ended."""
@@ -254,8 +318,8 @@ class Outbox:
                 ticket.settle(False)
         self.queue.clear()
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, deadline: float) -> None:
         # NOTE: bounded: closing a stalled socket may itself wait on the peer.
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.send_timeout):
+            async with asyncio.timeout_at(deadline):
                 await self.ws.close(code, reason)

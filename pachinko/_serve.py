@@ -203,6 +203,8 @@ async def serve(
         close_code = await receive_loop(rx, runtime.settings, ws, ws.receive_text) or close_code
     except WebSocketDisconnected as ex:
         close_code = ex.code or CLOSE_NO_STATUS
+        if conn.outbox is not None and conn.outbox.closed_with is not None:
+            close_code = conn.outbox.closed_with  # closed as a slow consumer: say so
     except Exception:
         logger.exception("WebSocket %s failed after the handshake", req.path)
         close_code = CLOSE_INTERNAL_ERROR
@@ -434,6 +436,7 @@ async def receive_loop(
     burst = float(settings.rate_burst)
     tokens = burst
     last = monotonic()
+    outbox = leaf.connection.outbox
 
     while True:
         try:
@@ -443,6 +446,10 @@ async def receive_loop(
             return CLOSE_UNSUPPORTED_DATA
         if text is None:
             return None
+        if outbox.evicted:
+            # Evicted (a slow consumer, a failed send): dispatch nothing more
+            # until the disconnect, which the outbox makes happen in time.
+            continue
         size = len(text)
         if size > quarter and (size > max_size or len(text.encode()) > max_size):
             await ws.close(CLOSE_TOO_BIG, f"Message too big (limit {max_size} bytes)")

@@ -186,19 +186,6 @@ class WebSocketConnectionManager:
         if limit is not None and len(self._connections) >= limit:
             raise ConnectionLimitExceeded(f"Connection limit reached ({limit} open connections)")
         user = conn.user_id
-        per_user = settings.max_connections_per_user
-        if per_user is not None and user is not None:
-            try:
-                count = len(await self.backend.user_connections(user))
-            except BackendUnavailable as ex:
-                # NOTE: fail open: the limit is checked on this process only
-                #   while the backend is unreachable (chat keeps working).
-                logger.warning("per-user limit checked locally only: %s", ex)
-                count = len(self._users.get(user, ()))
-            if count >= per_user:
-                raise ConnectionLimitExceeded(
-                    f"Connection limit per user reached ({per_user} open connections)"
-                )
         conn.outbox = Outbox(
             conn.ws,
             settings.send_queue_size,
@@ -216,12 +203,41 @@ class WebSocketConnectionManager:
             if members is None:
                 members = self._users[user] = {}
             members[conn.id] = conn
+        per_user = settings.max_connections_per_user
+        added = True
         try:
-            await self.backend.add_connection(conn.id, user, first)
+            if per_user is not None and user is not None:
+                added = await self._add_limited(conn, user, first, per_user)
+            else:
+                await self.backend.add_connection(conn.id, user, first)
         except BaseException:
             conn.outbox = None
             self._unindex(conn)
             raise
+        if not added and user is not None:
+            conn.outbox = None
+            self._unindex(conn)
+            # drop the user's subscription the attempt made, if it was the only one
+            await self.backend.remove_connection(conn.id, user, user not in self._users)
+            raise ConnectionLimitExceeded(
+                f"Connection limit per user reached ({per_user} open connections)"
+            )
+
+    async def _add_limited(self, conn: Connection, user: str, first: bool, limit: int) -> bool:
+        """Record a connection of ``user`` if under ``limit`` (in every process)."""
+        try:
+            # NOTE: one atomic step in the backend (a script on Redis): a
+            #   count followed by a separate write let concurrent handshakes
+            #   of one user all pass.
+            return await self.backend.add_user_connection(conn.id, user, first, limit)
+        except BackendUnavailable as ex:
+            # NOTE: fail open: the limit is checked on this process only
+            #   while the backend is unreachable (chat keeps working).
+            logger.warning("per-user limit checked locally only: %s", ex)
+            if len(self._users.get(user, ())) > limit:  # the local index counts conn
+                return False
+            await self.backend.add_connection(conn.id, user, first)
+            return True
 
     def opened(self, conn: Connection) -> None:
         """Start writing to ``conn``: its handshake was accepted."""

@@ -199,3 +199,100 @@ async def test_binary_and_text_frames_cross_processes_unchanged(
     finally:
         for manager in managers:
             await manager.close()
+
+
+async def test_the_per_user_limit_ignores_and_removes_entries_of_dead_processes(
+    redis_server: RedisServer,
+) -> None:
+    prefix = unique_prefix()
+    router = pachinko.WebSocketRouter()
+    router.add_route("/rooms", Rooms)
+    app = falcon.asgi.App()
+    backend = RedisBackend(redis_server.url, prefix=prefix, presence_ttl=2.0)
+    settings = Settings(rate_limit=None, max_connections_per_user=1)
+    pachinko.mount(app, "/ws", router, settings=settings, backend=backend)
+    async with (
+        redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True) as client,
+        AppClient(app) as app_client,
+    ):
+        # a process that died (no presence key) left a connection of ann behind
+        await client.hset(f"{prefix}:users:ann", "deadbeef.1", "deadbeef")
+        async with app_client.websocket("/ws/rooms", query_string="user=ann") as ann:
+            await ann.send_json({"type": "whoami"})
+            me = await ann.expect(type="me")
+            assert await client.hgetall(f"{prefix}:users:ann") == {me["id"]: me["node"]}
+            assert await refusal(app_client, "/ws/rooms", "user=ann") == 1013
+
+
+async def test_the_first_attempt_after_a_restart_reconnects(redis_server: RedisServer) -> None:
+    """Connections pooled before the restart are not reused by the reconnection.
+
+    Before, the attempt that reached the restarted Redis failed in the
+    membership restore (``Connection closed by server``: a pooled connection
+    from before) and the listener waited ``reconnect_max`` more.
+    """
+    backend = RedisBackend(
+        redis_server.url, prefix=unique_prefix(), reconnect_min=0.2, reconnect_max=0.2
+    )
+    manager = WebSocketConnectionManager(Settings(), backend)
+    await manager.start()
+    try:
+        async with Probe(manager, rooms=["r"], user_id="ann"):
+            await manager.broadcast_to_room("r", "fill the pool")
+            redis_server.stop()
+            await _wait_for(lambda: not backend.available)
+            await redis_server.start()  # empty, its command counts at zero
+            await _wait_for(lambda: backend.available)
+            # each attempt resubscribes first: one SUBSCRIBE, one attempt
+            async with redis.asyncio.Redis.from_url(redis_server.url) as client:
+                stats = await client.info("commandstats")
+            assert stats["cmdstat_subscribe"]["calls"] == 1
+            assert await manager.members("r") != set()
+    finally:
+        await manager.close()
+
+
+async def test_delivery_resumes_soon_after_redis_is_back(redis_server: RedisServer) -> None:
+    """With the default reconnection options (the figure is in docs/connections.md).
+
+    Before, the backoff reached 5 s and the first attempt failed on a stale
+    connection: delivery resumed 6 s or more after Redis was back.
+    """
+    prefix = unique_prefix()
+    apps = []
+    for _ in range(2):
+        router = pachinko.WebSocketRouter()
+        router.add_route("/rooms", Rooms)
+        app = falcon.asgi.App()
+        backend = RedisBackend(redis_server.url, prefix=prefix, presence_ttl=5.0)
+        pachinko.mount(app, "/ws", router, settings=Settings(rate_limit=None), backend=backend)
+        apps.append(app)
+    async with (
+        AppClient(apps[0]) as a,
+        AppClient(apps[1]) as b,
+        a.websocket("/ws/rooms") as ann,
+        b.websocket("/ws/rooms") as bob,
+    ):
+        for ws in (ann, bob):
+            await ws.send_json({"type": "join", "room": "lobby"})
+            await ws.expect(type="joined")
+        redis_server.stop()
+        await asyncio.sleep(2.5)  # the outage: long enough for the backoff to reach its longest
+        await redis_server.start()
+        loop = asyncio.get_running_loop()
+        # NOTE: a generous bound (the measured figure is ~0.2 s): not a benchmark
+        deadline = loop.time() + 3.0
+        while True:
+            await ann.send_json({"type": "say", "room": "lobby", "text": "back", "ack": True})
+            reply = await ann.expect()
+            if reply["type"] == "sent" and await _received(bob, "back"):
+                break
+            assert loop.time() < deadline, "delivery did not resume within 3 s"
+
+
+async def _wait_for(check: Any, timeout: float = 10.0) -> None:
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)

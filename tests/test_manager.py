@@ -14,6 +14,8 @@ from typing import Any
 
 import falcon.asgi
 import pytest
+from falcon.errors import WebSocketDisconnected
+from websockets.exceptions import ConnectionClosed
 
 import pachinko
 from pachinko import Settings, WebSocketResource, handles_message, runtime_of
@@ -21,7 +23,7 @@ from pachinko.backends import ConnectionBackend, InProcessBackend
 from pachinko.backends.redis import RedisBackend
 from pachinko.manager import Delivery, WebSocketConnectionManager
 from pachinko.testing import AppClient, Probe
-from pachinko.testing._stream import HandshakeRefused
+from pachinko.testing._stream import HandshakeRefused, WebSocketClosed
 from tests.conftest import GOING_AWAY, TRY_AGAIN_LATER, eventually
 from tests.redis_server import private_redis, unique_prefix
 
@@ -267,6 +269,63 @@ async def test_connection_limits_are_enforced_at_the_handshake(backend: BackendF
         await eventually(lambda: len(manager) == 0)
         async with open_ws(client, "ann") as ws:
             await whoami(ws)
+
+
+async def attempt(
+    open_: Callable[[], Any], outcomes: list[int | str], release: asyncio.Event
+) -> None:
+    """Open a connection; record "open" (and hold it until ``release``) or its close code."""
+    try:
+        async with open_() as ws:
+            await ws.send_json({"type": "whoami"})
+            await ws.expect(type="me")
+            outcomes.append("open")
+            await release.wait()
+    except HandshakeRefused as refused:
+        outcomes.append(refused.code if refused.code is not None else refused.status or 0)
+    except WebSocketClosed as closed:
+        outcomes.append(closed.code or 0)
+    except ConnectionClosed as closed:  # a live client sending on a closed socket
+        outcomes.append(closed.rcvd.code if closed.rcvd is not None else 0)
+    except WebSocketDisconnected as closed:  # an in-process client sending on a closed socket
+        outcomes.append(closed.code or 0)
+
+
+async def test_the_per_user_limit_holds_for_concurrent_handshakes(
+    backend: BackendFactory,
+) -> None:
+    """Sixteen handshakes of one user at once against a limit of 3: exactly 3 pass.
+
+    Before, the count and the record were two Redis round trips apart: 7 of 16
+    passed on one process.
+    """
+    app = room_app(backend(), max_connections_per_user=3)
+    manager = runtime_of(app).manager
+    outcomes: list[int | str] = []
+    release = asyncio.Event()
+    async with AppClient(app, timeout=5.0) as client:
+        attempts = [
+            asyncio.ensure_future(attempt(lambda: open_ws(client, "ann"), outcomes, release))
+            for _ in range(16)
+        ]
+        await eventually(lambda: len(outcomes) == 16)
+        assert sorted(outcomes, key=str) == [TRY_AGAIN_LATER] * 13 + ["open"] * 3
+        assert len(await manager.user_connections("ann")) == 3
+        release.set()
+        await asyncio.gather(*attempts)
+        # the refused ones left nothing behind: three new ones pass once those closed
+        await eventually(lambda: len(manager) == 0)
+        assert await manager.user_connections("ann") == set()
+        outcomes.clear()
+        release.clear()
+        attempts = [
+            asyncio.ensure_future(attempt(lambda: open_ws(client, "ann"), outcomes, release))
+            for _ in range(3)
+        ]
+        await eventually(lambda: len(outcomes) == 3)
+        assert outcomes == ["open"] * 3
+        release.set()
+        await asyncio.gather(*attempts)
 
 
 async def test_shutdown_closes_every_socket_with_1001(backend: BackendFactory) -> None:

@@ -12,7 +12,9 @@ import pytest
 import redis.asyncio
 
 from pachinko.testing import ServerProcess
+from tests.conftest import TRY_AGAIN_LATER, eventually
 from tests.redis_server import redis_url, unique_prefix
+from tests.test_manager import attempt
 
 __all__ = ["redis_url"]  # the fixture, imported for pytest
 
@@ -22,13 +24,13 @@ TTL = 1.5
 pytestmark = [pytest.mark.redis, pytest.mark.live]
 
 
-def serve(backend: str) -> ServerProcess:
+def serve(backend: str, app: str = "tests.apps.rooms:app") -> ServerProcess:
     return ServerProcess(
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "tests.apps.rooms:app",
+            app,
             "--host",
             "127.0.0.1",
             "--port",
@@ -114,3 +116,30 @@ async def test_rooms_users_and_presence_span_two_processes(redis_url: str) -> No
         assert loop.time() - killed <= TTL + 1.0
         rooms = await ask(bob, {"type": "rooms"}, "rooms")
         assert rooms["rooms"] == ["lobby", "only-two"]
+
+
+async def test_the_per_user_limit_holds_for_concurrent_handshakes_on_two_processes(
+    redis_url: str,
+) -> None:
+    """Sixteen handshakes of one user at once, half on each process, limit 3: 3 pass.
+
+    Before, each process counted then recorded in separate round trips: 6 to
+    10 passed.
+    """
+    backend = f"{redis_url}?presence_ttl={TTL}&prefix={unique_prefix()}"
+    outcomes: list[int | str] = []
+    release = asyncio.Event()
+    async with (
+        serve(backend, "tests.apps.limited:app") as one,
+        serve(backend, "tests.apps.limited:app") as two,
+    ):
+        attempts = [
+            asyncio.ensure_future(
+                attempt(lambda s=server: s.websocket("/ws/rooms?user=ann"), outcomes, release)
+            )
+            for server in (one, two) * 8
+        ]
+        await eventually(lambda: len(outcomes) == 16, timeout=20)
+        assert sorted(outcomes, key=str) == [TRY_AGAIN_LATER] * 13 + ["open"] * 3
+        release.set()
+        await asyncio.gather(*attempts)

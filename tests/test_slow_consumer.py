@@ -20,6 +20,7 @@ import pachinko
 from pachinko import Settings, WebSocketResource, handles_message, runtime_of
 from pachinko.testing import AppClient, LiveServer
 from tests.conftest import POLICY_VIOLATION, TRY_AGAIN_LATER, eventually
+from tests.raw_client import RawClient
 
 TICKS = 20
 
@@ -261,3 +262,98 @@ async def test_a_real_client_that_stops_reading_is_closed_and_delays_nobody() ->
 async def _read_until_closed(ws: Any) -> None:
     while True:
         await ws.recv()
+
+
+class Member(Ticker):
+    """A Ticker that can talk to its room and records its disconnects."""
+
+    disconnects: list[tuple[str, int]]
+
+    @handles_message("say")
+    async def say(self, ws: Any, payload: Any) -> None:
+        message = {"type": "said", "by": self.connection.id}
+        await self.broadcast_to_room(payload["room"], message, exclude_self=False)
+
+    async def on_disconnect(self, ws: Any, close_code: int) -> None:
+        self.disconnects.append((self.connection.id, close_code))
+
+
+def member_app(disconnects: list[tuple[str, int]], **settings: Any) -> falcon.asgi.App:
+    resource = type("RecordingMember", (Member,), {"disconnects": disconnects})
+    router = pachinko.WebSocketRouter()
+    router.add_route("/members", resource)
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router, settings=Settings(**settings))
+    return app
+
+
+async def _flood_past_a_stalled_member(server: LiveServer, fast: Any) -> RawClient:
+    """Join ``fast`` and a raw client that stops reading to room ``r``, flood the room."""
+    slow = RawClient(server.url + "/ws/members")
+    await slow.open(server.host, server.port)
+    await slow.send('{"type": "join", "room": "r"}')
+    assert await asyncio.wait_for(slow.recv(), 5) == '{"type":"joined"}'
+    await fast.send_json({"type": "join", "room": "r"})
+    await fast.expect(type="joined")
+    # `slow` reads nothing from now on: its queue overflows, the policy closes it
+    await fast.send_json({"type": "pub", "room": "r", "n": 200, "pace": 0, "pad": 64 * 1024})
+    for n in range(200):
+        assert (await fast.expect(type="tick"))["n"] == n
+    await fast.expect(type="done")
+    return slow
+
+
+@pytest.mark.live
+async def test_a_member_that_stays_stalled_is_reset_within_the_bound() -> None:
+    """The close frame cannot be written: the TCP connection is reset at send_timeout.
+
+    Before, the close gave up silently: the connection stayed open (its backlog
+    queued in the server), on_disconnect never ran.
+    """
+    disconnects: list[tuple[str, int]] = []
+    app = member_app(disconnects, send_queue_size=8, slow_consumer="close", send_timeout=0.5)
+    manager = runtime_of(app).manager
+    async with LiveServer(app, timeout=10.0) as server, server.websocket("/ws/members") as fast:
+        slow = await _flood_past_a_stalled_member(server, fast)
+        try:
+            await eventually(lambda: bool(disconnects), timeout=10)
+            assert [code for _, code in disconnects] == [TRY_AGAIN_LATER]
+            slow_id = disconnects[0][0]
+            assert await manager.members("r") == {c.id async for c in manager.connections()}
+            # reading again, it finds a reset connection, not a backlog
+            await asyncio.wait_for(slow.read_until(lambda: False), 10)
+            assert slow.reset
+            with pytest.raises(OSError):
+                await slow.send('{"type": "say", "room": "r"}')
+            await fast.send_json({"type": "say", "room": "r"})
+            assert (await fast.expect(type="said"))["by"] != slow_id
+        finally:
+            slow.close()
+    assert [cid for cid, _ in disconnects].count(slow_id) == 1
+
+
+@pytest.mark.live
+async def test_a_member_that_reads_again_gets_the_close_and_reaches_nobody() -> None:
+    """Reading again before the bound: the backlog, then the close frame; what it says is lost."""
+    disconnects: list[tuple[str, int]] = []
+    app = member_app(disconnects, send_queue_size=8, slow_consumer="close", send_timeout=10)
+    manager = runtime_of(app).manager
+    async with LiveServer(app, timeout=10.0) as server, server.websocket("/ws/members") as fast:
+        slow = await _flood_past_a_stalled_member(server, fast)
+        try:
+            await eventually(lambda: len(manager) == 1, timeout=10)  # evicted
+            # an evicted member's messages are no longer dispatched
+            await slow.send('{"type": "say", "room": "r"}')
+            await asyncio.wait_for(slow.read_until(lambda: False), 10)
+            assert (slow.close_code, slow.reset) == (TRY_AGAIN_LATER, False)
+            await eventually(lambda: bool(disconnects), timeout=10)
+            assert [code for _, code in disconnects] == [TRY_AGAIN_LATER]
+            slow_id = disconnects[0][0]
+            # the slow member's "say" was read before its disconnect: had it
+            # been dispatched, its "said" would be queued before this one
+            fast_id = next(iter(await manager.members("r")))
+            await fast.send_json({"type": "say", "room": "r"})
+            assert (await fast.expect(type="said"))["by"] == fast_id
+        finally:
+            slow.close()
+    assert [cid for cid, _ in disconnects].count(slow_id) == 1

@@ -164,7 +164,7 @@ def create_app(*, heartbeat: float = 10.0, page: bool = True) -> falcon.asgi.App
         router,
         settings=settings,
         workers=[beat],
-        services={"chat": functools.partial(handlers.ChatRooms, history=50)},
+        services={"chat": functools.partial(handlers.ChatRooms, history=50, rooms_per_member=10)},
     )
     if page:
         add_page(app)

@@ -3,7 +3,7 @@
 Plain async functions: each receives the per-connection resource, the
 Falcon WebSocket and the validated payload. The ``chat`` service (one per
 app, created at startup) keeps room members and the last N messages of each
-room; the resource gets it as ``resource.chat``.
+room while it has members; the resource gets it as ``resource.chat``.
 
 NOTE: members and history live in the process: with several server
 processes (a Redis backend) each keeps its own. Broadcasts still cross
@@ -36,12 +36,18 @@ def _now() -> datetime.datetime:
 class ChatRooms:
     """Room members (connection id → name) and message history per room.
 
+    Memory is bounded: a room and its history are forgotten when its last
+    member leaves (a client joining ever new rooms cannot grow the server),
+    and a connection is a member of ``rooms_per_member`` rooms at most.
+
     Args:
         history: Messages kept per room.
+        rooms_per_member: Rooms a connection may be in at once.
     """
 
-    def __init__(self, history: int = 50) -> None:
+    def __init__(self, history: int = 50, rooms_per_member: int = 10) -> None:
         self.history_size = history
+        self.rooms_per_member = rooms_per_member
         self.members: dict[str, dict[str, str]] = {}
         self.history: dict[str, deque[dict[str, Any]]] = {}
 
@@ -55,7 +61,9 @@ class ChatRooms:
         members = self.members.get(room, {})
         name = members.pop(conn_id, None)
         if not members:
+            # the room ends with its last member, and its history with it
             self.members.pop(room, None)
+            self.history.pop(room, None)
         return name
 
     def names(self, room: str) -> list[str]:
@@ -63,8 +71,9 @@ class ChatRooms:
         return sorted(self.members.get(room, {}).values())
 
     def record(self, room: str, entry: dict[str, Any]) -> None:
-        """Keep ``entry`` in the room's history (the last N only)."""
-        self.history.setdefault(room, deque(maxlen=self.history_size)).append(entry)
+        """Keep ``entry`` in the history of a room with members (the last N only)."""
+        if room in self.members:
+            self.history.setdefault(room, deque(maxlen=self.history_size)).append(entry)
 
     def recent(self, room: str) -> list[dict[str, Any]]:
         """The room's history, oldest first."""
@@ -89,6 +98,16 @@ async def join(resource: Any, ws: Any, payload: Any) -> None:
     room, name = payload.room, payload.name
     if room in rooms:
         await _leave(resource, room)
+    elif len(rooms) >= resource.chat.rooms_per_member:
+        await resource.send(
+            {
+                "type": "error",
+                "reason": "too_many_rooms",
+                "detail": f"leave a room first (at most {resource.chat.rooms_per_member})",
+                "path": "$.room",
+            }
+        )
+        return
     rooms[room] = name
     members = resource.chat.add(room, resource.connection.id, name)
     await resource.join_room(room)

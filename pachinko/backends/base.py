@@ -72,6 +72,30 @@ class ConnectionBackend(abc.ABC):
     async def add_connection(self, conn_id: str, user_id: str | None, first: bool) -> None:
         """Record a connection (of ``user_id``, if any)."""
 
+    async def add_user_connection(
+        self, conn_id: str, user_id: str, first: bool, limit: int
+    ) -> bool:
+        """Record a connection of ``user_id`` unless the user already has ``limit``.
+
+        Called instead of :meth:`add_connection` when a per-user limit is
+        set; the manager has indexed the connection locally already, and
+        forgets it again if this returns ``False``. The check and the
+        record must be one atomic step across processes (the Redis backend
+        runs one script).
+
+        This default counts :meth:`user_connections` other than ``conn_id``,
+        then calls :meth:`add_connection`: atomic within one process only.
+
+        Returns:
+            Whether the connection was recorded (``False``: over the limit).
+        """
+        others = await self.user_connections(user_id)
+        others.discard(conn_id)
+        if len(others) >= limit:
+            return False
+        await self.add_connection(conn_id, user_id, first)
+        return True
+
     @abc.abstractmethod
     async def remove_connection(self, conn_id: str, user_id: str | None, last: bool) -> None:
         """Forget a connection."""

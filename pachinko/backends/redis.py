@@ -51,6 +51,29 @@ if redis.call('HLEN', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[#ARGV]
 return 0
 """
 
+# Count the user's live connections (entries of dead nodes are removed) and
+# record the new one only if there are fewer than the limit (atomic).
+# KEYS[1]: the user's hash; ARGV: connection id, node, limit, alive-key prefix.
+_CLAIM = """
+local entries = redis.call('HGETALL', KEYS[1])
+local alive = {}
+local live = 0
+for i = 1, #entries, 2 do
+  local cid, node = entries[i], entries[i + 1]
+  if cid ~= ARGV[1] then
+    local ok = alive[node]
+    if ok == nil then
+      ok = redis.call('EXISTS', ARGV[4] .. node) == 1
+      alive[node] = ok
+    end
+    if ok then live = live + 1 else redis.call('HDEL', KEYS[1], cid) end
+  end
+end
+if live >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 
 def _require_redis() -> Any:
     try:
@@ -76,7 +99,9 @@ class RedisBackend(ConnectionBackend):
         heartbeat: Seconds between presence refreshes (default a third of
             ``presence_ttl``).
         reconnect_min: First delay before reconnecting after a loss.
-        reconnect_max: Longest delay between reconnection attempts.
+        reconnect_max: Longest delay between reconnection attempts: a
+            restarted Redis is found again at most this long after it is
+            back (an attempt is one TCP connect: cheap for Redis).
         socket_timeout: Seconds a Redis command may take.
 
     Raises:
@@ -91,7 +116,7 @@ class RedisBackend(ConnectionBackend):
         presence_ttl: float = 15.0,
         heartbeat: float | None = None,
         reconnect_min: float = 0.1,
-        reconnect_max: float = 5.0,
+        reconnect_max: float = 0.5,
         socket_timeout: float = 5.0,
     ) -> None:
         self._lib = _require_redis()
@@ -120,6 +145,7 @@ class RedisBackend(ConnectionBackend):
         self._sub_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._leave_script: Any = None
+        self._claim_script: Any = None
         # Removals that failed while Redis was unreachable, retried by _restore().
         self._stale: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -185,6 +211,7 @@ class RedisBackend(ConnectionBackend):
             socket_connect_timeout=self.socket_timeout,
         )
         self._leave_script = self._redis.register_script(_LEAVE)
+        self._claim_script = self._redis.register_script(_CLAIM)
         self._wanted = {self._channel("node", self._node), self._channel("all")}
         try:
             await self._restore()
@@ -265,6 +292,11 @@ class RedisBackend(ConnectionBackend):
         while True:
             try:
                 if self._pubsub is None:
+                    # NOTE: connections pooled before the loss may be dead
+                    #   without knowing it (Redis restarted): a command on one
+                    #   fails with "Connection closed by server", and this
+                    #   attempt with it. Drop them; the attempt uses new ones.
+                    await self._redis.connection_pool.disconnect(inuse_connections=False)
                     pubsub = await self._subscribe_all()
                     try:
                         await self._restore()
@@ -296,6 +328,13 @@ class RedisBackend(ConnectionBackend):
                         "until it is back; reconnecting with backoff",
                         self.url,
                         ex or type(ex).__name__,
+                    )
+                else:
+                    logger.debug(
+                        "RedisBackend %s: reconnection failed (%r); next attempt in %g s",
+                        self.url,
+                        ex,
+                        delay,
                     )
                 self.available = False
                 pubsub, self._pubsub = self._pubsub, None
@@ -394,6 +433,32 @@ class RedisBackend(ConnectionBackend):
             f"connection of user {user_id!r}",
             ("hset", (self._key("users", user_id), conn_id, self._node)),
         )
+
+    async def add_user_connection(
+        self, conn_id: str, user_id: str, first: bool, limit: int
+    ) -> bool:
+        """Count and record in one script: concurrent handshakes cannot both pass.
+
+        Raises:
+            BackendUnavailable: Redis is unreachable (the manager then
+                checks the limit on this process only).
+        """
+        if first:
+            # Subscribe before the connection is visible (as add_connection).
+            channel = self._channel("user", user_id)
+            self._wanted.add(channel)
+            await self._sync(channel)
+        try:
+            added = await self._claim_script(
+                keys=[self._key("users", user_id)],
+                args=[conn_id, self._node, limit, self._key("alive", "")],
+            )
+        except Exception as ex:
+            raise BackendUnavailable(
+                f"Redis at {self.url} is unreachable: connection of user {user_id!r} "
+                f"not recorded ({ex})"
+            ) from ex
+        return bool(added)
 
     async def remove_connection(self, conn_id: str, user_id: str | None, last: bool) -> None:
         if user_id is None:
