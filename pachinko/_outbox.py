@@ -50,6 +50,8 @@ DROPPED: Final = 1
 DEAD: Final = 2
 SENT: Final = 3
 
+_NO_QUEUE: Final[deque[Any]] = deque(maxlen=0)  # shared by idle outboxes; always empty
+
 
 class Ticket:
     """Counts the deliveries of one broadcast the caller waits for.
@@ -221,21 +223,23 @@ class Outbox:
         policy: ``"drop"`` or ``"close"`` when the queue is full.
         close_code: Close code for slow consumers.
         send_timeout: Seconds a single send may take.
-        on_dead: Called once (synchronously) when the outbox dies, whatever
-            the cause: the manager evicts the connection.
+        evict: Called once (synchronously) with ``owner`` when the outbox
+            dies, whatever the cause: the manager evicts the connection.
         busy: The manager's set of outboxes with a send under way (its
             watchdog calls :meth:`expire` on them).
+        owner: The connection (passed to ``evict``).
     """
 
     __slots__ = (
         "_closer",
+        "_evict",
         "_idle",
         "_inflight",
         "_task",
         "busy",
         "close_code",
         "dead",
-        "on_dead",
+        "owner",
         "policy",
         "queue",
         "send_timeout",
@@ -251,19 +255,24 @@ class Outbox:
         policy: str,
         close_code: int,
         send_timeout: float,
-        on_dead: Callable[[], None],
+        evict: Callable[[Any], None],
         busy: set[Outbox],
+        owner: Any = None,
     ) -> None:
         self.ws = ws
         self.size = size
         self.policy = policy
         self.close_code = close_code
         self.send_timeout = send_timeout
-        self.on_dead = on_dead
+        # PERF: no closure per connection (bench_connect.py: ~200 B each)
+        self._evict = evict
+        self.owner = owner
         self.busy = busy
         self.started = 0.0
         self._inflight: Ticket | None = None
-        self.queue: deque[tuple[str | bytes, Ticket | None]] = deque()
+        # PERF: an empty deque is ~620 B (bench_connect.py): idle connections
+        #   share one that is never appended to; offer() gives its own.
+        self.queue: deque[tuple[str | bytes, Ticket | None]] = _NO_QUEUE
         self.dead = False
         # NOTE: True when the handshake was accepted, no send is under way and
         #   nothing is queued (so no task): a frame offered now may be written
@@ -280,7 +289,9 @@ class Outbox:
         if self.dead:
             return DEAD
         queue = self.queue
-        if len(queue) >= self.size:
+        if queue is _NO_QUEUE:
+            queue = self.queue = deque()
+        elif len(queue) >= self.size:
             if self.policy == "close":
                 self.abort(
                     self.close_code,
@@ -293,6 +304,10 @@ class Outbox:
         if self._idle:  # pragma: no cover - fan_out() writes to idle outboxes itself
             self._spawn()
         return QUEUED
+
+    def on_dead(self) -> None:
+        """The outbox died: the manager evicts the connection."""
+        self._evict(self.owner)
 
     def start(self) -> None:
         """Start writing (the handshake was accepted); flush what was queued."""

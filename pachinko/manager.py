@@ -127,6 +127,7 @@ class WebSocketConnectionManager:
         self._users: dict[str, dict[str, Connection]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy: set[Outbox] = set()
+        self._on_dead = self._evict  # one bound method for every outbox
         self._watchdog: asyncio.Task[None] | None = None
 
     # -- identity and lifecycle ------------------------------------------------
@@ -207,8 +208,9 @@ class WebSocketConnectionManager:
             settings.slow_consumer,
             settings.slow_consumer_close_code,
             settings.send_timeout,
-            lambda: self._evict(conn),
+            self._on_dead,
             self._busy,
+            conn,
         )
         self._connections[conn.id] = conn
         first = False
