@@ -1,20 +1,33 @@
-"""In-process fan-out: broadcast_to_room to N members vs the raw sends.
+"""In-process fan-out: broadcast_to_room to N idle members vs a plain send loop.
 
-Run:  python benchmarks/bench_fanout.py [--sizes 100,1000,10000] [--rounds 7]
+Run:  python benchmarks/bench_fanout.py [--sizes 100,1000,10000] [--rounds 9]
 
-N simulated sockets (``send_text`` appends to a list and, for the last
-expected frame, wakes the benchmark) are registered with a real
-``WebSocketConnectionManager`` (in-process backend) and joined to a room.
-Measured, best of ``--rounds``:
+Two real ``falcon.asgi.App`` instances run in one event loop, driven
+in-process over ASGI by the same minimal driver (benchmarks/_asgi.py); each
+has N idle connections (they send nothing; their ASGI ``send`` counts
+frames):
 
-- ``broadcast``: from calling ``broadcast_to_room`` until the last member's
-  socket got the frame (encode once, queue N times, N writer tasks);
-- ``gather``: the naive raw fan-out, ``asyncio.gather`` over N
-  ``send_text`` coroutines of an already encoded frame;
-- ``loop``: the cheapest raw fan-out, awaiting N sends one after the other
-  (no concurrency: one stalled socket would delay all the others).
+- the hand-written app: an ``on_websocket`` responder that accepts, keeps
+  the ``WebSocket`` in a list and waits in ``receive_text`` (Falcon
+  ``max_receive_queue=0``, as pachinko sets it);
+- the pachinko app: a resource that joins room ``lobby`` in
+  ``after_connect``.
 
-The per-member cost should stay flat as N grows (linear total time).
+Measured from the publish to the last member's ``send`` (the median and the
+best of ``--rounds`` rounds, the kinds interleaved in each round):
+
+- ``loop``: encode once, then ``await ws.send_text(text)`` over the members
+  one after the other: the cheapest fan-out there is, with no isolation (one
+  stalled socket would delay every member after it);
+- ``broadcast``: ``manager.broadcast_to_room("lobby", message)``;
+- ``stalled``: the same broadcast while one member's socket has stopped
+  reading (its ``send`` never completes): the time until the N-1 others got
+  it (isolation; ``slow_consumer="drop"`` so that it stays registered);
+- ``gather``: ``asyncio.gather`` over the N raw ``send_text`` coroutines (the
+  naive concurrent fan-out: one task per send).
+
+Every figure is reported as a ratio against ``loop`` in the same run; the
+per-member cost should stay flat as N grows (linear total time).
 """
 
 from __future__ import annotations
@@ -22,87 +35,150 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import statistics
 import time
 from typing import Any
 
-from pachinko import Settings
-from pachinko.connection import Connection
-from pachinko.manager import WebSocketConnectionManager
+import falcon.asgi
+from _asgi import IdleClient, Lifespan
+from falcon.errors import WebSocketDisconnected
+
+import pachinko
 from pachinko.resource import encode_text
 
 MESSAGE = {"type": "message", "room": "lobby", "name": "ann", "text": "hello, everyone"}
+KINDS = ("loop", "broadcast", "stalled", "gather")
 
 
-class SimSocket:
-    """The part of Falcon's WebSocket the outbox uses; counts frames."""
+class Counter:
+    """Counts frames across all clients; sets ``done`` at the expected count."""
 
-    __slots__ = ("frames", "shared")
+    __slots__ = ("done", "left")
 
-    def __init__(self, shared: dict[str, Any]) -> None:
-        self.frames = 0
-        self.shared = shared
+    def __init__(self) -> None:
+        self.left = 0
+        self.done = asyncio.Event()
 
-    async def send_text(self, text: str) -> None:
-        self.frames += 1
-        shared = self.shared
-        shared["left"] -= 1
-        if shared["left"] == 0:
-            shared["done"].set()
+    def expect(self, count: int) -> None:
+        self.left = count
+        self.done = asyncio.Event()
 
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        pass
+    def hit(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
 
 
-async def bench(size: int, rounds: int) -> dict[str, float]:
-    manager = WebSocketConnectionManager(Settings(send_queue_size=64))
-    await manager.start()
-    shared: dict[str, Any] = {"left": 0, "done": asyncio.Event()}
-    sockets = [SimSocket(shared) for _ in range(size)]
-    for ws in sockets:
-        conn = Connection(ws, "/", {}, manager)  # type: ignore[arg-type]
-        await manager.connect(conn)
-        manager.opened(conn)
-        await manager.join_room(conn, "lobby")
-    text = encode_text(MESSAGE)
-    best = {"broadcast": float("inf"), "gather": float("inf"), "loop": float("inf")}
+class Members:
+    """The hand-written app: accept, keep the socket, idle in receive."""
 
-    async def run(kind: str) -> float:
-        shared["left"] = size
-        shared["done"] = asyncio.Event()
-        gc.collect()
-        start = time.perf_counter()
-        if kind == "broadcast":
-            await manager.broadcast_to_room("lobby", MESSAGE)
-            await shared["done"].wait()
-        elif kind == "gather":
-            await asyncio.gather(*(ws.send_text(text) for ws in sockets))
-        else:
-            for ws in sockets:
-                await ws.send_text(text)
-        return time.perf_counter() - start
+    def __init__(self) -> None:
+        self.sockets: list[Any] = []
 
-    for _ in range(rounds):
-        for kind in best:
-            best[kind] = min(best[kind], await run(kind))
-    assert all(ws.frames == 3 * rounds for ws in sockets), "a frame went missing"
-    await manager.close()
-    return best
+    async def on_websocket(self, req: Any, ws: Any) -> None:
+        await ws.accept()
+        self.sockets.append(ws)
+        try:
+            while True:
+                await ws.receive_text()
+        except WebSocketDisconnected:
+            self.sockets.remove(ws)
+
+
+class Member(pachinko.WebSocketResource):
+    async def after_connect(self, ws: Any) -> None:
+        await self.join_room("lobby")
+
+
+def apps() -> tuple[falcon.asgi.App, Members, falcon.asgi.App]:
+    raw = falcon.asgi.App()
+    raw.ws_options.max_receive_queue = 0
+    members = Members()
+    raw.add_route("/ws/member", members)
+    ours = falcon.asgi.App()
+    router = pachinko.WebSocketRouter()
+    router.add_route("/member", Member)
+    settings = pachinko.Settings(slow_consumer="drop", send_timeout=3600)
+    pachinko.mount(ours, "/ws", router, settings=settings)
+    return raw, members, ours
+
+
+async def bench(size: int, rounds: int) -> dict[str, list[float]]:
+    raw, members, ours = apps()
+    counter = Counter()
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    async with Lifespan(raw), Lifespan(ours):
+        manager = pachinko.runtime_of(ours).manager
+        raw_clients = [IdleClient(counter.hit) for _ in range(size)]
+        our_clients = [IdleClient(counter.hit) for _ in range(size)]
+        for client in raw_clients:
+            client.open(raw, "/ws/member")
+        for client in our_clients:
+            client.open(ours, "/ws/member")
+        await asyncio.wait_for(asyncio.gather(*(c.accepted.wait() for c in our_clients)), 60)
+        while len(members.sockets) < size or len(await manager.members("lobby")) < size:
+            await asyncio.sleep(0.01)
+        sockets = members.sockets
+        stalled = our_clients[size // 2]
+
+        async def run(kind: str) -> float:
+            counter.expect(size - 1 if kind == "stalled" else size)
+            if kind == "stalled":
+                stalled.hang()
+            gc.collect()
+            start = time.perf_counter()
+            if kind == "loop":
+                text = encode_text(MESSAGE)
+                for ws in sockets:
+                    await ws.send_text(text)
+            elif kind == "gather":
+                text = encode_text(MESSAGE)
+                await asyncio.gather(*(ws.send_text(text) for ws in sockets))
+            else:
+                await manager.broadcast_to_room("lobby", MESSAGE)
+            await counter.done.wait()
+            elapsed = time.perf_counter() - start
+            if kind == "stalled":
+                counter.expect(1)
+                stalled.release()
+                await asyncio.wait_for(counter.done.wait(), 5)
+            return elapsed
+
+        for kind in KINDS:  # warm up
+            await run(kind)
+        for _ in range(rounds):
+            for kind in KINDS:
+                times[kind].append(await run(kind))
+        expected = rounds + 1
+        if any(c.frames != expected * 2 for c in raw_clients) or any(
+            c.frames != expected * 2 for c in our_clients
+        ):
+            raise RuntimeError("a frame went missing")
+        for client in raw_clients + our_clients:
+            await client.disconnect()
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
-    print(f"{'members':>8} {'broadcast':>12} {'gather':>12} {'loop':>12}   per member (µs)")
+    print(
+        f"median of {args.rounds} rounds (best in brackets); µs per member; "
+        "ratio = against `loop` in the same run"
+    )
+    print(f"{'members':>8} {'kind':>10} {'µs/member':>17} {'ratio':>13}")
     for size in (int(s) for s in args.sizes.split(",")):
-        best = asyncio.run(bench(size, args.rounds))
-        per = {k: v / size * 1e6 for k, v in best.items()}
-        print(
-            f"{size:>8} {best['broadcast'] * 1e3:>10.2f}ms {best['gather'] * 1e3:>10.2f}ms "
-            f"{best['loop'] * 1e3:>10.2f}ms   {per['broadcast']:.2f} / {per['gather']:.2f} "
-            f"/ {per['loop']:.2f}"
-        )
+        times = asyncio.run(bench(size, args.rounds))
+        loop_med = statistics.median(times["loop"])
+        loop_best = min(times["loop"])
+        for kind in KINDS:
+            med, best = statistics.median(times[kind]), min(times[kind])
+            print(
+                f"{size:>8} {kind:>10} {med / size * 1e6:>8.3f} ({best / size * 1e6:6.3f}) "
+                f"{med / loop_med:>6.2f} ({best / loop_best:4.2f})"
+            )
 
 
 if __name__ == "__main__":

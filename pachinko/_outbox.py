@@ -1,11 +1,17 @@
 """The per-connection outgoing queue: bounded, drained by one short-lived task.
 
-A broadcast never awaits a socket: it appends the encoded frame to each
-recipient's :class:`Outbox` (O(1), no await) and returns. Each outbox is
-drained by its own task, created when the queue goes from empty to
-non-empty and ending when it is empty again, so an idle connection holds no
-task at all (memory per idle connection stays small) and a stalled socket
-only ever delays its own queue.
+A broadcast never waits for a socket. :func:`fan_out` writes the frame at
+once to every recipient that is idle (nothing queued, no send under way):
+one coroutine awaits the members' sends one after the other, and that
+coroutine is run by hand, so a send that completes without suspending (the
+common case: the frame goes into the transport's buffer) costs what it costs
+in a bare ``await ws.send_text()`` loop. When a send suspends (the peer
+stopped reading, the transport's buffer is full), the coroutine is handed,
+half-run, to a task of that member's outbox (which finishes the send, then
+writes what was queued behind it) and a fresh coroutine goes on with the
+next members. A busy member gets the frame appended to its bounded queue
+instead (O(1)). So a stalled socket only ever delays its own queue, frames
+keep their order per connection, and an idle connection holds no task.
 
 Slow consumers, bounded twice:
 
@@ -31,23 +37,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from falcon.asgi import WebSocket
 
-__all__ = ["DEAD", "DROPPED", "QUEUED", "Outbox", "Ticket", "reset_transport", "transport_of"]
+__all__ = [
+    "DEAD",
+    "DROPPED",
+    "QUEUED",
+    "SENT",
+    "Outbox",
+    "Ticket",
+    "fan_out",
+    "reset_transport",
+    "transport_of",
+]
 
 logger = logging.getLogger("pachinko")
 
 QUEUED: Final = 0
 DROPPED: Final = 1
 DEAD: Final = 2
+SENT: Final = 3
+
+_NO_QUEUE: Final[deque[Any]] = deque(maxlen=0)  # shared by idle outboxes; always empty
 
 # SO_LINGER on, timeout 0: closing the socket resets the connection and
 # drops what the kernel still holds for the peer.
@@ -88,7 +108,12 @@ def reset_transport(transport: Any) -> bool:
 
 
 class Ticket:
-    """Counts the deliveries of one broadcast the caller waits for."""
+    """Counts the deliveries of one broadcast the caller waits for.
+
+    Only frames not written at once (queued, or a send that suspended) are
+    counted here; the caller creates :attr:`waiter` after handing out the
+    frame, if any is still outstanding.
+    """
 
     __slots__ = ("delivered", "failed", "remaining", "waiter")
 
@@ -96,7 +121,7 @@ class Ticket:
         self.remaining = 0
         self.delivered = 0
         self.failed = 0
-        self.waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiter: asyncio.Future[None] | None = None
 
     def settle(self, ok: bool) -> None:
         """Record one recipient's outcome (written, or lost)."""
@@ -105,8 +130,142 @@ class Ticket:
         else:
             self.failed += 1
         self.remaining -= 1
-        if self.remaining <= 0 and not self.waiter.done():
-            self.waiter.set_result(None)
+        waiter = self.waiter
+        if self.remaining <= 0 and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Resume:
+    """Awaitable that finishes a coroutine already started by hand.
+
+    ``coro.send(None)`` returned ``waiting`` (the future it waits for, or
+    ``None`` for a bare yield): the awaiting task waits for it in the
+    coroutine's place, then keeps driving the coroutine, forwarding
+    exceptions (cancellation) into it, as ``await`` would have.
+    """
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        coro, waiting = self.coro, self.waiting
+        while True:
+            try:
+                yield waiting
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as ex:  # thrown in by the task: cancellation
+                try:
+                    waiting = coro.throw(ex)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting = coro.send(None)
+            except StopIteration:
+                return
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _Resume(coro, waiting)
+
+
+class _Pass:
+    """State of one writer coroutine of :func:`fan_out`."""
+
+    __slots__ = ("current", "detached")
+
+    def __init__(self) -> None:
+        self.current: Outbox | None = None
+        self.detached = False
+
+
+def fan_out(targets: Iterable[Any], frame: str | bytes, ticket: Ticket | None) -> list[int]:
+    """Hand ``frame`` to the outbox of each target (a connection), in order.
+
+    Returns the count of each outcome, indexed by QUEUED, DROPPED, DEAD (or
+    no outbox) and SENT. Never raises for a socket's failure, and never
+    waits: a send that would block continues in its outbox's task.
+    """
+    counts = [0, 0, 0, 0]
+    remaining = iter(targets)
+    while True:
+        state = _Pass()
+        writer = _write_each(remaining, frame, ticket, counts, state)
+        # NOTE: each writer runs in a context of its own, which the task that
+        #   adopts it keeps: a send that sets a context variable before it
+        #   suspends and resets it after resumes in the same context (as in
+        #   an eager task). Only asyncio.current_task() differs: until a send
+        #   suspends, its code runs in the caller's task.
+        context = contextvars.copy_context()
+        try:
+            waiting = context.run(writer.send, None)
+        except StopIteration:
+            return counts
+        # PERF: the one member whose send suspended takes this coroutine
+        #   over in a task; a fresh one continues with the members after it.
+        outbox = state.current
+        if outbox is None:  # pragma: no cover - nothing else in it awaits
+            raise RuntimeError("fan_out(): the writer suspended outside a send")
+        state.detached = True
+        counts[QUEUED] += 1
+        outbox._adopt(writer, waiting, ticket, context)
+
+
+async def _write_each(
+    targets: Iterator[Any],
+    frame: str | bytes,
+    ticket: Ticket | None,
+    counts: list[int],
+    state: _Pass,
+) -> None:
+    """Write ``frame`` to each idle target now, queue it for the busy ones.
+
+    Run by hand by :func:`fan_out`. If a send suspends, this coroutine
+    becomes that member's writer (``state.detached``): it finishes the send,
+    writes the member's queue and stops (the other members went on without
+    it).
+    """
+    text = isinstance(frame, str)
+    for conn in targets:
+        outbox = conn.outbox
+        if outbox is None:
+            counts[DEAD] += 1
+            continue
+        if not outbox._idle or outbox.dead:
+            counts[outbox.offer(frame, ticket)] += 1
+            continue
+        outbox._idle = False  # a re-entrant offer() queues behind this frame
+        state.current = outbox
+        ws = outbox.ws
+        try:
+            if text:
+                await ws.send_text(frame)
+            else:
+                await ws.send_data(frame)
+        except BaseException as ex:
+            if state.detached:
+                outbox._send_failed(ticket, ex)
+                return
+            outbox._idle = True
+            if not isinstance(ex, Exception):
+                raise
+            # NOTE: never propagate a socket's failure into the broadcaster.
+            logger.debug("send failed, evicting the connection: %r", ex)
+            outbox.abort(None, "")
+            counts[DEAD] += 1
+            continue
+        if state.detached:
+            await outbox._sent(ticket)
+            return
+        outbox._idle = True
+        counts[SENT] += 1
+        if outbox.queue:  # queued by a re-entrant offer() during the send
+            outbox._spawn()
 
 
 class Outbox:
@@ -118,23 +277,25 @@ class Outbox:
         policy: ``"drop"`` or ``"close"`` when the queue is full.
         close_code: Close code for slow consumers.
         send_timeout: Seconds a single send may take.
-        on_dead: Called once (synchronously) when the outbox dies, whatever
-            the cause: the manager evicts the connection.
+        evict: Called once (synchronously) with ``owner`` when the outbox
+            dies, whatever the cause: the manager evicts the connection.
         busy: The manager's set of outboxes with a send under way (its
             watchdog calls :meth:`expire` on them).
+        owner: The connection (passed to ``evict``).
     """
 
     __slots__ = (
         "_closer",
+        "_evict",
+        "_idle",
         "_inflight",
-        "_open",
         "_task",
         "busy",
         "close_code",
         "closed_with",
         "dead",
         "evicted",
-        "on_dead",
+        "owner",
         "policy",
         "queue",
         "send_timeout",
@@ -150,37 +311,47 @@ class Outbox:
         policy: str,
         close_code: int,
         send_timeout: float,
-        on_dead: Callable[[], None],
+        evict: Callable[[Any], None],
         busy: set[Outbox],
+        owner: Any = None,
     ) -> None:
         self.ws = ws
         self.size = size
         self.policy = policy
         self.close_code = close_code
         self.send_timeout = send_timeout
-        self.on_dead = on_dead
+        # PERF: no closure per connection (bench_connect.py: ~200 B each)
+        self._evict = evict
+        self.owner = owner
         self.busy = busy
         self.started = 0.0
         self._inflight: Ticket | None = None
-        self.queue: deque[tuple[str | bytes, Ticket | None]] = deque()
+        # PERF: an empty deque is ~620 B (bench_connect.py): idle connections
+        #   share one that is never appended to; offer() gives its own.
+        self.queue: deque[tuple[str | bytes, Ticket | None]] = _NO_QUEUE
         self.dead = False
         # Killed by abort() (a slow consumer, a failed send), not closed at shutdown.
         self.evicted = False
         # The code the slow-consumer policy closed it with (None: not closed so).
         self.closed_with: int | None = None
-        self._open = False
+        # NOTE: True when the handshake was accepted, no send is under way and
+        #   nothing is queued (so no task): a frame offered now may be written
+        #   at once. Idle implies an empty queue.
+        self._idle = False
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
     def offer(self, frame: str | bytes, ticket: Ticket | None = None) -> int:
-        """Queue ``frame`` (``str``: a text frame, ``bytes``: a binary frame).
+        """Queue ``frame`` behind the send under way (see :func:`fan_out`).
 
         Returns QUEUED, DROPPED (queue full) or DEAD.
         """
         if self.dead:
             return DEAD
         queue = self.queue
-        if len(queue) >= self.size:
+        if queue is _NO_QUEUE:
+            queue = self.queue = deque()
+        elif len(queue) >= self.size:
             if self.policy == "close":
                 self.abort(
                     self.close_code,
@@ -190,15 +361,63 @@ class Outbox:
         queue.append((frame, ticket))
         if ticket is not None:
             ticket.remaining += 1
-        if self._task is None and self._open:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        if self._idle:  # pragma: no cover - fan_out() writes to idle outboxes itself
+            self._spawn()
         return QUEUED
+
+    def on_dead(self) -> None:
+        """The outbox died: the manager evicts the connection."""
+        self._evict(self.owner)
 
     def start(self) -> None:
         """Start writing (the handshake was accepted); flush what was queued."""
-        self._open = True
-        if self.queue and self._task is None and not self.dead:
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+        if self.dead or self._task is not None:
+            return
+        self._idle = True
+        if self.queue:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        self._idle = False
+        self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    def _adopt(
+        self,
+        writer: Coroutine[Any, Any, None],
+        waiting: Any,
+        ticket: Ticket | None,
+        context: contextvars.Context,
+    ) -> None:
+        """Take over ``writer``, suspended in a send to this outbox (see fan_out())."""
+        if ticket is not None:
+            ticket.remaining += 1
+        self._inflight = ticket
+        loop = asyncio.get_running_loop()
+        self.started = loop.time()
+        self.busy.add(self)
+        self._task = loop.create_task(_resume(writer, waiting), context=context)
+
+    async def _sent(self, ticket: Ticket | None) -> None:
+        """The adopted send completed: settle it, then write the queue."""
+        self.started = 0.0
+        self._inflight = None
+        if ticket is not None:
+            ticket.settle(True)
+        await self._drain()
+
+    def _send_failed(self, ticket: Ticket | None, ex: BaseException) -> None:
+        """The adopted send raised (or was cancelled: re-raised)."""
+        if not isinstance(ex, Exception):
+            self.busy.discard(self)
+            raise ex
+        self.started = 0.0
+        self._inflight = None
+        if ticket is not None:
+            ticket.settle(False)
+        logger.debug("send failed, evicting the connection: %r", ex)
+        self.busy.discard(self)
+        self._task = None
+        self.abort(None, "")
 
     async def _drain(self) -> None:
         queue = self.queue
@@ -234,6 +453,8 @@ class Outbox:
             self.busy.discard(self)
             if self._task is asyncio.current_task():
                 self._task = None
+                if not self.dead:
+                    self._idle = True
 
     def expire(self, now: float) -> None:
         """Apply the send timeout (called by the manager's watchdog)."""

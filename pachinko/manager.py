@@ -6,9 +6,11 @@ one's bounded :class:`~pachinko._outbox.Outbox`. Its backend carries
 broadcasts to other processes and keeps membership cluster-wide.
 
 PERF: a broadcast encodes the message once, awaits one backend publish
-(nothing in-process), then appends the same ``str`` to each recipient's
-queue without awaiting any socket; the sends run concurrently, one task per
-busy connection. See benchmarks/bench_fanout.py.
+(nothing in-process), then hands the same ``str`` to each recipient's outbox
+(:func:`~pachinko._outbox.fan_out`): written at once where the socket takes
+it without blocking, queued behind a send under way otherwise; a send that
+blocks continues in its connection's own task. See
+benchmarks/bench_fanout.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._outbox import DROPPED, QUEUED, Outbox, Ticket
+from ._outbox import DEAD, DROPPED, QUEUED, SENT, Outbox, Ticket, fan_out
 from .backends import ConnectionBackend, backend_from_url
 from .errors import BackendUnavailable, ConnectionLimitExceeded, PachinkoError
 from .resource import encode_text
@@ -125,6 +127,7 @@ class WebSocketConnectionManager:
         self._users: dict[str, dict[str, Connection]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy: set[Outbox] = set()
+        self._on_dead = self._evict  # one bound method for every outbox
         self._watchdog: asyncio.Task[None] | None = None
 
     # -- identity and lifecycle ------------------------------------------------
@@ -192,8 +195,9 @@ class WebSocketConnectionManager:
             settings.slow_consumer,
             settings.slow_consumer_close_code,
             settings.send_timeout,
-            lambda: self._evict(conn),
+            self._on_dead,
             self._busy,
+            conn,
         )
         self._connections[conn.id] = conn
         first = False
@@ -489,31 +493,22 @@ class WebSocketConnectionManager:
         self, targets: Collection[Connection], text: str | bytes, timeout: float | None, remote: int
     ) -> Delivery:
         ticket = Ticket() if timeout is not None else None
-        queued = dropped = failed = 0
-        for conn in targets:
-            outbox = conn.outbox
-            if outbox is None:
-                failed += 1
-                continue
-            outcome = outbox.offer(text, ticket)
-            if outcome == QUEUED:
-                queued += 1
-            elif outcome == DROPPED:
-                dropped += 1
-            else:
-                failed += 1
-        delivered = 0
+        counts = fan_out(targets, text, ticket)
+        queued = counts[QUEUED]
+        delivered = counts[SENT]
+        failed = counts[DEAD]
         if ticket is not None and queued:
             if ticket.remaining > 0:
+                waiter = ticket.waiter = asyncio.get_running_loop().create_future()
                 try:
                     async with asyncio.timeout(timeout):
-                        await asyncio.shield(ticket.waiter)
+                        await asyncio.shield(waiter)
                 except TimeoutError:
                     pass
-            delivered = ticket.delivered
+            delivered += ticket.delivered
             failed += ticket.failed
             queued -= ticket.delivered + ticket.failed
-        return Delivery(len(targets), delivered, queued, dropped, failed, remote)
+        return Delivery(len(targets), delivered, queued, counts[DROPPED], failed, remote)
 
     # -- iteration ----------------------------------------------------------------------
 
@@ -541,29 +536,26 @@ class WebSocketConnectionManager:
         return {user: list(conns) for user, conns in self._users.items()}
 
     def deliver_room(self, room: str, text: str | bytes, exclude: Collection[str]) -> None:
-        """Queue a frame from another process for the local members of ``room``."""
+        """Write a frame from another process to the local members of ``room``."""
         members = self._rooms.get(room)
         if members:
-            for cid, conn in list(members.items()):
-                if cid not in exclude and conn.outbox is not None:
-                    conn.outbox.offer(text)
+            if exclude:
+                fan_out([c for cid, c in members.items() if cid not in exclude], text, None)
+            else:
+                fan_out(list(members.values()), text, None)
 
     def deliver_user(self, user_id: str, text: str | bytes) -> None:
-        """Queue a frame from another process for the local connections of a user."""
+        """Write a frame from another process to the local connections of a user."""
         conns = self._users.get(user_id)
         if conns:
-            for conn in list(conns.values()):
-                if conn.outbox is not None:
-                    conn.outbox.offer(text)
+            fan_out(list(conns.values()), text, None)
 
     def deliver_connection(self, conn_id: str, text: str | bytes) -> None:
-        """Queue a frame from another process for one local connection."""
+        """Write a frame from another process to one local connection."""
         conn = self._connections.get(conn_id)
-        if conn is not None and conn.outbox is not None:
-            conn.outbox.offer(text)
+        if conn is not None:
+            fan_out((conn,), text, None)
 
     def deliver_all(self, text: str | bytes, exclude: Collection[str]) -> None:
-        """Queue a frame from another process for every local connection."""
-        for cid, conn in list(self._connections.items()):
-            if cid not in exclude and conn.outbox is not None:
-                conn.outbox.offer(text)
+        """Write a frame from another process to every local connection."""
+        fan_out([c for cid, c in self._connections.items() if cid not in exclude], text, None)
