@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._outbox import DEAD, DROPPED, QUEUED, SENT, Outbox, Ticket, fan_out
+from ._wire import encode_frame
 from .backends import ConnectionBackend, backend_from_url
 from .errors import BackendUnavailable, ConnectionLimitExceeded, PachinkoError
-from .resource import encode_text
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -37,20 +37,6 @@ __all__ = ["Delivery", "WebSocketConnectionManager"]
 logger = logging.getLogger("pachinko")
 
 _NO_EXCLUDE: frozenset[str] = frozenset()
-
-
-def encode_frame(message: Any) -> str | bytes:
-    """Encode a message once for every recipient.
-
-    ``bytes`` (or ``bytearray``/``memoryview``) become one binary frame, a
-    ``str`` one text frame as is, anything else (a Struct, dict or list) one
-    JSON text frame.
-    """
-    if isinstance(message, bytes):
-        return message
-    if isinstance(message, (bytearray, memoryview)):
-        return bytes(message)
-    return encode_text(message)
 
 
 @dataclass(frozen=True, slots=True)

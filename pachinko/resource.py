@@ -13,9 +13,8 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import msgspec
-
 from ._dispatch import DispatchTable, HandlerSpec, MessageError, build_table, handles_message
+from ._wire import encode, encode_envelope, encode_text
 from .errors import PachinkoError, RouteError
 
 if TYPE_CHECKING:
@@ -27,16 +26,6 @@ if TYPE_CHECKING:
     from .manager import Delivery, WebSocketConnectionManager
 
 __all__ = ["MessageError", "WebSocketResource", "handles_message"]
-
-_encoder = msgspec.json.Encoder()
-_encode = _encoder.encode
-
-
-def encode_text(message: Any) -> str:
-    """Encode a message for a text frame: ``str`` as is, anything else as JSON."""
-    if isinstance(message, str):
-        return message
-    return _encoder.encode(message).decode()
 
 
 def _defining_locals(cls: type) -> Mapping[str, Any] | None:
@@ -59,25 +48,6 @@ def _defining_locals(cls: type) -> Mapping[str, Any] | None:
             return frame.f_locals
         frame = frame.f_back
     return None
-
-
-def encode_envelope(message: Any, tag_field: str) -> str:
-    """Encode a message in the envelope shape: ``{tag_field: tag, "payload": {...}}``.
-
-    A tagged Struct is wrapped: its tag names the message, its other fields
-    are the payload. Anything else (a dict, a list, an untagged Struct, a
-    str) is sent as given: it already is the message the app wrote.
-    """
-    if isinstance(message, str):
-        return message
-    config = getattr(type(message), "__struct_config__", None)
-    if config is None or config.tag is None:
-        return _encode(message).decode()
-    body = msgspec.to_builtins(message)
-    if isinstance(body, dict):
-        body.pop(config.tag_field, None)
-    tag = config.tag
-    return _encode({tag_field: tag, "payload": body}).decode()
 
 
 class WebSocketResource:
@@ -221,7 +191,7 @@ class WebSocketResource:
         if isinstance(message, str):
             text = message
         elif self.wire == "flat":
-            text = _encode(message).decode()
+            text = encode(message).decode()
         else:
             text = encode_envelope(message, self.tag_field)
         try:
