@@ -15,7 +15,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import falcon
@@ -31,7 +31,6 @@ from .router import join_paths
 if TYPE_CHECKING:
     from falcon.asgi import Request, Response, WebSocket
 
-    from .app import Runtime
     from .manager import WebSocketConnectionManager
     from .router import RouteInfo, WebSocketRouter
     from .settings import Settings
@@ -54,6 +53,20 @@ CLOSE_NOT_FOUND: Final = 3404  # Falcon's HTTP 404 equivalent
 _base_unhandled = WebSocketResource.on_unhandled
 
 
+class Host(Protocol):
+    """What the serve loop needs of the app's :class:`~pachinko.app.Runtime`.
+
+    NOTE: spelled out here so that the runtime imports the serve loop and
+    not the other way round.
+    """
+
+    settings: Settings
+    manager: WebSocketConnectionManager
+    allowed_origins: frozenset[str] | None
+    accepting: bool
+    serving: set[asyncio.Task[Any]]
+
+
 class Mount:
     """A router mounted under a path prefix of a Falcon app.
 
@@ -67,7 +80,7 @@ class Mount:
     # NOTE: the prefix lives here, per mount: one router mounted on two apps
     #   (or twice on one) builds each app's URLs with that app's prefix.
 
-    def __init__(self, runtime: Runtime, prefix: str, router: WebSocketRouter) -> None:
+    def __init__(self, runtime: Host, prefix: str, router: WebSocketRouter) -> None:
         self.runtime = runtime
         self.prefix = prefix
         self.router = router
@@ -158,7 +171,7 @@ async def _maybe_await(value: Any) -> Any:
 
 
 async def serve(
-    runtime: Runtime,
+    runtime: Host,
     router: WebSocketRouter,
     req: Request,
     ws: WebSocket,
@@ -216,7 +229,7 @@ async def serve(
 
 
 async def _handshake(
-    runtime: Runtime,
+    runtime: Host,
     info: RouteInfo,
     conn: Connection,
     req: Request,
@@ -244,9 +257,7 @@ async def _handshake(
                     f"route {level.template!r}: {level.target!r} returned "
                     f"{type(resource).__name__}, expected a WebSocketResource"
                 )
-            resource._pachinko_connection = conn  # type: ignore[attr-defined]
-            resource._pachinko_send_text = ws.send_text  # type: ignore[attr-defined]
-            resource.state = state
+            resource._pachinko_bind(conn, state)
             chain.append(resource)
             conn.resource = resource
             if len(chain) == 1:

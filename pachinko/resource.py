@@ -11,7 +11,7 @@ from collections.abc import (
     Mapping,
     MutableMapping,
 )
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from ._dispatch import DispatchTable, HandlerSpec, MessageError, build_table, handles_message
 from ._wire import encode, encode_envelope, encode_text
@@ -73,6 +73,10 @@ class WebSocketResource:
     tag_field: ClassVar[str] = "type"
     sends: ClassVar[tuple[type, ...]] = ()
     __pachinko_table__: ClassVar[DispatchTable]
+    # Set by _pachinko_bind() when the router builds the resource for a handshake.
+    _pachinko_connection: Connection
+    _pachinko_send_text: Callable[[str], Awaitable[None]]
+    _pachinko_state: MutableMapping[str, Any]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -120,11 +124,26 @@ class WebSocketResource:
 
     # -- per-connection helpers ---------------------------------------------
 
+    def _pachinko_bind(
+        self, connection: Connection, state: MutableMapping[str, Any] | None = None
+    ) -> None:
+        """Bind this resource to ``connection`` (the serve loop and the test harness do).
+
+        ``state`` is the mapping the resource sees as :attr:`state`
+        (default: the connection's).
+
+        Raises:
+            TypeError: ``state`` is not a MutableMapping.
+        """
+        self._pachinko_connection = connection
+        self._pachinko_send_text = connection.ws.send_text
+        self.state = connection.state if state is None else state
+
     @property
     def connection(self) -> Connection:
         """The :class:`~pachinko.Connection` this resource serves."""
         try:
-            conn: Connection = self._pachinko_connection  # type: ignore[attr-defined]
+            conn = self._pachinko_connection
         except AttributeError:
             raise PachinkoError(
                 f"{type(self).__qualname__} is not bound to a connection: resources get one "
@@ -153,21 +172,28 @@ class WebSocketResource:
     @property
     def manager(self) -> WebSocketConnectionManager:
         """The app's connection manager (rooms, users, broadcasts)."""
-        return self.connection.manager
+        # NOTE: the connection types its manager by what it needs of it (it
+        #   does not import the manager); the one that registers it is this.
+        return cast("WebSocketConnectionManager", self.connection.manager)
 
     @property
     def state(self) -> MutableMapping[str, Any]:
         """Connection-scoped state, shared with nested resources."""
-        state: MutableMapping[str, Any] | None = self.__dict__.get("_pachinko_state")
-        if state is None:
-            state = self.__dict__["_pachinko_state"] = {}
-        return state
+        try:
+            return self._pachinko_state
+        except AttributeError:
+            state: MutableMapping[str, Any] = {}
+            self._pachinko_state = state
+            return state
 
     @state.setter
     def state(self, mapping: MutableMapping[str, Any]) -> None:
-        if not isinstance(mapping, MutableMapping):
+        # PERF: a plain dict skips the ABC check (a few µs per handshake).
+        #   Plain attributes, not ``self.__dict__``: reading an instance's
+        #   __dict__ builds a dict object for it (64 B per connection).
+        if type(mapping) is not dict and not isinstance(mapping, MutableMapping):
             raise TypeError(f"state must be a MutableMapping, got {type(mapping).__name__}")
-        self.__dict__["_pachinko_state"] = mapping
+        self._pachinko_state = mapping
 
     @property
     def user_id(self) -> str | None:
@@ -195,7 +221,7 @@ class WebSocketResource:
         else:
             text = encode_envelope(message, self.tag_field)
         try:
-            send_text: Callable[[str], Awaitable[None]] = self._pachinko_send_text  # type: ignore[attr-defined]
+            send_text = self._pachinko_send_text
         except AttributeError:
             send_text = self.connection.ws.send_text  # raises the "not bound" error
         return send_text(text)
