@@ -13,7 +13,8 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from ._dispatch import DispatchTable, HandlerSpec, MessageError, build_table, handles_message
+from ._dispatch import DispatchTable, HandlerSpec, MessageError, handles_message
+from ._dispatch_build import build_table
 from ._wire import encode, encode_envelope, encode_text
 from .errors import PachinkoError, RouteError
 
