@@ -472,6 +472,10 @@ class Receiver:
 UNAVAILABLE_DETAIL: Final = "A service the server needs is unavailable; try again later"
 
 
+# What the fast decoder raises for a message the slow path classifies.
+_UNDECODABLE: Final = (msgspec.DecodeError, RecursionError)
+
+
 async def receive_loop(
     rx: Receiver,
     settings: Settings,
@@ -491,10 +495,8 @@ async def receive_loop(
     table = type(leaf).__pachinko_table__
     decoder = table.decoder
     by_type = table.by_type
-    dispatch_slow = table.dispatch_slow
     as_decoded, envelope = AS_DECODED, ENVELOPE
     decode_any = msgspec.json.decode
-    undecodable = (msgspec.DecodeError, RecursionError)
     max_size = settings.max_message_size
     # NOTE: a str of n code points is at most 4n UTF-8 bytes, so the exact
     #   byte count is only computed for messages longer than a quarter of the limit.
@@ -552,7 +554,7 @@ async def receive_loop(
                         payload = msg.payload
                     else:
                         payload = decode_any(text)
-                except undecodable:
+                except _UNDECODABLE:
                     handler = None
                 if handler is not None:
                     await handler(leaf, ws, payload)
@@ -560,7 +562,7 @@ async def receive_loop(
                         for hook in after:
                             await hook(ws, text)
                     continue
-            outcome = dispatch_slow(text)
+            outcome = table.dispatch_slow(text)
             if isinstance(outcome, MessageError):
                 await unhandled(ws, outcome)
                 continue

@@ -246,7 +246,8 @@ class WebSocketConnectionManager:
         outbox.discard()
         self._unindex(conn)
         rooms = list(conn.rooms)
-        conn.rooms.clear()
+        if isinstance(conn.rooms, set):
+            conn.rooms.clear()
         backend = self.backend
         for room in rooms:
             await backend.leave(room, conn.id, room not in self._rooms)
@@ -305,9 +306,13 @@ class WebSocketConnectionManager:
         if not isinstance(room, str) or not room:
             raise ValueError(f"join_room(): room must be a non-empty str, got {room!r}")
         c = self._resolve(conn, "join_room()")
-        if room in c.rooms:
+        rooms = c.rooms
+        if room in rooms:
             return
-        c.rooms.add(room)
+        if isinstance(rooms, set):
+            rooms.add(room)
+        else:
+            c.rooms = {room}  # the first join (see Connection.rooms)
         if c.outbox is not None and c.outbox.dead:
             return  # evicted: it will leave everything on disconnect
         members = self._rooms.get(room)
@@ -320,9 +325,10 @@ class WebSocketConnectionManager:
     async def leave_room(self, conn: Connection | str, room: str) -> None:
         """Remove a local connection (or its id) from ``room``; no-op if not a member."""
         c = self._resolve(conn, "leave_room()")
-        if room not in c.rooms:
+        rooms = c.rooms
+        if room not in rooms or not isinstance(rooms, set):
             return
-        c.rooms.discard(room)
+        rooms.discard(room)
         members = self._rooms.get(room)
         if members is not None and members.pop(c.id, None) is not None and not members:
             del self._rooms[room]
