@@ -341,6 +341,10 @@ def hook_list(
 ) -> tuple[Callable[..., Awaitable[Any]], ...]:
     """Bound hook callables for ``event``: global, parent, child (or reversed)."""
     found = router._hooks_of(event, type(leaf)) if router is not None else ()
+    if not found and len(chain) == 1:
+        # PERF: the common case (no global hooks, one resource) builds no list.
+        own = getattr(chain[0], event, None)
+        return () if own is None else (own,)
     hooks: list[Callable[..., Awaitable[Any]]] = [functools.partial(h, leaf) for h in found]
     for resource in chain:
         fn = getattr(resource, event, None)
