@@ -70,8 +70,8 @@ class Host(Protocol):
 class Mount:
     """A router mounted under a path prefix of a Falcon app.
 
-    Falcon calls :meth:`handle` (registered as a sink) for every request
-    whose path is the prefix or below it. :meth:`swap` replaces the router
+    The mount is the Falcon sink: Falcon calls it for every request whose
+    path is the prefix or below it. :meth:`swap` replaces the router
     atomically: connections already open keep the resources they have.
     """
 
