@@ -13,9 +13,9 @@ import functools
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import falcon
@@ -31,7 +31,6 @@ from .router import join_paths
 if TYPE_CHECKING:
     from falcon.asgi import Request, Response, WebSocket
 
-    from .app import Runtime
     from .manager import WebSocketConnectionManager
     from .router import RouteInfo, WebSocketRouter
     from .settings import Settings
@@ -54,11 +53,25 @@ CLOSE_NOT_FOUND: Final = 3404  # Falcon's HTTP 404 equivalent
 _base_unhandled = WebSocketResource.on_unhandled
 
 
+class Host(Protocol):
+    """What the serve loop needs of the app's :class:`~pachinko.app.Runtime`.
+
+    NOTE: spelled out here so that the runtime imports the serve loop and
+    not the other way round.
+    """
+
+    settings: Settings
+    manager: WebSocketConnectionManager
+    allowed_origins: frozenset[str] | None
+    accepting: bool
+    serving: set[asyncio.Task[Any]]
+
+
 class Mount:
     """A router mounted under a path prefix of a Falcon app.
 
-    Falcon calls :meth:`handle` (registered as a sink) for every request
-    whose path is the prefix or below it. :meth:`swap` replaces the router
+    The mount is the Falcon sink: Falcon calls it for every request whose
+    path is the prefix or below it. :meth:`swap` replaces the router
     atomically: connections already open keep the resources they have.
     """
 
@@ -67,7 +80,7 @@ class Mount:
     # NOTE: the prefix lives here, per mount: one router mounted on two apps
     #   (or twice on one) builds each app's URLs with that app's prefix.
 
-    def __init__(self, runtime: Runtime, prefix: str, router: WebSocketRouter) -> None:
+    def __init__(self, runtime: Host, prefix: str, router: WebSocketRouter) -> None:
         self.runtime = runtime
         self.prefix = prefix
         self.router = router
@@ -95,21 +108,37 @@ class Mount:
         old, self.router = self.router, router
         return old
 
+    def __call__(
+        self, req: Request, resp: Response | None, ws: WebSocket | None = None, **_: Any
+    ) -> Coroutine[Any, Any, None]:
+        """Falcon sink: serve a WebSocket, answer plain HTTP with 426.
+
+        PERF: a plain method returning the coroutine that serves the
+        connection, not a coroutine awaiting it: one coroutine frame and
+        Falcon's keyword dict less per open connection (~460 B,
+        benchmarks/bench_connect.py). Falcon accepts a callable object as an
+        ASGI sink and awaits what it returns.
+        """
+        if ws is None:
+            return _upgrade_required(resp)
+        path = req.path[len(self.prefix) :] if self.prefix != "/" else req.path
+        return serve(self.runtime, self.router, req, ws, path or "/", self)
+
     async def handle(
         self, req: Request, resp: Response | None, ws: WebSocket | None = None, **_: Any
     ) -> None:
-        """Falcon sink: serve a WebSocket, answer plain HTTP with 426."""
-        if ws is None:
-            if resp is not None:
-                resp.status = falcon.HTTP_426
-                resp.set_header("Upgrade", "websocket")
-                resp.media = {
-                    "title": "426 Upgrade Required",
-                    "description": "This path accepts WebSocket connections only.",
-                }
-            return
-        path = req.path[len(self.prefix) :] if self.prefix != "/" else req.path
-        await serve(self.runtime, self.router, req, ws, path or "/", self)
+        """Serve one request as the sink does (an ``async def`` for other callers)."""
+        await self(req, resp, ws)
+
+
+async def _upgrade_required(resp: Response | None) -> None:
+    if resp is not None:
+        resp.status = falcon.HTTP_426
+        resp.set_header("Upgrade", "websocket")
+        resp.media = {
+            "title": "426 Upgrade Required",
+            "description": "This path accepts WebSocket connections only.",
+        }
 
 
 def origin_allowed(req: Request, allowed: frozenset[str] | None) -> bool:
@@ -158,48 +187,34 @@ async def _maybe_await(value: Any) -> Any:
 
 
 async def serve(
-    runtime: Runtime,
+    runtime: Host,
     router: WebSocketRouter,
     req: Request,
     ws: WebSocket,
     path: str,
     mount: Mount,
 ) -> None:
-    """Run one WebSocket connection from handshake to close."""
-    if not runtime.accepting:
-        await ws.close(CLOSE_GOING_AWAY, "Server shutting down")
-        return
-    found = router.match(path)
-    if found is None:
-        await ws.close(CLOSE_NOT_FOUND)
-        return
-    info, params = found
-    if not origin_allowed(req, runtime.allowed_origins):
-        logger.warning(
-            "refused WebSocket %s: Origin %r is not allowed", req.path, req.get_header("Origin")
-        )
-        await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
-        return
+    """Run one WebSocket connection from handshake to close.
 
-    manager = runtime.manager
-    conn = Connection(ws, path, params, manager)
-    conn.mount = mount
-    chain = await _handshake(runtime, info, conn, req, ws, params)
-    if chain is None:
+    PERF: this coroutine and the receive loop's are the frames an open
+    connection keeps; everything only the handshake needs lives in
+    :func:`_handshake`'s, gone once it returns.
+    """
+    rx = await _handshake(runtime, router, req, ws, path, mount)
+    if rx is None:
         return
-    leaf = chain[-1]
+    conn = rx.leaf.connection
+    manager = runtime.manager
     close_code = CLOSE_NO_STATUS
     task = asyncio.current_task()
     if task is not None:
         runtime.serving.add(task)
-    hooks_of = info.router
     try:
         if ws.unaccepted:
             await ws.accept()
         manager.opened(conn)
-        for hook in hook_list(hooks_of, chain, leaf, "after_connect", reverse=True):
+        for hook in hook_list(rx.router, rx.chain, rx.leaf, "after_connect", reverse=True):
             await hook(ws)
-        rx = Receiver(leaf, runtime.settings, manager, mount.outages, hooks_of, chain)
         close_code = await receive_loop(rx, runtime.settings, ws, ws.receive_text) or close_code
     except WebSocketDisconnected as ex:
         close_code = ex.code or CLOSE_NO_STATUS
@@ -210,27 +225,63 @@ async def serve(
         close_code = CLOSE_INTERNAL_ERROR
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
     finally:
-        await run_disconnect(hooks_of, chain, leaf, ws, close_code, mount.outages, manager)
+        await run_disconnect(rx.router, rx.chain, rx.leaf, ws, close_code, mount.outages, manager)
         await manager.disconnect(conn)
         runtime.serving.discard(task)
 
 
 async def _handshake(
-    runtime: Runtime,
+    runtime: Host,
+    router: WebSocketRouter,
+    req: Request,
+    ws: WebSocket,
+    path: str,
+    mount: Mount,
+) -> Receiver | None:
+    """Match, check the origin, build the chain, run on_connect, register.
+
+    Returns the connection's :class:`Receiver`, or ``None`` when the
+    handshake was refused (and the socket closed).
+    """
+    if not runtime.accepting:
+        await ws.close(CLOSE_GOING_AWAY, "Server shutting down")
+        return None
+    found = router.match(path)
+    if found is None:
+        await ws.close(CLOSE_NOT_FOUND)
+        return None
+    info, params = found
+    if not origin_allowed(req, runtime.allowed_origins):
+        logger.warning(
+            "refused WebSocket %s: Origin %r is not allowed", req.path, req.get_header("Origin")
+        )
+        await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
+        return None
+    conn = Connection(ws, path, params, runtime.manager)
+    conn.mount = mount
+    chain = await _build_chain(runtime, info, conn, req, ws, params)
+    if chain is None:
+        return None
+    return Receiver(chain[-1], runtime.settings, runtime.manager, mount.outages, info.router, chain)
+
+
+async def _build_chain(
+    runtime: Host,
     info: RouteInfo,
     conn: Connection,
     req: Request,
     ws: WebSocket,
     params: dict[str, Any],
-) -> list[WebSocketResource] | None:
+) -> tuple[WebSocketResource, ...] | None:
     """Build the resource chain and run on_connect; return None if refused."""
     factory = info.router.root.resource_factory
     chain: list[WebSocketResource] = []
     state = conn.state
     context: dict[str, Any] = {}
+    levels = info.chain
     try:
-        for level in info.chain:
-            kwargs = {**level.kwargs, **context}
+        for level in levels:
+            kwargs = {**level.kwargs, **context} if context else level.kwargs
             if "state" in context:
                 state = kwargs.pop("state")
             built = (
@@ -244,13 +295,11 @@ async def _handshake(
                     f"route {level.template!r}: {level.target!r} returned "
                     f"{type(resource).__name__}, expected a WebSocketResource"
                 )
-            resource._pachinko_connection = conn  # type: ignore[attr-defined]
-            resource._pachinko_send_text = ws.send_text  # type: ignore[attr-defined]
-            resource.state = state
+            resource._pachinko_bind(conn, state)
             chain.append(resource)
             conn.resource = resource
             if len(chain) == 1:
-                for hook in info.router.hooks_for("before_connect", type(resource)):
+                for hook in info.router._hooks_of("before_connect", type(resource)):
                     await hook(resource, req, ws, params)
             own = getattr(resource, "before_connect", None)
             if own is not None:
@@ -261,7 +310,7 @@ async def _handshake(
             if not accepted:
                 await ws.close(CLOSE_FORBIDDEN)
                 return None
-            if len(chain) < len(info.chain):
+            if len(chain) < len(levels):
                 context = dict(resource.get_child_context())
         conn.state = state
         await runtime.manager.connect(conn)
@@ -279,7 +328,7 @@ async def _handshake(
         logger.exception("WebSocket handshake for %s failed", req.path)
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
         return None
-    return chain
+    return tuple(chain)
 
 
 def hook_list(
@@ -291,14 +340,22 @@ def hook_list(
     reverse: bool = False,
 ) -> tuple[Callable[..., Awaitable[Any]], ...]:
     """Bound hook callables for ``event``: global, parent, child (or reversed)."""
-    hooks: list[Callable[..., Awaitable[Any]]] = []
-    if router is not None:
-        hooks += [functools.partial(hook, leaf) for hook in router.hooks_for(event, type(leaf))]
-    hooks += [fn for res in chain if (fn := getattr(res, event, None)) is not None]
+    found = router._hooks_of(event, type(leaf)) if router is not None else ()
+    if not found and len(chain) == 1:
+        # PERF: the common case (no global hooks, one resource) builds no list.
+        own = getattr(chain[0], event, None)
+        return () if own is None else (own,)
+    hooks: list[Callable[..., Awaitable[Any]]] = [functools.partial(h, leaf) for h in found]
+    for resource in chain:
+        fn = getattr(resource, event, None)
+        if fn is not None:
+            hooks.append(fn)
+    if not hooks:
+        # PERF: none (the common case) is the shared empty tuple, not a
+        #   56-byte list held by every connection (bench_connect.py)
+        return ()
     if reverse:
         hooks.reverse()
-    # PERF: a tuple: none (the common case) is the shared empty tuple, not a
-    #   56-byte list held by every connection (bench_connect.py)
     return tuple(hooks)
 
 
@@ -349,7 +406,17 @@ class Receiver:
     time, so that a unit test runs exactly what production runs.
     """
 
-    __slots__ = ("after", "before", "error_hooks", "leaf", "manager", "outages", "unhandled")
+    __slots__ = (
+        "after",
+        "before",
+        "chain",
+        "error_hooks",
+        "leaf",
+        "manager",
+        "outages",
+        "router",
+        "unhandled",
+    )
 
     def __init__(
         self,
@@ -362,6 +429,8 @@ class Receiver:
     ) -> None:
         levels = (leaf,) if chain is None else chain
         self.leaf = leaf
+        self.router = router
+        self.chain = levels
         self.manager = manager
         self.outages = outages
         self.before = hook_list(router, levels, leaf, "before_receive")
@@ -407,6 +476,10 @@ class Receiver:
 UNAVAILABLE_DETAIL: Final = "A service the server needs is unavailable; try again later"
 
 
+# What the fast decoder raises for a message the slow path classifies.
+_UNDECODABLE: Final = (msgspec.DecodeError, RecursionError)
+
+
 async def receive_loop(
     rx: Receiver,
     settings: Settings,
@@ -426,10 +499,8 @@ async def receive_loop(
     table = type(leaf).__pachinko_table__
     decoder = table.decoder
     by_type = table.by_type
-    dispatch_slow = table.dispatch_slow
     as_decoded, envelope = AS_DECODED, ENVELOPE
     decode_any = msgspec.json.decode
-    undecodable = (msgspec.DecodeError, RecursionError)
     max_size = settings.max_message_size
     # NOTE: a str of n code points is at most 4n UTF-8 bytes, so the exact
     #   byte count is only computed for messages longer than a quarter of the limit.
@@ -487,7 +558,7 @@ async def receive_loop(
                         payload = msg.payload
                     else:
                         payload = decode_any(text)
-                except undecodable:
+                except _UNDECODABLE:
                     handler = None
                 if handler is not None:
                     await handler(leaf, ws, payload)
@@ -495,7 +566,7 @@ async def receive_loop(
                         for hook in after:
                             await hook(ws, text)
                     continue
-            outcome = dispatch_slow(text)
+            outcome = table.dispatch_slow(text)
             if isinstance(outcome, MessageError):
                 await unhandled(ws, outcome)
                 continue

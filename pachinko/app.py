@@ -318,5 +318,5 @@ def mount(
         raise RouteError(f"mount(): a router is already mounted at {prefix!r}")
     mounted = Mount(runtime, prefix, router)
     runtime.mounts.append(mounted)
-    app.add_sink(mounted.handle, mounted.pattern)
+    app.add_sink(mounted, mounted.pattern)
     return mounted

@@ -4,16 +4,38 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from falcon.asgi import WebSocket
 
-    from ._serve import Mount
-    from .manager import WebSocketConnectionManager
-    from .resource import WebSocketResource
+__all__ = ["NO_ROOMS", "Connection", "ConnectionHost", "UrlBuilder"]
 
-__all__ = ["Connection"]
+#: The rooms of a connection that never joined one.
+NO_ROOMS: frozenset[str] = frozenset()
+
+# NOTE: the connection sits below the manager, the resource and the serve
+#   loop, and imports none of them: what it needs of them is spelled out here.
+
+
+class ConnectionHost(Protocol):
+    """What a connection asks of the manager that registers it."""
+
+    def new_connection_id(self) -> str:
+        """Return a connection id unique across processes."""
+        ...
+
+    def _user_changed(self, conn: Connection, old: str | None) -> None:
+        """Re-index ``conn``, registered already, under its new user id."""
+        ...
+
+
+class UrlBuilder(Protocol):
+    """What a resource asks of the mount that served its handshake."""
+
+    def url_for(self, name: str, /, **params: Any) -> str:
+        """Build the URL path of the route called ``name``, prefix included."""
+        ...
 
 
 class Connection:
@@ -31,8 +53,10 @@ class Connection:
         params: Values of the route template's fields.
         resource: The resource that handles this connection's messages.
         user_id: The user this connection belongs to, if the app set one.
-        rooms: Rooms this connection is a member of.
-        manager: The app's connection manager.
+        rooms: Rooms this connection is a member of (a set; before its first
+            join a shared empty frozenset).
+        manager: The app's connection manager (typed by what the connection
+            needs of it; ``resource.manager`` has the full type).
         state: Connection-scoped state shared by the resource chain.
         outbox: The outgoing queue (owned by the manager).
         mount: The mount (what :func:`~pachinko.mount` returns) that served the handshake
@@ -58,7 +82,7 @@ class Connection:
         ws: WebSocket,
         path: str,
         params: dict[str, Any],
-        manager: WebSocketConnectionManager,
+        manager: ConnectionHost,
     ) -> None:
         new_id = getattr(manager, "new_connection_id", None)
         self.id: str = new_id() if new_id is not None else uuid.uuid4().hex
@@ -66,12 +90,17 @@ class Connection:
         self.path = path
         self.params = params
         self.manager = manager
-        self.resource: WebSocketResource | None = None
+        # NOTE: Any: the resource is the app's own subclass (and this floor
+        #   does not import the resource module).
+        self.resource: Any = None
         self._user_id: str | None = None
-        self.rooms: set[str] = set()
+        # PERF: the shared empty frozenset until the first join (an empty set
+        #   is 216 B per idle connection, bench_connect.py); the manager
+        #   gives the connection its own set then.
+        self.rooms: set[str] | frozenset[str] = NO_ROOMS
         self.state: MutableMapping[str, Any] = {}
         self.outbox: Any = None
-        self.mount: Mount | None = None
+        self.mount: UrlBuilder | None = None
 
     @property
     def user_id(self) -> str | None:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._outbox import DEAD, DROPPED, QUEUED, SENT, Outbox, Ticket, fan_out
+from ._wire import encode_frame
 from .backends import ConnectionBackend, backend_from_url
 from .errors import BackendUnavailable, ConnectionLimitExceeded, PachinkoError
-from .resource import encode_text
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -37,20 +37,6 @@ __all__ = ["Delivery", "WebSocketConnectionManager"]
 logger = logging.getLogger("pachinko")
 
 _NO_EXCLUDE: frozenset[str] = frozenset()
-
-
-def encode_frame(message: Any) -> str | bytes:
-    """Encode a message once for every recipient.
-
-    ``bytes`` (or ``bytearray``/``memoryview``) become one binary frame, a
-    ``str`` one text frame as is, anything else (a Struct, dict or list) one
-    JSON text frame.
-    """
-    if isinstance(message, bytes):
-        return message
-    if isinstance(message, (bytearray, memoryview)):
-        return bytes(message)
-    return encode_text(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +246,8 @@ class WebSocketConnectionManager:
         outbox.discard()
         self._unindex(conn)
         rooms = list(conn.rooms)
-        conn.rooms.clear()
+        if isinstance(conn.rooms, set):
+            conn.rooms.clear()
         backend = self.backend
         for room in rooms:
             await backend.leave(room, conn.id, room not in self._rooms)
@@ -319,9 +306,13 @@ class WebSocketConnectionManager:
         if not isinstance(room, str) or not room:
             raise ValueError(f"join_room(): room must be a non-empty str, got {room!r}")
         c = self._resolve(conn, "join_room()")
-        if room in c.rooms:
+        rooms = c.rooms
+        if room in rooms:
             return
-        c.rooms.add(room)
+        if isinstance(rooms, set):
+            rooms.add(room)
+        else:
+            c.rooms = {room}  # the first join (see Connection.rooms)
         if c.outbox is not None and c.outbox.dead:
             return  # evicted: it will leave everything on disconnect
         members = self._rooms.get(room)
@@ -334,9 +325,10 @@ class WebSocketConnectionManager:
     async def leave_room(self, conn: Connection | str, room: str) -> None:
         """Remove a local connection (or its id) from ``room``; no-op if not a member."""
         c = self._resolve(conn, "leave_room()")
-        if room not in c.rooms:
+        rooms = c.rooms
+        if room not in rooms or not isinstance(rooms, set):
             return
-        c.rooms.discard(room)
+        rooms.discard(room)
         members = self._rooms.get(room)
         if members is not None and members.pop(c.id, None) is not None and not members:
             del self._rooms[room]

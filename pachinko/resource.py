@@ -11,11 +11,11 @@ from collections.abc import (
     Mapping,
     MutableMapping,
 )
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-import msgspec
-
-from ._dispatch import DispatchTable, HandlerSpec, MessageError, build_table, handles_message
+from ._dispatch import DispatchTable, HandlerSpec, MessageError, handles_message
+from ._dispatch_build import build_table
+from ._wire import encode, encode_envelope, encode_text
 from .errors import PachinkoError, RouteError
 
 if TYPE_CHECKING:
@@ -27,16 +27,6 @@ if TYPE_CHECKING:
     from .manager import Delivery, WebSocketConnectionManager
 
 __all__ = ["MessageError", "WebSocketResource", "handles_message"]
-
-_encoder = msgspec.json.Encoder()
-_encode = _encoder.encode
-
-
-def encode_text(message: Any) -> str:
-    """Encode a message for a text frame: ``str`` as is, anything else as JSON."""
-    if isinstance(message, str):
-        return message
-    return _encoder.encode(message).decode()
 
 
 def _defining_locals(cls: type) -> Mapping[str, Any] | None:
@@ -59,25 +49,6 @@ def _defining_locals(cls: type) -> Mapping[str, Any] | None:
             return frame.f_locals
         frame = frame.f_back
     return None
-
-
-def encode_envelope(message: Any, tag_field: str) -> str:
-    """Encode a message in the envelope shape: ``{tag_field: tag, "payload": {...}}``.
-
-    A tagged Struct is wrapped: its tag names the message, its other fields
-    are the payload. Anything else (a dict, a list, an untagged Struct, a
-    str) is sent as given: it already is the message the app wrote.
-    """
-    if isinstance(message, str):
-        return message
-    config = getattr(type(message), "__struct_config__", None)
-    if config is None or config.tag is None:
-        return _encode(message).decode()
-    body = msgspec.to_builtins(message)
-    if isinstance(body, dict):
-        body.pop(config.tag_field, None)
-    tag = config.tag
-    return _encode({tag_field: tag, "payload": body}).decode()
 
 
 class WebSocketResource:
@@ -103,6 +74,10 @@ class WebSocketResource:
     tag_field: ClassVar[str] = "type"
     sends: ClassVar[tuple[type, ...]] = ()
     __pachinko_table__: ClassVar[DispatchTable]
+    # Set by _pachinko_bind() when the router builds the resource for a handshake.
+    _pachinko_connection: Connection
+    _pachinko_send_text: Callable[[str], Awaitable[None]]
+    _pachinko_state: MutableMapping[str, Any]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -150,11 +125,26 @@ class WebSocketResource:
 
     # -- per-connection helpers ---------------------------------------------
 
+    def _pachinko_bind(
+        self, connection: Connection, state: MutableMapping[str, Any] | None = None
+    ) -> None:
+        """Bind this resource to ``connection`` (the serve loop and the test harness do).
+
+        ``state`` is the mapping the resource sees as :attr:`state`
+        (default: the connection's).
+
+        Raises:
+            TypeError: ``state`` is not a MutableMapping.
+        """
+        self._pachinko_connection = connection
+        self._pachinko_send_text = connection.ws.send_text
+        self.state = connection.state if state is None else state
+
     @property
     def connection(self) -> Connection:
         """The :class:`~pachinko.Connection` this resource serves."""
         try:
-            conn: Connection = self._pachinko_connection  # type: ignore[attr-defined]
+            conn = self._pachinko_connection
         except AttributeError:
             raise PachinkoError(
                 f"{type(self).__qualname__} is not bound to a connection: resources get one "
@@ -183,21 +173,28 @@ class WebSocketResource:
     @property
     def manager(self) -> WebSocketConnectionManager:
         """The app's connection manager (rooms, users, broadcasts)."""
-        return self.connection.manager
+        # NOTE: the connection types its manager by what it needs of it (it
+        #   does not import the manager); the one that registers it is this.
+        return cast("WebSocketConnectionManager", self.connection.manager)
 
     @property
     def state(self) -> MutableMapping[str, Any]:
         """Connection-scoped state, shared with nested resources."""
-        state: MutableMapping[str, Any] | None = self.__dict__.get("_pachinko_state")
-        if state is None:
-            state = self.__dict__["_pachinko_state"] = {}
-        return state
+        try:
+            return self._pachinko_state
+        except AttributeError:
+            state: MutableMapping[str, Any] = {}
+            self._pachinko_state = state
+            return state
 
     @state.setter
     def state(self, mapping: MutableMapping[str, Any]) -> None:
-        if not isinstance(mapping, MutableMapping):
+        # PERF: a plain dict skips the ABC check (a few µs per handshake).
+        #   Plain attributes, not ``self.__dict__``: reading an instance's
+        #   __dict__ builds a dict object for it (64 B per connection).
+        if type(mapping) is not dict and not isinstance(mapping, MutableMapping):
             raise TypeError(f"state must be a MutableMapping, got {type(mapping).__name__}")
-        self.__dict__["_pachinko_state"] = mapping
+        self._pachinko_state = mapping
 
     @property
     def user_id(self) -> str | None:
@@ -221,11 +218,11 @@ class WebSocketResource:
         if isinstance(message, str):
             text = message
         elif self.wire == "flat":
-            text = _encode(message).decode()
+            text = encode(message).decode()
         else:
             text = encode_envelope(message, self.tag_field)
         try:
-            send_text: Callable[[str], Awaitable[None]] = self._pachinko_send_text  # type: ignore[attr-defined]
+            send_text = self._pachinko_send_text
         except AttributeError:
             send_text = self.connection.ws.send_text  # raises the "not bound" error
         return send_text(text)

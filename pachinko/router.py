@@ -233,6 +233,9 @@ class WebSocketRouter:
         self._parent: WebSocketRouter | None = None
         self._prefix = "/"
         self._hooks: list[tuple[str, HookFn, type | None]] = []
+        # On the root: (router, event, resource class) -> hooks_for() as a tuple,
+        #   resolved once per route and class; emptied when a hook or router is added.
+        self._hook_cache: dict[tuple[WebSocketRouter, str, type], tuple[HookFn, ...]] = {}
         # Prefixes the root was mounted at (any app): only for url_for() here;
         #   an app's own URLs come from its Mount, which holds its prefix.
         self._mount_prefixes: set[str] = set()
@@ -298,6 +301,8 @@ class WebSocketRouter:
         router._parent = self
         router._prefix = prefix
         self._children.append((prefix, router))
+        router._hook_cache.clear()
+        self.root._hook_cache.clear()
 
     def add_hook(self, event: str, hook: HookFn, *, resource: type | None = None) -> None:
         """Register a global hook for ``event`` (optionally for one resource class).
@@ -310,6 +315,7 @@ class WebSocketRouter:
                 f"add_hook(): unknown event {event!r}; expected one of {', '.join(HOOK_EVENTS)}"
             )
         self._hooks.append((event, hook, resource))
+        self.root._hook_cache.clear()
 
     def _register(
         self,
@@ -418,6 +424,20 @@ class WebSocketRouter:
             for ev, fn, only in self._hooks
             if ev == event and (only is None or issubclass(resource_class, only))
         ]
+
+    def _hooks_of(self, event: str, resource_class: type) -> tuple[HookFn, ...]:
+        """:meth:`hooks_for` as a tuple, resolved once per (event, class).
+
+        PERF: a handshake asks for six events; walking the router tree and
+        filtering by class each time was about a fifth of a connection's cost
+        (benchmarks/bench_connect.py).
+        """
+        cache = self.root._hook_cache
+        key = (self, event, resource_class)
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = tuple(self.hooks_for(event, resource_class))
+        return found
 
     # -- matching ------------------------------------------------------------
 

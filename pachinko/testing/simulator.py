@@ -293,9 +293,7 @@ class ResourceHarness:
         self.connection = Connection(socket, path, dict(params or {}), self.manager)
         self.connection.user_id = user_id
         self.connection.resource = self.resource
-        self.resource._pachinko_connection = self.connection  # type: ignore[attr-defined]
-        self.resource._pachinko_send_text = socket.send_text  # type: ignore[attr-defined]
-        self.resource.state = self.connection.state
+        self.resource._pachinko_bind(self.connection)
         self.registered = False
         self._receiver: Receiver | None = None
         self._outages = OutageLog()
