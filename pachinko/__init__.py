@@ -12,15 +12,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._dispatch import HandlerSpec, MessageError, handles_message
     from .app import Runtime, install, mount, runtime_of
+    from .auth import User
     from .backends import ConnectionBackend, InProcessBackend
     from .backends.redis import RedisBackend
     from .config import configure, create_app
     from .connection import Connection
     from .errors import (
+        AuthenticationFailed,
         BackendUnavailable,
         ConfigError,
         ConnectionLimitExceeded,
         HandlerDefinitionError,
+        JoinRefused,
         PachinkoError,
         Refuse,
         RouteError,
@@ -28,11 +31,13 @@ if TYPE_CHECKING:
     )
     from .manager import Delivery, WebSocketConnectionManager
     from .resource import WebSocketResource
+    from .rooms import RoomPolicies, RoomPolicy
     from .router import Route, RouteInfo, WebSocketRouter
     from .settings import Settings
     from .workers import RestartPolicy, WorkerController, worker
 
 __all__ = [
+    "AuthenticationFailed",
     "BackendUnavailable",
     "ConfigError",
     "Connection",
@@ -42,16 +47,20 @@ __all__ = [
     "HandlerDefinitionError",
     "HandlerSpec",
     "InProcessBackend",
+    "JoinRefused",
     "MessageError",
     "PachinkoError",
     "RedisBackend",
     "Refuse",
     "RestartPolicy",
+    "RoomPolicies",
+    "RoomPolicy",
     "Route",
     "RouteError",
     "RouteInfo",
     "Runtime",
     "Settings",
+    "User",
     "WebSocketConnectionManager",
     "WebSocketResource",
     "WebSocketRouter",
@@ -79,6 +88,9 @@ _HOMES = {
     "install": ".app",
     "mount": ".app",
     "runtime_of": ".app",
+    "User": ".auth",
+    "RoomPolicies": ".rooms",
+    "RoomPolicy": ".rooms",
     "ConnectionBackend": ".backends",
     "InProcessBackend": ".backends",
     "RedisBackend": ".backends.redis",
@@ -97,10 +109,12 @@ _HOMES = {
     "worker": ".workers",
     **dict.fromkeys(
         (
+            "AuthenticationFailed",
             "BackendUnavailable",
             "ConfigError",
             "ConnectionLimitExceeded",
             "HandlerDefinitionError",
+            "JoinRefused",
             "PachinkoError",
             "Refuse",
             "RouteError",

@@ -18,7 +18,9 @@ from .workers import WorkerController, shutdown_server
 if TYPE_CHECKING:
     import falcon.asgi
 
+    from .auth import Authenticate
     from .backends import ConnectionBackend
+    from .rooms import RoomPolicies, RoomPolicy
 
 __all__ = ["Runtime", "install", "mount", "runtime_of"]
 
@@ -41,6 +43,8 @@ class Runtime:
         services: Name → service instance (filled at startup).
         mounts: Routers mounted on the app.
         accepting: False once shutdown began: new handshakes are refused.
+        authenticate: The app's ``authenticate(req)``, run at every handshake
+            (``None``: connections have no user unless the app sets one).
     """
 
     def __init__(
@@ -50,9 +54,11 @@ class Runtime:
         workers: Iterable[Callable[..., Any]] = (),
         services: Mapping[str, Callable[[], Any]] | None = None,
         on_worker_crash: Callable[[str, BaseException], Any] | None = None,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
+        self.authenticate = authenticate
         self.workers = WorkerController(
             stop_timeout=settings.shutdown_timeout, on_crash=on_worker_crash or shutdown_server
         )
@@ -234,6 +240,8 @@ def install(
     workers: Iterable[Callable[..., Any]] = (),
     services: Mapping[str, Callable[[], Any]] | None = None,
     on_worker_crash: Callable[[str, BaseException], Any] | None = None,
+    authenticate: Authenticate | None = None,
+    rooms: Mapping[str, RoomPolicy] | RoomPolicies | None = None,
 ) -> WebSocketConnectionManager:
     """Install pachinko on a Falcon ASGI app; return its connection manager.
 
@@ -253,10 +261,20 @@ def install(
         on_worker_crash: Called as ``f(name, exc)`` when a worker crashes
             after startup. Default: log at CRITICAL and send SIGTERM to this
             process, so the server shuts down (see docs/workers.md).
+        authenticate: ``authenticate(req)`` (sync or async), run at every
+            handshake before the resources are built: returns the
+            :class:`~pachinko.User` of the connection, or refuses (returns
+            ``None`` or raises :class:`~pachinko.AuthenticationFailed`:
+            3401, HTTP 401 for a real client). The user's id then cannot
+            change for the life of the connection. See
+            :mod:`pachinko.auth` for tokens.
+        rooms: Room policies by room name or pattern (``"team:*"``):
+            presence and join authorization (:class:`~pachinko.RoomPolicy`).
 
     Raises:
         ConfigError: Already installed with different options, or a
             service is named ``manager`` or ``settings`` (reserved).
+        TypeError: ``authenticate`` is not callable.
     """
     _check_service_names(services or {})
     existing = _find_runtime(app)
@@ -267,15 +285,22 @@ def install(
             or workers
             or services
             or on_worker_crash
+            or authenticate
+            or rooms
         ):
             raise ConfigError(
                 "install(): pachinko is already installed on this app; pass settings, backend, "
-                "workers and services to the first install() call"
+                "workers, services, authenticate and rooms to the first install() call"
             )
         return existing.manager
+    if authenticate is not None and not callable(authenticate):
+        raise TypeError(
+            f"install(): authenticate must be callable, got {type(authenticate).__name__}"
+        )
     settings = settings or Settings()
-    manager = WebSocketConnectionManager(settings, backend)
-    runtime = Runtime(settings, manager, workers, services, on_worker_crash)
+    manager = WebSocketConnectionManager(settings, backend, rooms=rooms)
+    manager.identity_fixed = authenticate is not None
+    runtime = Runtime(settings, manager, workers, services, on_worker_crash, authenticate)
     if settings.receive_queue is not None:
         app.ws_options.max_receive_queue = settings.receive_queue
     app.add_middleware(_Lifespan(runtime))

@@ -3,16 +3,50 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import msgspec
 
 if TYPE_CHECKING:
     from falcon.asgi import WebSocket
 
-__all__ = ["NO_ROOMS", "Connection", "ConnectionHost", "UrlBuilder"]
+__all__ = ["NO_ROOMS", "Connection", "ConnectionHost", "UrlBuilder", "User"]
 
 #: The rooms of a connection that never joined one.
 NO_ROOMS: frozenset[str] = frozenset()
+
+#: Longest user id.
+_MAX_ID: Final = 256
+
+
+class User(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who a connection belongs to: an id and public info.
+
+    ``info`` is what other members may see (a display name, an avatar URL):
+    presence events and member lists carry it as given, so never put a
+    secret in it. It must be JSON-encodable.
+
+    Attributes:
+        id: The user id (1 to 256 characters); all connections of one
+            user share it, in every process.
+        info: Public information about the user.
+    """
+
+    id: str
+    info: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not 0 < len(self.id) <= _MAX_ID:
+            raise ValueError(
+                f"User.id must be a str of 1 to {_MAX_ID} characters (got {self.id!r})"
+            )
+        if not isinstance(self.info, dict):
+            raise TypeError(f"User.info must be a dict (got {type(self.info).__name__})")
+
+
+#: The join checks of a connection that has none.
+NO_CHECKS: tuple[Callable[[str], Awaitable[Any]], ...] = ()
 
 # NOTE: the connection sits below the manager, the resource and the serve
 #   loop, and imports none of them: what it needs of them is spelled out here.
@@ -25,8 +59,12 @@ class ConnectionHost(Protocol):
         """Return a connection id unique across processes."""
         ...
 
-    def _user_changed(self, conn: Connection, old: str | None) -> None:
-        """Re-index ``conn``, registered already, under its new user id."""
+    def _user_changed(self, conn: Connection, new: User | None) -> None:
+        """Give ``conn``, registered already, the user ``new`` and re-index it.
+
+        Raises if the change is not allowed (the identity came from the
+        handshake, or the connection is in presence rooms); nothing changed then.
+        """
         ...
 
 
@@ -52,7 +90,10 @@ class Connection:
         path: The request path below the mount prefix.
         params: Values of the route template's fields.
         resource: The resource that handles this connection's messages.
-        user_id: The user this connection belongs to, if the app set one.
+        user: The :class:`~pachinko.auth.User` this connection belongs to
+            (set by the app's ``authenticate`` at the handshake, or by the
+            app), else ``None``.
+        user_id: ``user.id``, or ``None``.
         rooms: Rooms this connection is a member of (a set; before its first
             join a shared empty frozenset).
         manager: The app's connection manager (typed by what the connection
@@ -61,10 +102,14 @@ class Connection:
         outbox: The outgoing queue (owned by the manager).
         mount: The mount (what :func:`~pachinko.mount` returns) that served the handshake
             (``None`` in the in-memory test harness).
+        authorizers: The connection's own join checks (its resources'
+            ``authorize_join`` methods and the router's ``authorize_join``
+            hooks), each called with the room; set at the handshake.
     """
 
     __slots__ = (
-        "_user_id",
+        "_user",
+        "authorizers",
         "id",
         "manager",
         "mount",
@@ -93,7 +138,8 @@ class Connection:
         # NOTE: Any: the resource is the app's own subclass (and this floor
         #   does not import the resource module).
         self.resource: Any = None
-        self._user_id: str | None = None
+        self._user: User | None = None
+        self.authorizers = NO_CHECKS
         # PERF: the shared empty frozenset until the first join (an empty set
         #   is 216 B per idle connection, bench_connect.py); the manager
         #   gives the connection its own set then.
@@ -103,20 +149,36 @@ class Connection:
         self.mount: UrlBuilder | None = None
 
     @property
+    def user(self) -> User | None:
+        """The user this connection belongs to (id and public info), if any."""
+        return self._user
+
+    @user.setter
+    def user(self, value: User | None) -> None:
+        if value is not None and not isinstance(value, User):
+            raise TypeError(f"user must be a pachinko.User or None, got {type(value).__name__}")
+        if value == self._user:
+            return
+        if self.outbox is not None:
+            # NOTE: registered already: the manager checks the change,
+            #   re-indexes (and tells the backend in the background); before
+            #   registration the manager reads it in connect().
+            self.manager._user_changed(self, value)
+        else:
+            self._user = value
+
+    @property
     def user_id(self) -> str | None:
-        """The user this connection belongs to, if the app set one."""
-        return self._user_id
+        """The id of the user this connection belongs to, if any."""
+        user = self._user
+        return None if user is None else user.id
 
     @user_id.setter
     def user_id(self, value: str | None) -> None:
         if value is not None and not isinstance(value, str):
             raise TypeError(f"user_id must be a str or None, got {type(value).__name__}")
-        old, self._user_id = self._user_id, value
-        if old != value and self.outbox is not None:
-            # NOTE: registered already: the manager re-indexes it (and tells
-            #   the backend in the background); before registration the
-            #   manager reads it in connect().
-            self.manager._user_changed(self, old)
+        if value != self.user_id:
+            self.user = None if value is None else User(value)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} path={self.path!r} user={self.user_id!r}>"

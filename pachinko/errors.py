@@ -9,10 +9,12 @@ unreachable backend).
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationFailed",
     "BackendUnavailable",
     "ConfigError",
     "ConnectionLimitExceeded",
     "HandlerDefinitionError",
+    "JoinRefused",
     "PachinkoError",
     "Refuse",
     "RouteError",
@@ -67,3 +69,39 @@ class ConnectionLimitExceeded(Refuse):
 
     def __init__(self, reason: str, code: int = 1013) -> None:
         super().__init__(code, reason)
+
+
+class AuthenticationFailed(Refuse):
+    """Raised at the handshake when the client's identity cannot be established.
+
+    The handshake is denied with close code 3401 (Falcon's equivalent of
+    HTTP 401): a real client sees an HTTP 401 response where the server
+    supports the ASGI denial response (uvicorn does), else an HTTP 403.
+    The ``reason`` goes in the response body; keep it free of secrets.
+
+    Args:
+        reason: Why (``"token expired"``), for the client and the logs.
+        code: Close code (default 3401).
+    """
+
+    def __init__(self, reason: str = "Authentication required", code: int = 3401) -> None:
+        super().__init__(code, reason)
+
+
+class JoinRefused(PachinkoError, PermissionError):
+    """Raised by ``join_room`` when a room's authorization refuses the connection.
+
+    The receive loop answers the message that asked for the join with the
+    error reply ``{"type": "error", "reason": "forbidden", "detail": ...}``;
+    the connection stays open.
+
+    Args:
+        room: The room.
+        reason: Why, as the client may read it (default ``"not allowed"``).
+    """
+
+    def __init__(self, room: str, reason: str = "not allowed") -> None:
+        # NOTE: one argument: OSError takes two as (errno, strerror).
+        super().__init__(f"join of room {room!r} refused: {reason}")
+        self.room = room
+        self.reason = reason

@@ -28,4 +28,5 @@ HOOK_EVENTS: Final = (
     "after_receive",  # (resource, ws, message)
     "before_disconnect",  # (resource, ws, close_code)
     "on_error",  # (resource, ws, exc) -> True when handled
+    "authorize_join",  # (resource, room) -> True when the join is allowed
 )

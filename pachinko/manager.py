@@ -16,6 +16,7 @@ benchmarks/bench_fanout.py.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import secrets
@@ -23,10 +24,15 @@ from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._outbox import DEAD, DROPPED, QUEUED, SENT, Outbox, Ticket, fan_out
 from ._wire import encode_frame
 from .backends import ConnectionBackend, backend_from_url
-from .errors import BackendUnavailable, ConnectionLimitExceeded, PachinkoError
+from .backends.base import PresenceEntry
+from .connection import User
+from .errors import BackendUnavailable, ConnectionLimitExceeded, JoinRefused, PachinkoError
+from .rooms import RoomPolicies, RoomPolicy
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -37,6 +43,14 @@ __all__ = ["Delivery", "WebSocketConnectionManager"]
 logger = logging.getLogger("pachinko")
 
 _NO_EXCLUDE: frozenset[str] = frozenset()
+
+_encode_info = msgspec.json.Encoder().encode
+_decode_info = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def presence_event(room: str, event: str, user_id: str, info: Mapping[str, Any]) -> dict[str, Any]:
+    """The message a presence room's members get when a user joins or leaves."""
+    return {"type": "presence", "event": event, "room": room, "user": user_id, "info": info}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +109,37 @@ class WebSocketConnectionManager:
         settings: Limits and the slow-consumer policy.
         backend: Where rooms and broadcasts meet across processes; default
             built from ``settings.backend`` (``memory://``: in-process).
+        rooms: Room policies by name or pattern (presence, join
+            authorization; see :mod:`pachinko.rooms`).
+
+    Attributes:
+        rooms_policy: The app's :class:`~pachinko.rooms.RoomPolicies`.
+        identity_fixed: A connection's user cannot change once registered
+            (set when the app authenticates at the handshake).
 
     Raises:
         ConfigError: ``settings.backend`` names an unknown scheme, or Redis
             without the ``redis`` package.
     """
 
-    def __init__(self, settings: Settings, backend: ConnectionBackend | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: ConnectionBackend | None = None,
+        *,
+        rooms: Mapping[str, RoomPolicy] | RoomPolicies | None = None,
+    ) -> None:
         self.settings = settings
         self.backend: ConnectionBackend = (
             backend if backend is not None else backend_from_url(settings.backend)
         )
+        self.rooms_policy = rooms if isinstance(rooms, RoomPolicies) else RoomPolicies(rooms)
+        # PERF: joins and leaves look policies up only if some room has one.
+        self._authorize_rooms = self.rooms_policy.any_authorize
+        self._presence = self.rooms_policy.any_presence
+        self.identity_fixed = False
+        # (room, user) -> the pending confirmation of that user's leave
+        self._lingering: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._node_id = secrets.token_hex(8)
         self._counter = itertools.count(1)
         self._connections: dict[str, Connection] = {}
@@ -135,6 +169,12 @@ class WebSocketConnectionManager:
 
     async def close(self) -> None:
         """Close the backend (ASGI lifespan shutdown, after the sockets)."""
+        # Leaves still lingering are confirmed now: this process will not be
+        # there to do it later.
+        lingering, self._lingering = self._lingering, {}
+        for (room, user), handle in lingering.items():
+            handle.cancel()
+            await self._confirm_leave(room, user)
         tasks = list(self._tasks)
         if tasks:
             await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout)
@@ -251,6 +291,8 @@ class WebSocketConnectionManager:
         backend = self.backend
         for room in rooms:
             await backend.leave(room, conn.id, room not in self._rooms)
+            if self._presence and conn._user is not None and self._has_presence(room):
+                await self._presence_leave(room, conn._user.id, conn.id)
         user = conn.user_id
         await backend.remove_connection(conn.id, user, user is None or user not in self._users)
 
@@ -302,13 +344,25 @@ class WebSocketConnectionManager:
         return conn
 
     async def join_room(self, conn: Connection | str, room: str) -> None:
-        """Add a local connection (or its id) to ``room``; no-op if a member."""
+        """Add a local connection (or its id) to ``room``; no-op if a member.
+
+        Every join is authorized first: the room's policy ``authorize``, then
+        the connection's ``authorize_join`` checks (resource methods and
+        router hooks); each must return true. In a presence room, the user's
+        first connection (in any process) announces a ``join`` to the room.
+
+        Raises:
+            JoinRefused: A check refused (the receive loop answers with an
+                error reply, reason ``forbidden``).
+        """
         if not isinstance(room, str) or not room:
             raise ValueError(f"join_room(): room must be a non-empty str, got {room!r}")
         c = self._resolve(conn, "join_room()")
         rooms = c.rooms
         if room in rooms:
             return
+        if self._authorize_rooms or c.authorizers:
+            await self._authorize(c, room)
         if isinstance(rooms, set):
             rooms.add(room)
         else:
@@ -321,6 +375,22 @@ class WebSocketConnectionManager:
             members = self._rooms[room] = {}
         members[c.id] = c
         await self.backend.join(room, c.id, first)
+        if self._presence and c._user is not None and self._has_presence(room):
+            await self._presence_join(room, c._user, c.id)
+
+    async def _authorize(self, conn: Connection, room: str) -> None:
+        """Run the join checks of ``room`` for ``conn``; raise JoinRefused if one refuses."""
+        if self._authorize_rooms:
+            check = self.rooms_policy.lookup(room).authorize
+            if check is not None:
+                allowed = check(conn.resource, room)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+                if not allowed:
+                    raise JoinRefused(room)
+        for own in conn.authorizers:
+            if not await own(room):
+                raise JoinRefused(room)
 
     async def leave_room(self, conn: Connection | str, room: str) -> None:
         """Remove a local connection (or its id) from ``room``; no-op if not a member."""
@@ -333,10 +403,70 @@ class WebSocketConnectionManager:
         if members is not None and members.pop(c.id, None) is not None and not members:
             del self._rooms[room]
         await self.backend.leave(room, c.id, room not in self._rooms)
+        if self._presence and c._user is not None and self._has_presence(room):
+            await self._presence_leave(room, c._user.id, c.id)
 
     async def members(self, room: str) -> set[str]:
         """Connection ids in ``room``, in every (live) process."""
         return await self.backend.members(room)
+
+    # -- presence -----------------------------------------------------------------------
+
+    def _has_presence(self, room: str) -> bool:
+        return self.rooms_policy.lookup(room).presence
+
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        """Users present in ``room``, in every (live) process: user id → public info.
+
+        Only rooms whose policy has ``presence`` on keep this list (for
+        others it is empty); a user is listed once however many connections
+        it has, and only connections with a user count.
+
+        Raises:
+            BackendUnavailable: The backend (Redis) is unreachable.
+        """
+        found = await self.backend.presence_members(room)
+        return {user: _decode_info(info) for user, info in sorted(found.items())}
+
+    async def _presence_join(self, room: str, user: User, cid: str) -> None:
+        info = _encode_info(user.info).decode()
+        arrived = await self.backend.presence_join(room, user.id, cid, info)
+        if arrived:
+            await self._announce(room, "join", user.id, user.info)
+
+    async def _presence_leave(self, room: str, user_id: str, cid: str) -> None:
+        if not await self.backend.presence_leave(room, user_id, cid):
+            return
+        linger = self.settings.presence_linger
+        key = (room, user_id)
+        if not linger:
+            await self._confirm_leave(room, user_id)
+        elif key not in self._lingering:
+            loop = asyncio.get_running_loop()
+            self._lingering[key] = loop.call_later(linger, self._linger_over, room, user_id)
+
+    def _linger_over(self, room: str, user_id: str) -> None:
+        if self._lingering.pop((room, user_id), None) is not None:
+            self._spawn(self._confirm_leave(room, user_id))
+
+    async def _confirm_leave(self, room: str, user_id: str) -> None:
+        info = await self.backend.presence_confirm_leave(room, user_id)
+        if info is not None:
+            await self._announce(room, "leave", user_id, _decode_info(info))
+
+    async def _announce(self, room: str, event: str, user_id: str, info: Mapping[str, Any]) -> None:
+        try:
+            await self.broadcast_to_room(room, presence_event(room, event, user_id, info))
+        except BackendUnavailable as ex:
+            # NOTE: like any broadcast during an outage, the event is lost
+            #   (at-most-once); the member list itself is rewritten on
+            #   reconnection, so a client that re-reads it is right again.
+            logger.warning("presence %s of %r in room %r not sent: %s", event, user_id, room, ex)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def rooms(self, prefix: str = "") -> list[str]:
         """Rooms with members (in any process) whose name starts with ``prefix``."""
@@ -346,27 +476,52 @@ class WebSocketConnectionManager:
         """Connection ids of ``user_id``, in every (live) process."""
         return await self.backend.user_connections(user_id)
 
-    async def set_user(self, conn: Connection | str, user_id: str | None) -> None:
-        """Set the user a local connection belongs to (``None``: no user)."""
+    async def set_user(self, conn: Connection | str, user: User | str | None) -> None:
+        """Set the user a local connection belongs to (``None``: no user).
+
+        Raises:
+            PachinkoError: The connection's identity came from the app's
+                ``authenticate`` (it cannot change), or the connection is in
+                a presence room and the user id would change.
+        """
         c = self._resolve(conn, "set_user()") if isinstance(conn, str) else conn
-        old = c.user_id
-        if old == user_id:
+        new = User(user) if isinstance(user, str) else user
+        if new == c._user:
             return
-        c._user_id = user_id
-        if c.outbox is not None:
-            await self._move_user(c, old)
+        if c.outbox is None:
+            c._user = new
+            return
+        old = self._change_user(c, new)
+        if old != c.user_id:
+            await self._tell_backend_user(c.id, self._reindex_user(c, old))
 
-    def _user_changed(self, conn: Connection, old: str | None) -> None:
-        # Connection.user_id was assigned after registration (a sync setter):
+    def _user_changed(self, conn: Connection, new: User | None) -> None:
+        # Connection.user was assigned after registration (a sync setter):
         # re-index at once, tell the backend in the background.
-        moves = self._reindex_user(conn, old)
-        if moves:
-            task = asyncio.get_running_loop().create_task(self._tell_backend_user(conn.id, moves))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        old = self._change_user(conn, new)
+        if old != conn.user_id:
+            moves = self._reindex_user(conn, old)
+            if moves:
+                self._spawn(self._tell_backend_user(conn.id, moves))
 
-    async def _move_user(self, conn: Connection, old: str | None) -> None:
-        await self._tell_backend_user(conn.id, self._reindex_user(conn, old))
+    def _change_user(self, conn: Connection, new: User | None) -> str | None:
+        """Check and make the change of a registered connection's user; return the old id."""
+        old = conn.user_id
+        new_id = None if new is None else new.id
+        if new_id != old:
+            if self.identity_fixed:
+                raise PachinkoError(
+                    f"{conn!r}: the user of a connection is set once, by the app's "
+                    f"authenticate at the handshake (got a change to {new_id!r})"
+                )
+            if self._presence and any(self._has_presence(room) for room in conn.rooms):
+                raise PachinkoError(
+                    f"{conn!r}: its user cannot change while it is in a presence room "
+                    f"({', '.join(sorted(r for r in conn.rooms if self._has_presence(r)))}); "
+                    "leave them first"
+                )
+        conn._user = new
+        return old
 
     def _reindex_user(self, conn: Connection, old: str | None) -> list[tuple[bool, str, bool]]:
         """Move ``conn`` from ``old`` to its user id in the local index.
@@ -551,3 +706,20 @@ class WebSocketConnectionManager:
     def deliver_all(self, text: str | bytes, exclude: Collection[str]) -> None:
         """Write a frame from another process to every local connection."""
         fan_out([c for cid, c in self._connections.items() if cid not in exclude], text, None)
+
+    def local_presence(self) -> list[PresenceEntry]:
+        """Every local connection with a user in a presence room."""
+        if not self._presence:
+            return []
+        found = []
+        for room, members in self._rooms.items():
+            if self._has_presence(room):
+                for cid, conn in members.items():
+                    user = conn._user
+                    if user is not None:
+                        found.append((room, user.id, cid, _encode_info(user.info).decode()))
+        return found
+
+    def presence_changed(self, room: str, event: str, user_id: str, info: str) -> None:
+        """Announce a presence event the backend decided (a dead process's members)."""
+        self._spawn(self._announce(room, event, user_id, _decode_info(info)))

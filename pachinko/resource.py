@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from falcon.asgi import Request, WebSocket
 
-    from .connection import Connection
+    from .connection import Connection, User
     from .manager import Delivery, WebSocketConnectionManager
 
 __all__ = ["MessageError", "WebSocketResource", "handles_message"]
@@ -197,6 +197,11 @@ class WebSocketResource:
         self._pachinko_state = mapping
 
     @property
+    def user(self) -> User | None:
+        """The user of this connection (from the app's ``authenticate``), if any."""
+        return self.connection.user
+
+    @property
     def user_id(self) -> str | None:
         """The user this connection belongs to (set it in ``on_connect``)."""
         return self.connection.user_id
@@ -228,8 +233,17 @@ class WebSocketResource:
         return send_text(text)
 
     async def join_room(self, room: str) -> None:
-        """Add this connection to ``room``."""
+        """Add this connection to ``room``.
+
+        Raises:
+            JoinRefused: The room's authorization refused (in a handler, the
+                client gets an error reply with reason ``forbidden``).
+        """
         await self.manager.join_room(self.connection, room)
+
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        """Users present in ``room`` in every process: user id → public info."""
+        return await self.manager.presence(room)
 
     async def leave_room(self, room: str) -> None:
         """Remove this connection from ``room``."""

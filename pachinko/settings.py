@@ -62,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         keep_alive_timeout: Seconds an idle HTTP keep-alive connection (not a
             WebSocket) stays open. Used by ``serve`` (uvicorn's
             ``timeout_keep_alive``).
+        presence_linger: Seconds a user whose last connection left a
+            presence room stays listed before its ``leave`` event is sent;
+            a connection of the user that joins meanwhile cancels both the
+            leave and the join (a page reload or a flapping client sends no
+            events). 0 sends the leave at once.
     """
 
     max_message_size: _Positive = 64 * 1024
@@ -83,3 +88,4 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     handshake_timeout: _PositiveFloat | None = 10.0
     max_handshake_size: _Positive = 16 * 1024
     keep_alive_timeout: _Positive = 5
+    presence_linger: Annotated[float, msgspec.Meta(ge=0)] = 1.0

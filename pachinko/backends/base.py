@@ -12,7 +12,7 @@ import abc
 from collections.abc import Collection, Mapping
 from typing import Protocol
 
-__all__ = ["BackendHost", "ConnectionBackend"]
+__all__ = ["BackendHost", "ConnectionBackend", "PresenceEntry"]
 
 
 class BackendHost(Protocol):
@@ -46,6 +46,23 @@ class BackendHost(Protocol):
     def deliver_all(self, text: str | bytes, exclude: Collection[str]) -> None:
         """Queue ``text`` for every local connection."""
         ...
+
+    def local_presence(self) -> list[PresenceEntry]:
+        """Every local connection in a presence room: (room, user, connection id, info)."""
+        ...
+
+    def presence_changed(self, room: str, event: str, user_id: str, info: str) -> None:
+        """Announce a presence ``event`` (``"join"``/``"leave"``) the backend decided.
+
+        Called for what the backend found on its own: members of a process
+        that died (``leave``), and writes that failed during an outage and
+        succeeded on reconnection. ``info`` is the user's info as JSON.
+        """
+        ...
+
+
+#: A presence membership: (room, user id, connection id, public info as JSON).
+PresenceEntry = tuple[str, str, str, str]
 
 
 class ConnectionBackend(abc.ABC):
@@ -135,3 +152,45 @@ class ConnectionBackend(abc.ABC):
     @abc.abstractmethod
     async def publish_all(self, text: str | bytes, exclude: Collection[str]) -> int:
         """Carry a broadcast to every other process."""
+
+    # -- presence (rooms whose policy has presence on) --------------------------------
+    #
+    # Presence counts users, not connections: a user is present in a room while
+    # at least one of its connections (in any process) is. When the count drops
+    # to zero the user is *leaving*: still listed, until the manager confirms
+    # the leave after ``presence_linger`` seconds, unless a connection of the
+    # user joins again meanwhile (then neither a leave nor a join is announced:
+    # a reloading page or a flapping client makes no event storm). Each step is
+    # one atomic operation, so that of several processes exactly one sees a
+    # user arrive or leave.
+
+    async def presence_join(self, room: str, user_id: str, conn_id: str, info: str) -> bool:
+        """Record that a connection of ``user_id`` is in ``room`` (``info``: JSON).
+
+        Returns:
+            Whether the user just arrived (announce a join): its first
+            connection in the room, and it was not leaving.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support presence")
+
+    async def presence_leave(self, room: str, user_id: str, conn_id: str) -> bool:
+        """Record that a connection of ``user_id`` left ``room``.
+
+        Returns:
+            Whether it was the user's last one: the user is now leaving and
+            the caller confirms with :meth:`presence_confirm_leave`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support presence")
+
+    async def presence_confirm_leave(self, room: str, user_id: str) -> str | None:
+        """End a leave started by :meth:`presence_leave`.
+
+        Returns:
+            The user's info (JSON) if it left (announce a leave), ``None``
+            if it came back meanwhile or another process confirmed it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support presence")
+
+    async def presence_members(self, room: str) -> dict[str, str]:
+        """Users present in ``room`` (leaving ones included) → their info (JSON)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support presence")

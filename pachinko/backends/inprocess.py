@@ -20,6 +20,11 @@ class InProcessBackend(ConnectionBackend):
 
     def __init__(self) -> None:
         self._host: BackendHost | None = None
+        # presence: room -> user -> its connections in the room; user -> info;
+        # users whose last connection left and whose leave is not confirmed.
+        self._present: dict[str, dict[str, set[str]]] = {}
+        self._info: dict[str, dict[str, str]] = {}
+        self._leaving: dict[str, set[str]] = {}
 
     @property
     def host(self) -> BackendHost:
@@ -67,3 +72,48 @@ class InProcessBackend(ConnectionBackend):
 
     async def publish_all(self, text: str | bytes, exclude: Collection[str]) -> int:
         return 0
+
+    # -- presence ----------------------------------------------------------------------
+
+    async def presence_join(self, room: str, user_id: str, conn_id: str, info: str) -> bool:
+        users = self._present.setdefault(room, {})
+        conns = users.get(user_id)
+        self._info.setdefault(room, {})[user_id] = info
+        if conns:
+            conns.add(conn_id)
+            return False
+        users[user_id] = {conn_id}
+        leaving = self._leaving.get(room)
+        if leaving is not None and user_id in leaving:
+            leaving.discard(user_id)  # back before its leave was confirmed
+            return False
+        return True
+
+    async def presence_leave(self, room: str, user_id: str, conn_id: str) -> bool:
+        users = self._present.get(room)
+        conns = users.get(user_id) if users is not None else None
+        if conns is None or conn_id not in conns:
+            return False
+        conns.discard(conn_id)
+        if conns:
+            return False
+        del users[user_id]  # type: ignore[union-attr]
+        self._leaving.setdefault(room, set()).add(user_id)
+        return True
+
+    async def presence_confirm_leave(self, room: str, user_id: str) -> str | None:
+        leaving = self._leaving.get(room)
+        if leaving is None or user_id not in leaving:
+            return None
+        leaving.discard(user_id)
+        if not leaving:
+            del self._leaving[room]
+        infos = self._info.get(room, {})
+        info = infos.pop(user_id, "{}")
+        if not infos:
+            self._info.pop(room, None)
+            self._present.pop(room, None)
+        return info
+
+    async def presence_members(self, room: str) -> dict[str, str]:
+        return dict(self._info.get(room, {}))

@@ -75,6 +75,87 @@ return 1
 """
 
 
+# Presence: per room, P = {prefix}:presence:{room} (connection id -> user),
+# C = {prefix}:pcount:{room} (user -> its connections in the room),
+# U = {prefix}:pinfo:{room} (user -> info JSON: every listed user),
+# L = {prefix}:pleaving:{room} (user -> node confirming its leave), and the
+# index R = {prefix}:prooms (rooms with presence entries). One script per
+# step: of several processes exactly one sees a user arrive or leave.
+
+# KEYS P C U L R; ARGV conn, user, info, room. 1: the user arrived.
+_P_JOIN = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[4])
+if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) ~= 1 then return 0 end
+if redis.call('HDEL', KEYS[4], ARGV[2]) == 1 then return 0 end
+return 1
+"""
+
+# KEYS P C L; ARGV conn, node. 1: it was the user's last connection (now leaving).
+_P_LEAVE = """
+local user = redis.call('HGET', KEYS[1], ARGV[1])
+if not user then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HINCRBY', KEYS[2], user, -1) > 0 then return 0 end
+redis.call('HDEL', KEYS[2], user)
+redis.call('HSET', KEYS[3], user, ARGV[2])
+return 1
+"""
+
+# KEYS C U L R; ARGV user, room. The info of a user that left, or nil.
+_P_CONFIRM = """
+if redis.call('HDEL', KEYS[3], ARGV[1]) == 0 then return false end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return false end
+local info = redis.call('HGET', KEYS[2], ARGV[1]) or '{}'
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HLEN', KEYS[2]) == 0 then redis.call('SREM', KEYS[4], ARGV[2]) end
+return info
+"""
+
+# KEYS P C U L R; ARGV alive-key prefix, room. Removes the connections of
+# dead nodes, and ends the leaves of users whose last connection was one of
+# them or whose confirming node died; returns {user, info, ...} of those.
+_P_REAP = """
+local alive = {}
+local function live(node)
+  local ok = alive[node]
+  if ok == nil then
+    ok = redis.call('EXISTS', ARGV[1] .. node) == 1
+    alive[node] = ok
+  end
+  return ok
+end
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local cid, user = entries[i], entries[i + 1]
+  local node = string.match(cid, '^([^.]+)%.')
+  if node and not live(node) then
+    redis.call('HDEL', KEYS[1], cid)
+    if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+      redis.call('HSET', KEYS[4], user, '')
+    end
+  end
+end
+local gone = {}
+local leaving = redis.call('HGETALL', KEYS[4])
+for i = 1, #leaving, 2 do
+  local user, node = leaving[i], leaving[i + 1]
+  if node == '' or not live(node) then
+    redis.call('HDEL', KEYS[4], user)
+    if redis.call('HEXISTS', KEYS[2], user) == 0 then
+      gone[#gone + 1] = user
+      gone[#gone + 1] = redis.call('HGET', KEYS[3], user) or '{}'
+      redis.call('HDEL', KEYS[3], user)
+    end
+  end
+end
+if redis.call('HLEN', KEYS[3]) == 0 then redis.call('SREM', KEYS[5], ARGV[2]) end
+return gone
+"""
+
+
 def _require_redis() -> Any:
     try:
         import redis.asyncio
@@ -146,6 +227,10 @@ class RedisBackend(ConnectionBackend):
         self._tasks: list[asyncio.Task[None]] = []
         self._leave_script: Any = None
         self._claim_script: Any = None
+        self._scripts: dict[str, Any] = {}
+        # Presence joins that failed while Redis was unreachable: (room, conn),
+        # announced if they arrive on reconnection.
+        self._presence_pending: set[tuple[str, str]] = set()
         # Removals that failed while Redis was unreachable, retried by _restore().
         self._stale: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -212,6 +297,15 @@ class RedisBackend(ConnectionBackend):
         )
         self._leave_script = self._redis.register_script(_LEAVE)
         self._claim_script = self._redis.register_script(_CLAIM)
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in (
+                ("join", _P_JOIN),
+                ("leave", _P_LEAVE),
+                ("confirm", _P_CONFIRM),
+                ("reap", _P_REAP),
+            )
+        }
         self._wanted = {self._channel("node", self._node), self._channel("all")}
         try:
             await self._restore()
@@ -264,6 +358,11 @@ class RedisBackend(ConnectionBackend):
             try:
                 if kind == "leave":
                     await self._leave(*args)
+                elif kind == "presence_leave":
+                    if await self._presence_leave_now(*args):
+                        await self._announce_left(args[0], args[1])
+                elif kind == "presence_confirm":
+                    await self._announce_left(*args)
                 else:
                     await self._redis.hdel(*args)
             except BaseException:
@@ -283,6 +382,20 @@ class RedisBackend(ConnectionBackend):
                 pipe.hset(self._key("users", user), mapping=dict.fromkeys(ids, node))
                 self._wanted.add(self._channel("user", user))
         await pipe.execute()
+        await self._restore_presence()
+
+    async def _restore_presence(self) -> None:
+        """Rewrite this process's presence entries; announce the joins an outage held back."""
+        pending, self._presence_pending = self._presence_pending, set()
+        try:
+            for room, user, conn_id, info in self.host.local_presence():
+                if await self._presence_join(room, user, conn_id, info) and (
+                    (room, conn_id) in pending
+                ):
+                    self.host.presence_changed(room, "join", user, info)
+        except BaseException:
+            self._presence_pending |= pending
+            raise
 
     def _ttl_ms(self) -> int:
         return max(1, int(self.presence_ttl * 1000))
@@ -364,8 +477,23 @@ class RedisBackend(ConnectionBackend):
                         self.url,
                     )
                     await self._restore()
+                await self._reap()
             except Exception as ex:
                 logger.debug("RedisBackend heartbeat failed: %r", ex)
+
+    async def _reap(self) -> None:
+        """End the presence of dead processes' members, announcing each leave once.
+
+        Every process runs it each heartbeat; the script is atomic, so of
+        several processes exactly one removes (and announces) each member.
+        """
+        rooms = await self._redis.smembers(self._key("prooms", ""))
+        for room in sorted(rooms):
+            gone = await self._scripts["reap"](
+                keys=self._presence_keys(room), args=[self._key("alive", ""), room]
+            )
+            for i in range(0, len(gone), 2):
+                self.host.presence_changed(room, "leave", gone[i], gone[i + 1])
 
     def _on_message(self, channel: str, data: str) -> None:
         origin, extra, kind_of_frame, body = data.split("\n", 3)
@@ -608,3 +736,95 @@ class RedisBackend(ConnectionBackend):
         return await self._publish(
             self._channel("all"), ",".join(exclude), text, "broadcast to all"
         )
+
+    # -- presence ----------------------------------------------------------------------
+
+    def _presence_keys(self, room: str) -> list[str]:
+        return [
+            self._key("presence", room),
+            self._key("pcount", room),
+            self._key("pinfo", room),
+            self._key("pleaving", room),
+            self._key("prooms", ""),
+        ]
+
+    async def _announce_left(self, room: str, user_id: str) -> None:
+        info = await self._presence_confirm_now(room, user_id)
+        if info is not None:
+            self.host.presence_changed(room, "leave", user_id, info)
+
+    async def _presence_join(self, room: str, user_id: str, conn_id: str, info: str) -> bool:
+        arrived = await self._scripts["join"](
+            keys=self._presence_keys(room), args=[conn_id, user_id, info, room]
+        )
+        return bool(arrived)
+
+    async def presence_join(self, room: str, user_id: str, conn_id: str, info: str) -> bool:
+        try:
+            return await self._presence_join(room, user_id, conn_id, info)
+        except Exception as ex:
+            # NOTE: loud, and not lost: the entry is rewritten from the local
+            #   index on reconnection and the join announced then.
+            logger.error(
+                "RedisBackend %s: presence of user %r in room %r not recorded (%r); "
+                "written and announced on reconnection",
+                self.url,
+                user_id,
+                room,
+                ex,
+            )
+            self._presence_pending.add((room, conn_id))
+            return False
+
+    async def _presence_leave_now(self, room: str, user_id: str, conn_id: str) -> bool:
+        keys = self._presence_keys(room)
+        last = await self._scripts["leave"](
+            keys=[keys[0], keys[1], keys[3]], args=[conn_id, self._node]
+        )
+        return bool(last)
+
+    async def _presence_confirm_now(self, room: str, user_id: str) -> str | None:
+        keys = self._presence_keys(room)
+        info: str | None = await self._scripts["confirm"](
+            keys=[keys[1], keys[2], keys[3], keys[4]], args=[user_id, room]
+        )
+        return info
+
+    async def presence_leave(self, room: str, user_id: str, conn_id: str) -> bool:
+        self._presence_pending.discard((room, conn_id))
+        try:
+            return await self._presence_leave_now(room, user_id, conn_id)
+        except Exception as ex:
+            logger.error(
+                "RedisBackend %s: presence of user %r in room %r not removed (%r); "
+                "removed on reconnection",
+                self.url,
+                user_id,
+                room,
+                ex,
+            )
+            self._stale.append(("presence_leave", (room, user_id, conn_id)))
+            return False
+
+    async def presence_confirm_leave(self, room: str, user_id: str) -> str | None:
+        try:
+            return await self._presence_confirm_now(room, user_id)
+        except Exception as ex:
+            # NOTE: the leaving mark stays (the user is still listed) and the
+            #   confirmation is retried on reconnection, the leave announced then.
+            logger.error(
+                "RedisBackend %s: leave of user %r from room %r not confirmed (%r); "
+                "confirmed and announced on reconnection",
+                self.url,
+                user_id,
+                room,
+                ex,
+            )
+            self._stale.append(("presence_confirm", (room, user_id)))
+            return None
+
+    async def presence_members(self, room: str) -> dict[str, str]:
+        found: dict[str, str] = await self._query(
+            f"presence in room {room!r}", self._redis.hgetall(self._key("pinfo", room))
+        )
+        return found
