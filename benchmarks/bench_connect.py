@@ -10,7 +10,10 @@ same minimal driver (benchmarks/_asgi.py), both with Falcon's
   receives, decodes (a msgspec Struct) and answers each message until the
   client leaves;
 - the pachinko app: a mounted resource with one ``on_{tag}`` handler that
-  answers the same message (the connection is registered in the manager).
+  answers the same message (the connection is registered in the manager);
+- the same pachinko app with ``authenticate=`` (a signed token in the
+  ``Authorization`` header, checked by ``pachinko.auth.token_authenticator``):
+  the cost of identity at the handshake, as a ratio against the app without.
 
 ``connect``: the time for one connection to be accepted, send one message,
 get the answer and close, connections one after the other (median and best
@@ -37,6 +40,10 @@ from _asgi import IdleClient, Lifespan, ws_scope
 from falcon.errors import WebSocketDisconnected
 
 import pachinko
+from pachinko.auth import sign_token, token_authenticator
+
+SECRET = "bench-secret-0123456789abcdef"
+TOKEN = sign_token(SECRET, "ada", ttl=3600, info={"name": "Ada"})
 
 
 class Hello(msgspec.Struct, tag="hello"):
@@ -79,13 +86,25 @@ def handwritten_app() -> falcon.asgi.App:
     return app
 
 
-def pachinko_app() -> falcon.asgi.App:
+def pachinko_app(authenticate: bool = False) -> falcon.asgi.App:
     app = falcon.asgi.App()
     router = pachinko.WebSocketRouter()
     router.add_route("/greet", Greeter)
     # NOTE: the rate limiter is off: the hand-written loop has none.
-    pachinko.mount(app, "/ws", router, settings=pachinko.Settings(rate_limit=None))
+    pachinko.mount(
+        app,
+        "/ws",
+        router,
+        settings=pachinko.Settings(rate_limit=None),
+        authenticate=token_authenticator(SECRET) if authenticate else None,
+    )
     return app
+
+
+def scope() -> dict[str, Any]:
+    found = ws_scope("/ws/greet")
+    found["headers"] = [*found["headers"], (b"authorization", f"Bearer {TOKEN}".encode())]
+    return found
 
 
 async def one_connection(app: falcon.asgi.App) -> None:
@@ -107,7 +126,7 @@ async def one_connection(app: falcon.asgi.App) -> None:
         if event["type"] == "websocket.send" and not answered.done():
             answered.set_result(None)
 
-    await app(ws_scope("/ws/greet"), receive, send)
+    await app(scope(), receive, send)
     if not answered.done():
         raise RuntimeError("no answer to the first message")
 
@@ -151,15 +170,18 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--idle", type=int, default=2000)
     args = parser.parse_args()
-    hand_app, our_app = handwritten_app(), pachinko_app()
+    hand_app, our_app, auth_app = handwritten_app(), pachinko_app(), pachinko_app(True)
     hand: list[float] = []
     ours: list[float] = []
-    async with Lifespan(hand_app), Lifespan(our_app):
+    authed: list[float] = []
+    async with Lifespan(hand_app), Lifespan(our_app), Lifespan(auth_app):
         await connect_round(hand_app, 200)  # warm up
         await connect_round(our_app, 200)
+        await connect_round(auth_app, 200)
         for _ in range(args.rounds):
             hand.append(await connect_round(hand_app, args.connections))
             ours.append(await connect_round(our_app, args.connections))
+            authed.append(await connect_round(auth_app, args.connections))
         hand_idle = await idle_bytes(hand_app, args.idle)
         our_idle = await idle_bytes(our_app, args.idle)
         manager = pachinko.runtime_of(our_app).manager
@@ -172,6 +194,10 @@ async def main() -> None:
     print(f"{'hand-written':>14} {hm * 1e6:>10.1f} {hb * 1e6:>8.1f}")
     print(f"{'pachinko':>14} {om * 1e6:>10.1f} {ob * 1e6:>8.1f}")
     print(f"{'ratio':>14} {om / hm:>10.2f} {ob / hb:>8.2f}")
+    am, ab = statistics.median(authed), min(authed)
+    print(f"{'+authenticate':>14} {am * 1e6:>10.1f} {ab * 1e6:>8.1f}")
+    print(f"{'ratio to hand':>14} {am / hm:>10.2f} {ab / hb:>8.2f}")
+    print(f"{'ratio to ours':>14} {am / om:>10.2f} {ab / ob:>8.2f}")
     print(f"idle accepted connection, tracemalloc ({args.idle} connections)")
     print(f"{'hand-written':>14} {hand_idle / 1024:>8.2f} KiB")
     extra = (our_idle - hand_idle) / 1024

@@ -24,7 +24,10 @@ best of ``--rounds`` rounds, the kinds interleaved in each round):
   reading (its ``send`` never completes): the time until the N-1 others got
   it (isolation; ``slow_consumer="drop"`` so that it stays registered);
 - ``gather``: ``asyncio.gather`` over the N raw ``send_text`` coroutines (the
-  naive concurrent fan-out: one task per send).
+  naive concurrent fan-out: one task per send);
+- ``policies``: ``broadcast`` on a second pachinko app whose other rooms
+  have policies (presence and join authorization on ``game:*``): a room
+  without presence pays nothing for them (the same figure as ``broadcast``).
 
 Every figure is reported as a ratio against ``loop`` in the same run; the
 per-member cost should stay flat as N grows (linear total time).
@@ -47,7 +50,7 @@ import pachinko
 from pachinko.resource import encode_text
 
 MESSAGE = {"type": "message", "room": "lobby", "name": "ann", "text": "hello, everyone"}
-KINDS = ("loop", "broadcast", "stalled", "gather")
+KINDS = ("loop", "broadcast", "stalled", "gather", "policies")
 
 
 class Counter:
@@ -90,6 +93,17 @@ class Member(pachinko.WebSocketResource):
         await self.join_room("lobby")
 
 
+def policied() -> falcon.asgi.App:
+    """The pachinko app again, with presence and authorization on other rooms."""
+    app = falcon.asgi.App()
+    router = pachinko.WebSocketRouter()
+    router.add_route("/member", Member)
+    settings = pachinko.Settings(slow_consumer="drop", send_timeout=3600)
+    policy = pachinko.RoomPolicy(presence=True, authorize=lambda resource, room: True)
+    pachinko.mount(app, "/ws", router, settings=settings, rooms={"game:*": policy})
+    return app
+
+
 def apps() -> tuple[falcon.asgi.App, Members, falcon.asgi.App]:
     raw = falcon.asgi.App()
     raw.ws_options.max_receive_queue = 0
@@ -105,18 +119,29 @@ def apps() -> tuple[falcon.asgi.App, Members, falcon.asgi.App]:
 
 async def bench(size: int, rounds: int) -> dict[str, list[float]]:
     raw, members, ours = apps()
+    other = policied()
     counter = Counter()
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    async with Lifespan(raw), Lifespan(ours):
+    async with Lifespan(raw), Lifespan(ours), Lifespan(other):
         manager = pachinko.runtime_of(ours).manager
+        other_manager = pachinko.runtime_of(other).manager
         raw_clients = [IdleClient(counter.hit) for _ in range(size)]
         our_clients = [IdleClient(counter.hit) for _ in range(size)]
+        other_clients = [IdleClient(counter.hit) for _ in range(size)]
         for client in raw_clients:
             client.open(raw, "/ws/member")
         for client in our_clients:
             client.open(ours, "/ws/member")
-        await asyncio.wait_for(asyncio.gather(*(c.accepted.wait() for c in our_clients)), 60)
-        while len(members.sockets) < size or len(await manager.members("lobby")) < size:
+        for client in other_clients:
+            client.open(other, "/ws/member")
+        await asyncio.wait_for(
+            asyncio.gather(*(c.accepted.wait() for c in our_clients + other_clients)), 60
+        )
+        while (
+            len(members.sockets) < size
+            or len(await manager.members("lobby")) < size
+            or len(await other_manager.members("lobby")) < size
+        ):
             await asyncio.sleep(0.01)
         sockets = members.sockets
         stalled = our_clients[size // 2]
@@ -134,6 +159,8 @@ async def bench(size: int, rounds: int) -> dict[str, list[float]]:
             elif kind == "gather":
                 text = encode_text(MESSAGE)
                 await asyncio.gather(*(ws.send_text(text) for ws in sockets))
+            elif kind == "policies":
+                await other_manager.broadcast_to_room("lobby", MESSAGE)
             else:
                 await manager.broadcast_to_room("lobby", MESSAGE)
             await counter.done.wait()
@@ -150,11 +177,13 @@ async def bench(size: int, rounds: int) -> dict[str, list[float]]:
             for kind in KINDS:
                 times[kind].append(await run(kind))
         expected = rounds + 1
-        if any(c.frames != expected * 2 for c in raw_clients) or any(
-            c.frames != expected * 2 for c in our_clients
+        if (
+            any(c.frames != expected * 2 for c in raw_clients)
+            or any(c.frames != expected * 2 for c in our_clients)
+            or any(c.frames != expected for c in other_clients)
         ):
             raise RuntimeError("a frame went missing")
-        for client in raw_clients + our_clients:
+        for client in raw_clients + our_clients + other_clients:
             await client.disconnect()
     return times
 

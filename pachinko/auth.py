@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -76,14 +75,15 @@ _encode_claims = msgspec.json.Encoder().encode
 _decode_claims = msgspec.json.Decoder(_Claims).decode
 
 
-def _key(secret: str | bytes) -> bytes:
+def _key(secret: str | bytes) -> Any:
+    """The HMAC-SHA256 state of ``secret``, keyed once (copied per token)."""
     key = secret.encode() if isinstance(secret, str) else secret
     if not isinstance(key, bytes) or len(key) < 16:
         raise ConfigError(
             "token secret: expected at least 16 bytes (e.g. secrets.token_urlsafe(32)), "
             f"got {len(key) if isinstance(key, bytes) else type(key).__name__}"
         )
-    return key
+    return hmac.new(key, digestmod="sha256")
 
 
 def _b64(data: bytes) -> str:
@@ -94,8 +94,10 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _sign(key: bytes, payload: str) -> str:
-    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+def _sign(keyed: Any, payload: str) -> str:
+    mac = keyed.copy()
+    mac.update(payload.encode())
+    return _b64(mac.digest())
 
 
 def sign_token(
@@ -149,7 +151,10 @@ def verify_token(
             (bad signature) or expired; the reason says which.
         ConfigError: The secret is shorter than 16 bytes.
     """
-    key = _key(secret)
+    return _verify(_key(secret), token, time.time() if now is None else now, max_size)
+
+
+def _verify(keyed: Any, token: str, now: float, max_size: int) -> User:
     if len(token) > max_size:
         raise AuthenticationFailed(f"token too large (limit {max_size} characters)")
     payload, dot, signature = token.partition(".")
@@ -157,21 +162,23 @@ def verify_token(
         raise AuthenticationFailed("token malformed")
     # NOTE: the signature is checked before the claims are decoded: nothing
     #   of a forged token is parsed.
-    if not hmac.compare_digest(_sign(key, payload), signature):
+    if not hmac.compare_digest(_sign(keyed, payload), signature):
         raise AuthenticationFailed("token signature invalid")
     try:
         claims = _decode_claims(_unb64(payload))
         user = User(claims.sub, claims.info)
     except (msgspec.DecodeError, binascii.Error, ValueError, TypeError) as ex:
         raise AuthenticationFailed("token malformed") from ex
-    if claims.exp <= (time.time() if now is None else now):
+    if claims.exp <= now:
         raise AuthenticationFailed("token expired")
     return user
 
 
 def offered_subprotocols(req: Request) -> list[str]:
     """The subprotocols the client offered (the ASGI scope's list)."""
-    offered = req.scope.get("subprotocols") or ()
+    offered = req.scope.get("subprotocols")
+    if not offered:
+        return []
     return [item for item in offered if isinstance(item, str)]
 
 
@@ -242,7 +249,9 @@ def token_authenticator(
         ConfigError: The secret is shorter than 16 bytes (at once, not at
             the first handshake).
     """
-    _key(secret)
+    # PERF: keying HMAC costs more than hashing a token; each handshake
+    #   copies the state keyed here (bench_connect.py, the +authenticate row).
+    keyed = _key(secret)
 
     async def authenticate(req: Request) -> User:
         token = token_from_request(
@@ -250,6 +259,6 @@ def token_authenticator(
         )
         if token is None:
             raise AuthenticationFailed("token missing")
-        return verify_token(secret, token, max_size=max_size)
+        return _verify(keyed, token, time.time(), max_size)
 
     return authenticate
