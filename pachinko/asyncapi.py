@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from .rooms import PresenceEvent
 from .router import RouteInfo, join_paths
 
 if TYPE_CHECKING:
@@ -58,8 +59,16 @@ def document_for_app(
     """
     from .app import runtime_of
 
-    mounts = [(m.prefix, m.router) for m in runtime_of(app).mounts]
-    return document(mounts, title=title, version=version, description=description, server=server)
+    runtime = runtime_of(app)
+    mounts = [(m.prefix, m.router) for m in runtime.mounts]
+    return document(
+        mounts,
+        title=title,
+        version=version,
+        description=description,
+        server=server,
+        presence=runtime.manager.rooms_policy.any_presence,
+    )
 
 
 def document(
@@ -69,6 +78,7 @@ def document(
     version: str = "1.0.0",
     description: str | None = None,
     server: str | None = None,
+    presence: bool = False,
 ) -> dict[str, Any]:
     """Build an AsyncAPI 3.0 document (a plain dict) from router trees.
 
@@ -79,6 +89,8 @@ def document(
         description: ``info.description``.
         server: A WebSocket URL such as ``ws://localhost:8000``; adds a
             ``servers.default`` entry.
+        presence: Some rooms have presence: every channel may also send
+            the :class:`~pachinko.rooms.PresenceEvent` message.
 
     Returns:
         The document, ready for :func:`dumps`.
@@ -86,7 +98,7 @@ def document(
     pairs: Sequence[tuple[str, WebSocketRouter]] = (
         list(mounts) if not hasattr(mounts, "routes") else [("/", mounts)]  # type: ignore[list-item]
     )
-    builder = _Builder()
+    builder = _Builder(presence)
     for prefix, router in pairs:
         for info in router.routes():
             builder.add_route(join_paths(prefix, info.template), info)
@@ -141,7 +153,9 @@ def _key(text: str) -> str:
 class _Builder:
     """Collects channels, operations, messages and the types to describe."""
 
-    def __init__(self) -> None:
+    def __init__(self, presence: bool = False) -> None:
+        self.presence = presence
+        self._presence_ref: dict[str, str] | None = None
         self.channels: dict[str, Any] = {}
         self.operations: dict[str, Any] = {}
         self.messages: dict[str, Any] = {}
@@ -224,6 +238,10 @@ class _Builder:
                 )
                 messages[msg_id] = ref
                 send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
+        if self.presence:
+            msg_id = self._unique(messages, "send.presence")
+            messages[msg_id] = self._presence_message()
+            send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
         channel["messages"] = messages
         self.channels[channel_id] = channel
         for action, refs in (("receive", receive), ("send", send)):
@@ -238,6 +256,21 @@ class _Builder:
                     ),
                     "messages": refs,
                 }
+
+    def _presence_message(self) -> dict[str, str]:
+        """The one component message of presence events, shared by every channel."""
+        if self._presence_ref is None:
+            payload: dict[str, Any] = {}
+            self._use(PresenceEvent, payload, "payload")
+            self._presence_ref = self._message(
+                "presence",
+                "presence",
+                payload,
+                "Server → client `presence`: a user joined or left a presence room "
+                "this connection is in (sent by pachinko).",
+                _description(PresenceEvent),
+            )
+        return self._presence_ref
 
     def _message(
         self,

@@ -32,7 +32,7 @@ from .backends import ConnectionBackend, backend_from_url
 from .backends.base import PresenceEntry
 from .connection import User
 from .errors import BackendUnavailable, ConnectionLimitExceeded, JoinRefused, PachinkoError
-from .rooms import RoomPolicies, RoomPolicy
+from .rooms import PresenceEvent, RoomPolicies, RoomPolicy
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -46,11 +46,6 @@ _NO_EXCLUDE: frozenset[str] = frozenset()
 
 _encode_info = msgspec.json.Encoder().encode
 _decode_info = msgspec.json.Decoder(dict[str, Any]).decode
-
-
-def presence_event(room: str, event: str, user_id: str, info: Mapping[str, Any]) -> dict[str, Any]:
-    """The message a presence room's members get when a user joins or leaves."""
-    return {"type": "presence", "event": event, "room": room, "user": user_id, "info": info}
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,9 +449,11 @@ class WebSocketConnectionManager:
         if info is not None:
             await self._announce(room, "leave", user_id, _decode_info(info))
 
-    async def _announce(self, room: str, event: str, user_id: str, info: Mapping[str, Any]) -> None:
+    async def _announce(self, room: str, event: Any, user_id: str, info: dict[str, Any]) -> None:
         try:
-            await self.broadcast_to_room(room, presence_event(room, event, user_id, info))
+            await self.broadcast_to_room(
+                room, PresenceEvent(event=event, room=room, user=user_id, info=info)
+            )
         except BackendUnavailable as ex:
             # NOTE: like any broadcast during an outage, the event is lost
             #   (at-most-once); the member list itself is rewritten on

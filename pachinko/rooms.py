@@ -16,11 +16,12 @@ presence, every join allowed).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
+import msgspec
 
-__all__ = ["DEFAULT_POLICY", "RoomPolicies", "RoomPolicy"]
+__all__ = ["DEFAULT_POLICY", "PresenceEvent", "RoomPolicies", "RoomPolicy"]
 
 #: ``authorize(resource, room)``: may this connection join this room?
 Authorize = Callable[[Any, str], "bool | Awaitable[bool]"]
@@ -75,6 +76,27 @@ class RoomPolicy:
                 f"RoomPolicy.history_ttl needs history > 0 (got history={self.history!r}, "
                 f"history_ttl={self.history_ttl!r})"
             )
+
+
+class PresenceEvent(msgspec.Struct, tag="presence", kw_only=True):
+    """A user joined or left a presence room; sent to the room's members.
+
+    ``join`` when the user's first connection (in any process) joins the
+    room, ``leave`` when its last one left (after ``presence_linger``), or
+    its process died (after the backend's presence TTL). Always in this flat
+    shape, whatever the wire of the receiving resource.
+
+    Attributes:
+        event: ``"join"`` or ``"leave"``.
+        room: The room.
+        user: The user id.
+        info: The user's public info (``User.info``).
+    """
+
+    event: Literal["join", "leave"]
+    room: str
+    user: str
+    info: dict[str, Any]
 
 
 #: The policy of a room that no declaration names.

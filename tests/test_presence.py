@@ -6,13 +6,16 @@ Across processes and with a process killed: tests/test_presence_redis.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import jsonschema
 import pytest
 
 import pachinko
-from pachinko import RoomPolicy, Settings, User, WebSocketResource, WebSocketRouter
+from pachinko import RoomPolicy, Settings, User, WebSocketResource, WebSocketRouter, asyncapi
 from tests.conftest import make_app, recv_json
+from tests.test_asyncapi import SCHEMA_FILE, errors
 
 USERS = {
     "ann": User("ann", {"name": "Ann"}),
@@ -214,3 +217,20 @@ async def test_many_users_join_and_leave_once_each(conductor_for: Any, linger: f
             [("join", u) for u in ("u1", "u2", "u3")] + [("leave", u) for u in ("u1", "u2", "u3")]
         )
         assert await who(bob) == {"bob": {"name": "Bob"}}
+
+
+def test_the_presence_event_is_in_the_asyncapi_document() -> None:
+    app = presence_app()
+    doc = asyncapi.document_for_app(app)
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA_FILE.read_text()))
+    assert errors(validator, doc) == []
+    channel = next(iter(doc["channels"].values()))
+    assert channel["messages"]["send.presence"] == {"$ref": "#/components/messages/presence"}
+    payload = jsonschema.Draft7Validator({**doc, "$ref": "#/components/messages/presence/payload"})
+    sent = {"type": "presence", "event": "join", "room": "lobby", "user": "ann", "info": {}}
+    assert payload.is_valid(sent)
+    assert not payload.is_valid({**sent, "event": "wave"})
+    assert not payload.is_valid({k: v for k, v in sent.items() if k != "user"})
+    # an app without presence rooms does not describe it
+    plain = asyncapi.document_for_app(make_app(WebSocketRouter()))
+    assert "presence" not in plain["components"]["messages"]
