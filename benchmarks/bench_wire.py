@@ -36,11 +36,9 @@ exit. The open-files limit is raised to what the clients need.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -51,22 +49,13 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
+from _clients import Clients, raise_nofile, run  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from pachinko.testing import ServerProcess  # noqa: E402
 
 KINDS = ("handwritten", "pachinko")
 TEXT = "hello, everyone"
-
-
-def raise_nofile(need: int) -> None:
-    """Raise the soft limit of open files to at least ``need`` (up to the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < need:
-        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        if target < need:
-            raise SystemExit(f"open files: need {need}, the hard limit is {hard}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -83,135 +72,6 @@ def pid_of(server: ServerProcess) -> int:
     if process is None:
         raise RuntimeError("the server process is not running")
     return process.pid
-
-
-# -- a client process -------------------------------------------------------------
-
-
-async def client_main(url: str, count: int, total: int, timeout: float) -> None:
-    """Connect ``count`` members, report ``ready``, then per message the last receive time."""
-    limit = asyncio.Semaphore(50)
-    sockets: list[Any] = []
-
-    async def open_one() -> None:
-        async with limit:
-            sockets.append(await connect(url, compression=None, open_timeout=timeout))
-
-    await asyncio.wait_for(asyncio.gather(*(open_one() for _ in range(count))), timeout * 3)
-    pending: dict[int, list[float]] = {}
-    out = sys.stdout
-
-    async def read(ws: Any) -> None:
-        loads = json.loads
-        monotonic = time.monotonic
-        for _ in range(total):
-            raw = await ws.recv()
-            now = monotonic()
-            n = loads(raw)["n"]
-            entry = pending.get(n)
-            if entry is None:
-                entry = pending[n] = [0, now]
-            entry[0] += 1
-            entry[1] = max(entry[1], now)
-            if entry[0] == count:
-                del pending[n]
-                out.write(f"{n} {entry[1]!r}\n")
-                out.flush()
-
-    readers = [asyncio.create_task(read(ws)) for ws in sockets]
-    out.write("ready\n")
-    out.flush()
-    try:
-        # the whole run is bounded by the coordinator's per-message timeout
-        await asyncio.wait_for(asyncio.gather(*readers), timeout * (total + 10))
-    finally:
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-
-
-# -- the coordinator ----------------------------------------------------------------
-
-
-class Clients:
-    """The client processes of one server; collects their per-message reports."""
-
-    def __init__(self, url: str, counts: list[int], total: int, timeout: float) -> None:
-        self.url = url
-        self.counts = counts
-        self.total = total
-        self.timeout = timeout
-        self.processes: list[asyncio.subprocess.Process] = []
-        self.readers: list[asyncio.Task[None]] = []
-        self.ready = 0
-        self.reports: dict[int, list[float]] = {}
-        self.changed = asyncio.Event()
-
-    async def __aenter__(self) -> Clients:
-        loop = asyncio.get_running_loop()
-        for count in self.counts:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                __file__,
-                "--client",
-                self.url,
-                "--clients",
-                str(count),
-                "--total",
-                str(self.total),
-                "--timeout",
-                str(self.timeout),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            self.processes.append(process)
-            self.readers.append(loop.create_task(self._read(process)))
-        await self.wait(lambda: self.ready == len(self.counts), self.timeout * 3, "connected")
-        return self
-
-    async def _read(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
-            words = line.split()
-            if words == [b"ready"]:
-                self.ready += 1
-            elif len(words) == 2:
-                self.reports.setdefault(int(words[0]), []).append(float(words[1]))
-            self.changed.set()
-        self.changed.set()
-
-    async def wait(self, done: Any, timeout: float, what: str) -> None:
-        async def until() -> None:
-            while not done():
-                if any(p.returncode is not None for p in self.processes):
-                    codes = [p.returncode for p in self.processes]
-                    raise RuntimeError(f"a client process exited ({codes}) before {what}")
-                self.changed.clear()
-                await self.changed.wait()
-
-        try:
-            await asyncio.wait_for(until(), timeout)
-        except TimeoutError:
-            raise RuntimeError(f"not {what} within {timeout:g} s") from None
-
-    async def last_delivery(self, n: int) -> float:
-        """Wait until every client got message ``n``; the latest receive time."""
-        await self.wait(
-            lambda: len(self.reports.get(n, ())) == len(self.counts),
-            self.timeout,
-            f"message {n} delivered to all",
-        )
-        return max(self.reports.pop(n))
-
-    async def __aexit__(self, *exc: object) -> None:
-        for process in self.processes:
-            if process.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), self.timeout)
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-        for reader in self.readers:
-            reader.cancel()
 
 
 def server(kind: str, ws: str) -> ServerProcess:
@@ -328,20 +188,9 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--ws", default="auto", help="uvicorn's --ws (both servers)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per wait")
-    parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
-    parser.add_argument("--total", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    raise_nofile(args.clients + 256)
-    try:
-        import uvloop  # the servers run on it too (uvicorn's default when installed)
-    except ImportError:
-        run = asyncio.run
-    else:
-        run = uvloop.run
-    if args.client:
-        run(client_main(args.client, args.clients, args.total, args.timeout))
-    else:
-        run(coordinate(args))
+    raise_nofile(2 * args.clients + 256)
+    run(coordinate(args))
 
 
 if __name__ == "__main__":
