@@ -3,6 +3,7 @@
 Run:  python benchmarks/bench_redis.py [--processes 2] [--messages 2000] [--receivers 50]
       python benchmarks/bench_redis.py --processes 4
       python benchmarks/bench_redis.py --window 1 --messages 500    (latency)
+      python benchmarks/bench_redis.py --gap 0.002 --alone 2000     (a paced publisher)
 
 Starts a private ``redis-server`` on a free loopback port (or uses
 $REDIS_URL) and ``--processes`` uvicorn processes serving the pachinko app
@@ -26,10 +27,10 @@ Reported:
 - for reference, the CPU time of a bare redis-py ``PUBLISH`` of the same
   size, one at a time, in this process (measured before the servers start);
 - then the publishing process alone (no receivers, ``--publisher-rounds``
-  rounds taking turns): one client sends ``--messages`` broadcasts as fast as
-  the server takes them, to pachinko and to a hand-written Falcon app whose
-  publisher does one redis-py PUBLISH per message (_wire_apps.py); CPU per
-  broadcast of each, and the ratio;
+  rounds taking turns): one client sends ``--alone`` broadcasts as fast as
+  the server takes them (or ``--gap`` seconds apart), to pachinko and to a
+  hand-written Falcon app whose publisher does one redis-py PUBLISH per
+  message (_wire_apps.py); CPU per broadcast of each, and the ratio;
 - the number of PUBLISH calls (``INFO commandstats``), which must equal the
   number of broadcasts whatever the number of processes and receivers.
 """
@@ -118,8 +119,13 @@ def server(backend: str, kind: str = "pachinko") -> ServerProcess:
     )
 
 
-async def publisher_cpu(url: str, backend: str, kind: str, messages: int, timeout: float) -> float:
-    """CPU seconds per broadcast of a ``kind`` server publishing ``messages`` as fast as it can."""
+async def publisher_cpu(
+    url: str, backend: str, kind: str, messages: int, gap: float, timeout: float
+) -> float:
+    """CPU seconds per broadcast of a ``kind`` server publishing ``messages``.
+
+    They are sent as fast as the server takes them, or ``gap`` seconds apart.
+    """
     async with server(backend, kind) as srv, connect(srv.url + "/ws/publish") as sender:
         pid = pid_of(srv)
         published, _ = await redis_stats(url)
@@ -127,6 +133,8 @@ async def publisher_cpu(url: str, backend: str, kind: str, messages: int, timeou
         for n in range(messages):
             payload = {"type": "say", "n": n, "text": f"m{n}", "at": time.monotonic()}
             await sender.send(json.dumps(payload))
+            if gap:
+                await asyncio.sleep(gap)
         deadline = time.monotonic() + timeout
         while (await redis_stats(url))[0] < published + messages:
             if time.monotonic() > deadline:
@@ -215,12 +223,14 @@ async def bench(url: str, args: argparse.Namespace) -> None:
     # the publisher alone against a hand-written one, taking turns (noise)
     ours, theirs = [], []
     for _ in range(args.publisher_rounds):
-        ours.append(await publisher_cpu(url, backend, "pachinko", messages, args.timeout))
-        theirs.append(await publisher_cpu(url, backend, "handwritten", messages, args.timeout))
+        for kind, into in (("pachinko", ours), ("handwritten", theirs)):
+            into.append(await publisher_cpu(url, backend, kind, args.alone, args.gap, args.timeout))
     if ours:
         mine, base = statistics.median(ours), statistics.median(theirs)
         print(
-            f"  publisher alone {messages} broadcasts as fast as it takes them, no receivers, "
+            f"  publisher alone {args.alone} broadcasts "
+            + (f"{args.gap * 1e3:g} ms apart" if args.gap else "as fast as it takes them")
+            + ", no receivers, "
             f"median of {len(ours)}: pachinko {mine * 1e6:.0f} µs of CPU per broadcast, "
             f"hand-written Falcon + redis-py {base * 1e6:.0f} µs ({mine / base:.2f}x)"
         )
@@ -251,6 +261,12 @@ if __name__ == "__main__":
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per wait")
     parser.add_argument(
         "--publisher-rounds", type=int, default=3, help="rounds of the publisher-alone comparison"
+    )
+    parser.add_argument(
+        "--alone", type=int, default=10000, help="broadcasts per publisher-alone round"
+    )
+    parser.add_argument(
+        "--gap", type=float, default=0.0, help="seconds between publisher-alone broadcasts"
     )
     options = parser.parse_args()
     if options.processes < 2:
