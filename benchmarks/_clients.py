@@ -22,13 +22,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Clients", "raise_nofile", "run"]
+__all__ = ["Clients", "cpu_seconds", "pid_of", "raise_nofile", "run"]
 
 
 def raise_nofile(need: int) -> None:
@@ -39,6 +40,23 @@ def raise_nofile(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         if target < need:
             raise SystemExit(f"open files: need {need}, the hard limit is {hard}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pid_of(server: Any) -> int:
+    """The pid of a running ``pachinko.testing.ServerProcess``."""
+    # NOTE: ServerProcess has no public pid; the process is uvicorn itself
+    #   (started by exec, no shell), so its pid is the server's.
+    process = server._process
+    if process is None:
+        raise RuntimeError("the server process is not running")
+    return int(process.pid)
 
 
 def run(main: Any) -> None:

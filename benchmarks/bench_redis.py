@@ -54,7 +54,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 import redis.asyncio  # noqa: E402
-from _clients import Clients, raise_nofile, run  # noqa: E402
+from _clients import Clients, cpu_seconds, pid_of, raise_nofile, run  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from pachinko.testing import ServerProcess  # noqa: E402
@@ -79,22 +79,6 @@ async def bare_publish(url: str, count: int) -> float:
         for _ in range(count):
             await client.publish("bench-nobody", data)
         return (time.process_time() - start) / count
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pid_of(server: ServerProcess) -> int:
-    # NOTE: ServerProcess has no public pid; the process is uvicorn itself
-    #   (started by exec, no shell), so its pid is the server's.
-    process = server._process
-    if process is None:
-        raise RuntimeError("the server process is not running")
-    return process.pid
 
 
 def server(backend: str, kind: str = "pachinko") -> ServerProcess:
