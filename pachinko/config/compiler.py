@@ -25,6 +25,7 @@ import msgspec
 from .._dispatch import RESERVED
 from .._naming import handler_name, snake_case
 from ..errors import HandlerDefinitionError, RouteError
+from ..hooks import HOOK_SIGNATURES
 from ..resource import WebSocketResource, handles_message
 from ..router import WebSocketRouter
 from ..settings import Settings
@@ -37,15 +38,6 @@ from .schema import compile_types
 
 __all__ = ["Compiled", "ServicePlan", "WorkerPlan", "compile_loaded", "compile_text", "load_config"]
 
-#: Positional arguments each hook receives (the resource first).
-HOOK_ARITY: Final = {
-    "before_connect": 4,
-    "after_connect": 2,
-    "before_receive": 3,
-    "after_receive": 3,
-    "before_disconnect": 3,
-    "on_error": 3,
-}
 _BUILT_ONLY: Final = (
     "base",
     "wire",
@@ -444,7 +436,8 @@ class _Compiler:
     ) -> WebSocketRouter:
         router = WebSocketRouter(resource_factory=self.factory())
         for where, event, hook_path in hooks:
-            fn = self.function(where, hook_path, HOOK_ARITY[event], _hook_call(event))
+            signature = HOOK_SIGNATURES[event]
+            fn = self.function(where, hook_path, len(signature.params), signature.call)
             if fn is not None:
                 router.add_hook(event, fn)
         for where, route in routes:
@@ -698,12 +691,15 @@ class _Compiler:
             else:
                 namespace[attr] = fn
         if route.hooks is not None:
-            for event, arity in HOOK_ARITY.items():
+            for event, signature in HOOK_SIGNATURES.items():
                 value = getattr(route.hooks, event)
                 if value is None:
                     continue
                 fn = self.function(
-                    (source, (*path, "hooks", event)), value, arity, _hook_call(event)
+                    (source, (*path, "hooks", event)),
+                    value,
+                    len(signature.params),
+                    signature.call,
                 )
                 if fn is None:
                     ok = False
@@ -878,15 +874,3 @@ def _kind(value: Any) -> str:
     if inspect.isfunction(value) or inspect.ismethod(value) or inspect.isbuiltin(value):
         return "a function"
     return f"a {type(value).__name__}"
-
-
-def _hook_call(event: str) -> str:
-    args = {
-        "before_connect": "(resource, req, ws, params)",
-        "after_connect": "(resource, ws)",
-        "before_receive": "(resource, ws, message)",
-        "after_receive": "(resource, ws, message)",
-        "before_disconnect": "(resource, ws, close_code)",
-        "on_error": "(resource, ws, exc)",
-    }
-    return args[event]

@@ -22,6 +22,7 @@ import msgspec.inspect as mi
 import tomli_w
 
 from ..errors import PachinkoError
+from ..hooks import HOOK_EVENTS
 from ..resource import WebSocketResource
 from ..router import RouteInfo, WebSocketRouter
 from ..settings import Settings
@@ -57,14 +58,6 @@ _LIFECYCLE = {
     "on_unhandled": "on_unhandled",
     "get_child_context": "child_context",
 }
-_HOOKS = (
-    "before_connect",
-    "after_connect",
-    "before_receive",
-    "after_receive",
-    "before_disconnect",
-    "on_error",
-)
 
 
 class _Unrepresentable(Exception):
@@ -400,7 +393,7 @@ class _Exporter:
                         out[key] = path
             hooks = {
                 e: p
-                for e in _HOOKS
+                for e in HOOK_EVENTS
                 if e in vars(target)
                 if (p := self.path_of(vars(target)[e], f"{where}.hooks.{e}"))
             }
