@@ -50,6 +50,12 @@ _BUILT_ONLY: Final = (
     "on_unhandled",
     "child_context",
 )
+#: What a route that cannot be registered should have been, by RouteError kind, and its key.
+_ROUTE_PROBLEMS: Final = {
+    "conflict": ("a route path used once", "path"),
+    "name": ("a route name used once", "name"),
+    "invalid": ("a valid route template", "path"),
+}
 _FIELD_NAME: Final = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -518,19 +524,10 @@ class _Compiler:
                         route.path, target, *route.args, name=route.name, **route.kwargs
                     )
             except RouteError as ex:
-                found = str(ex)
-                key = "name" if "route name" in found else "path"
-                if key == "name" and route.name in self.names:
-                    pass  # reported above with both locations
-                else:
-                    self.add(
-                        where,
-                        "a route path used once"
-                        if "conflicts" in found
-                        else "a valid route template",
-                        found,
-                        extra=(key,),
-                    )
+                if ex.kind != "name" or route.name not in self.names:
+                    # NOTE: a name used twice in the file is reported above, with both places.
+                    expected, key = _ROUTE_PROBLEMS.get(ex.kind, _ROUTE_PROBLEMS["invalid"])
+                    self.add(where, expected, str(ex), extra=(key,))
         for index, sub in enumerate(route.routes):
             self.compile_route(
                 router,
