@@ -83,12 +83,6 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _qualname(obj: Any) -> str:
-    module = getattr(obj, "__module__", None)
-    name = getattr(obj, "__qualname__", None) or repr(obj)
-    return f"{module}:{name}" if module and module != "builtins" else name
-
-
 def _type_name(tp: Any) -> str:
     if tp is None:
         return "-"
@@ -97,40 +91,38 @@ def _type_name(tp: Any) -> str:
 
 def route_table(prefix: str, router: WebSocketRouter) -> list[dict[str, Any]]:
     """The compiled routing table: one entry per route, messages in both directions."""
+    from ._naming import qualified_name
+    from ._tree import mounted_routes
     from .router import join_paths
 
     table: list[dict[str, Any]] = []
-    for info in router.routes():
+    for route in mounted_routes([(prefix, router)]):
+        info = route.info
         cls = info.resource_class
-        messages: list[dict[str, Any]] = []
-        if cls is not None and hasattr(cls, "message_types"):
-            for tag, spec in cls.message_types().items():
-                messages.append(
-                    {
-                        "direction": "in",
-                        "type": tag,
-                        "handler": _qualname(getattr(cls, spec.method_name)),
-                        "payload": _type_name(spec.payload_type),
-                        "strict": spec.strict,
-                    }
-                )
-            for tp in getattr(cls, "sends", ()) or ():
-                config = getattr(tp, "__struct_config__", None)
-                tag = getattr(config, "tag", None)
-                messages.append(
-                    {
-                        "direction": "out",
-                        "type": tag if isinstance(tag, str) else _type_name(tp),
-                        "handler": None,
-                        "payload": _type_name(tp),
-                        "strict": None,
-                    }
-                )
+        messages = [
+            {
+                "direction": "in",
+                "type": msg.tag,
+                "handler": qualified_name(msg.handler),
+                "payload": _type_name(msg.payload),
+                "strict": msg.strict,
+            }
+            for msg in route.received
+        ] + [
+            {
+                "direction": "out",
+                "type": msg.tag if msg.tag is not None else _type_name(msg.payload),
+                "handler": None,
+                "payload": _type_name(msg.payload),
+                "strict": None,
+            }
+            for msg in route.sent
+        ]
         table.append(
             {
-                "path": join_paths(prefix, info.template),
+                "path": route.path,
                 "name": info.name,
-                "resource": cls.__qualname__ if cls is not None else _qualname(info.target),
+                "resource": cls.__qualname__ if cls is not None else qualified_name(info.target),
                 "parent": join_paths(prefix, info.parent.template) if info.parent else None,
                 "wire": getattr(cls, "wire", None),
                 "tag_field": getattr(cls, "tag_field", None),

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import msgspec.inspect as mi
 import tomli_w
 
+from .._tree import Received, RouterView, RouteView, router_tree
 from ..errors import PachinkoError
 from ..hooks import HOOK_EVENTS
 from ..resource import WebSocketResource
-from ..router import RouteInfo, WebSocketRouter
+from ..router import WebSocketRouter
 from ..settings import Settings
 from .errors import ConfigFileError, Issue
 from .imports import ImportFailure, import_path
@@ -87,7 +88,7 @@ def export_document(
 ) -> dict[str, Any]:
     """Like :func:`export_toml`, as the TOML document's dict."""
     exporter = _Exporter()
-    body = exporter.router(router.root)
+    body = exporter.router(router_tree(router.root))
     exporter.raise_if_any()
     return _document(exporter, body, {} if prefix is None else {"prefix": prefix}, settings)
 
@@ -135,7 +136,7 @@ def export_app_document(
         if (table := exporter.service(name, factory, runtime.service_factories)) is not None
     }
     workers = exporter.workers(runtime.declared_workers)
-    body = exporter.router(mount.router.root)
+    body = exporter.router(router_tree(mount.router.root))
     exporter.raise_if_any()
     doc = _document(exporter, body, {"prefix": prefix or mount.prefix}, runtime.settings)
     if services:
@@ -282,10 +283,28 @@ class _Exporter:
 
     # -- tree -------------------------------------------------------------------
 
-    def router(self, router: WebSocketRouter, where: str = "") -> dict[str, Any]:
+    def router(self, tree: RouterView, where: str = "") -> dict[str, Any]:
         body: dict[str, Any] = {}
+        hooks = self.router_hooks(tree, where)
+        if hooks:
+            body["hooks"] = {k: v[0] if len(v) == 1 else v for k, v in hooks.items()}
+        inject: Mapping[Any, Any] = getattr(tree.router.resource_factory, _INJECT, None) or {}
+        routes = [
+            self.route(route, f"{where}routes[{i}]", inject) for i, route in enumerate(tree.routes)
+        ]
+        if routes:
+            body["routes"] = routes
+        routers = [
+            {"prefix": sub.prefix, **self.router(sub, f"{where}routers[{i}].")}
+            for i, sub in enumerate(tree.routers)
+        ]
+        if routers:
+            body["routers"] = routers
+        return body
+
+    def router_hooks(self, tree: RouterView, where: str) -> dict[str, list[str]]:
         hooks: dict[str, list[str]] = {}
-        for event, fn, only in router.hooks:
+        for event, fn, only in tree.hooks:
             if only is not None:
                 self.fail(
                     f"{where}hooks.{event}",
@@ -296,55 +315,29 @@ class _Exporter:
             path = self.path_of(fn, f"{where}hooks.{event}")
             if path is not None:
                 hooks.setdefault(event, []).append(path)
-        if hooks:
-            body["hooks"] = {k: v[0] if len(v) == 1 else v for k, v in hooks.items()}
-        own = router.own_routes
-        tops = [info for info in own if info.parent is None]
-        inject: Mapping[Any, Any] = getattr(router.resource_factory, _INJECT, None) or {}
-        routes = [
-            self.route(info, own, None, f"{where}routes[{i}]", inject)
-            for i, info in enumerate(tops)
-        ]
-        if routes:
-            body["routes"] = routes
-        routers = []
-        for index, (child_prefix, child) in enumerate(router.nested):
-            sub = {"prefix": child_prefix, **self.router(child, f"{where}routers[{index}].")}
-            routers.append(sub)
-        if routers:
-            body["routers"] = routers
-        return body
+        return hooks
 
-    def route(
-        self,
-        info: RouteInfo,
-        own: list[RouteInfo],
-        parent: RouteInfo | None,
-        where: str,
-        inject: Mapping[Any, Any],
-    ) -> dict[str, Any]:
-        path = info.template
-        if parent is not None:
-            path = "/" + info.template[len(parent.template) :].lstrip("/")
-        out: dict[str, Any] = {"path": path}
+    def route(self, route: RouteView, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
+        info = route.info
+        out: dict[str, Any] = {"path": route.path}
         if info.name is not None:
             out["name"] = info.name
-        out.update(self.resource(info.target, where, inject))
+        out.update(self.resource(route, where, inject))
         if info.args:
             out["args"] = list(info.args)
         if info.kwargs:
             out["kwargs"] = dict(info.kwargs)
-        children = [c for c in own if c.parent is info]
-        if children:
+        if route.children:
             out["routes"] = [
-                self.route(c, own, info, f"{where}.routes[{i}]", inject)
-                for i, c in enumerate(children)
+                self.route(child, f"{where}.routes[{i}]", inject)
+                for i, child in enumerate(route.children)
             ]
         return out
 
     # -- resources --------------------------------------------------------------
 
-    def resource(self, target: Any, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
+    def resource(self, route: RouteView, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
+        target = route.info.target
         if not (isinstance(target, type) and issubclass(target, WebSocketResource)):
             path = self.path_of(target, f"{where}.resource")
             out: dict[str, Any] = {"resource": path} if path else {}
@@ -361,20 +354,19 @@ class _Exporter:
         out["wire"] = target.wire
         out["tag_field"] = target.tag_field
         handlers: dict[str, Any] = {}
-        for tag, spec in target.message_types().items():
-            fn = getattr(target, spec.method_name)
-            path = self.handler_path(fn, target, spec.method_name, built, f"{where}.handlers.{tag}")
+        for msg in route.received:
+            path = self.handler_path(msg, target, built, f"{where}.handlers.{msg.tag}")
             if path is None:
                 continue
             entry: dict[str, Any] = {"handler": path}
-            if spec.payload_type is not None:
-                entry["payload"] = self.struct(_user_struct(spec.payload_type), with_tag=True)
-            if not spec.strict:
+            if msg.payload is not None:
+                entry["payload"] = self.struct(_user_struct(msg.payload), with_tag=True)
+            if not msg.strict:
                 entry["strict"] = False
-            handlers[tag] = entry
+            handlers[msg.tag] = entry
         if handlers:
             out["handlers"] = handlers
-        sends = [self.struct(s, with_tag=True) for s in target.sends]
+        sends = [self.struct(msg.payload, with_tag=True) for msg in route.sent]
         if sends:
             out["sends"] = sends
         if built:
@@ -470,14 +462,12 @@ class _Exporter:
             out[name] = table
         return out
 
-    def handler_path(
-        self, fn: Callable[..., Any], target: type, method: str, built: bool, where: str
-    ) -> str | None:
+    def handler_path(self, msg: Received, target: type, built: bool, where: str) -> str | None:
         if built:
-            return self.path_of(fn, where)
-        owner = next((k for k in target.__mro__ if method in vars(k)), target)
+            return self.path_of(msg.handler, where)
+        owner = next((k for k in target.__mro__ if msg.method in vars(k)), target)
         path = self.path_of(owner, where)
-        return f"{path}.{method}" if path else None
+        return f"{path}.{msg.method}" if path else None
 
     # -- schemas ----------------------------------------------------------------
 
