@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main", "route_table", "uvicorn_options"]
 
-#: The config layer's ASGI entry point; it reads the file named in PACHINKO_CONFIG.
-_ASGI_APP: Final = "pachinko.config.asgi:app"
-_CONFIG_ENV: Final = "PACHINKO_CONFIG"
-_RELOAD_ENV: Final = "PACHINKO_RELOAD"
 _DEFAULT_CONFIG: Final = "routes.toml"
 _TEMPLATES: Final = Path(__file__).parent / "config" / "templates"
 #: Starter files written by ``pachinko init``: template name -> file name.
@@ -299,13 +295,15 @@ def serve(
         return
     # NOTE: several processes (or the reloader's child) import the app: they
     #   build it from the file named in the environment.
-    os.environ[_CONFIG_ENV] = str(Path(config).resolve())
+    from .config._env import ASGI_APP, CONFIG_ENV, RELOAD_ENV
+
+    os.environ[CONFIG_ENV] = str(Path(config).resolve())
     if reload:
-        os.environ[_RELOAD_ENV] = "1"  # TOML edits are swapped in without a restart
+        os.environ[RELOAD_ENV] = "1"  # TOML edits are swapped in without a restart
         options.update(reload=True, reload_dirs=[str(Path(config).resolve().parent)])
     else:
         options["workers"] = workers
-    _run(serve_with_uvicorn, _ASGI_APP, options)
+    _run(serve_with_uvicorn, ASGI_APP, options)
 
 
 def _run(runner: Any, app: Any, options: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import falcon.asgi
 
 from ..app import mount, runtime_of
+from ._env import RELOAD_ENV
 from .compiler import Compiled, ServicePlan, WorkerPlan, load_config
 
 if TYPE_CHECKING:
@@ -24,9 +25,6 @@ if TYPE_CHECKING:
     from .reload import Reloader
 
 __all__ = ["Configured", "configure", "create_app", "reload_enabled"]
-
-#: Environment variable that turns hot reload on (``1``, ``true``, ``yes``).
-RELOAD_ENV = "PACHINKO_RELOAD"
 
 
 class Configured:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..errors import ConfigError
+from ._env import RELOAD_POLL_ENV
 from .compiler import Compiled, ServiceBox, load_config
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Reloader:
         self.environ = environ
         self.poll_interval = poll_interval
         if force_polling is None:
-            force_polling = os.environ.get("PACHINKO_RELOAD_POLL", "") not in ("", "0")
+            force_polling = os.environ.get(RELOAD_POLL_ENV, "") not in ("", "0")
         self.force_polling = force_polling
         self.reloads = 0
         self.failures = 0
