@@ -27,6 +27,8 @@ from ..hooks import HOOK_EVENTS
 from ..resource import WebSocketResource
 from ..router import WebSocketRouter
 from ..settings import Settings
+from ._checks import parameter_names
+from ._resources import BUILT_MODULE
 from .errors import ConfigFileError, Issue
 from .imports import ImportFailure, import_path
 from .model import RouteConfig, RouterConfig
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["export_app", "export_app_document", "export_document", "export_toml"]
 
-_BUILT = "pachinko.config.built"
 #: Attribute of a compiled router's resource factory: resource class -> services.
 _INJECT = "__pachinko_inject__"
 _SCALARS: dict[type, str] = {
@@ -344,7 +345,7 @@ class _Exporter:
             if inject.get(target):
                 out["services"] = self.route_services(list(inject[target]), where)
             return out
-        built = target.__module__ == _BUILT
+        built = target.__module__ == BUILT_MODULE
         base = target.__bases__[0] if built else target
         out = {}
         if base is not WebSocketResource:
@@ -437,7 +438,7 @@ class _Exporter:
         # NOTE: a declared factory gets the services declared before it by
         #   parameter name; the Python app calls it without them.
         earlier = list(services)[: list(services).index(name)]
-        shadowed = [n for n in _parameters(factory) if n in earlier and n not in kwargs]
+        shadowed = [n for n in parameter_names(factory) if n in earlier and n not in kwargs]
         if shadowed:
             self.fail(
                 f"{where}.factory",
@@ -589,10 +590,3 @@ def _user_struct(struct: type) -> type:
     while struct.__bases__ and struct.__bases__[0].__name__ == struct.__name__:
         struct = struct.__bases__[0]
     return struct
-
-
-def _parameters(target: Any) -> list[str]:
-    try:
-        return list(inspect.signature(target).parameters)
-    except (TypeError, ValueError):
-        return []
