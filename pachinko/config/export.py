@@ -340,20 +340,45 @@ class _Exporter:
     def resource(self, route: RouteView, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
         target = route.info.target
         if not (isinstance(target, type) and issubclass(target, WebSocketResource)):
-            path = self.path_of(target, f"{where}.resource")
-            out: dict[str, Any] = {"resource": path} if path else {}
-            if inject.get(target):
-                out["services"] = self.route_services(list(inject[target]), where)
-            return out
+            return self.factory(target, where, inject)
         built = target.__module__ == BUILT_MODULE
+        out = self.resource_class(route, target, built, where)
+        if built:
+            out.update(self.built_services(target, where))
+        elif inject.get(target):
+            out["services"] = self.route_services(list(inject[target]), where)
+            out.update(self.lifecycle(target, where))
+        return out
+
+    def factory(self, target: Any, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
+        """A route whose target is not a resource class: ``resource = "module:factory"``."""
+        path = self.path_of(target, f"{where}.resource")
+        out: dict[str, Any] = {"resource": path} if path else {}
+        if inject.get(target):
+            out["services"] = self.route_services(list(inject[target]), where)
+        return out
+
+    def resource_class(
+        self, route: RouteView, target: type, built: bool, where: str
+    ) -> dict[str, Any]:
+        """The keys of a resource class: base, wire shape, handlers, sends."""
         base = target.__bases__[0] if built else target
-        out = {}
+        out: dict[str, Any] = {}
         if base is not WebSocketResource:
             path = self.path_of(base, f"{where}.base")
             if path:
                 out["base"] = path
-        out["wire"] = target.wire
-        out["tag_field"] = target.tag_field
+        out["wire"] = getattr(target, "wire", None)
+        out["tag_field"] = getattr(target, "tag_field", None)
+        handlers = self.handlers(route, target, built, where)
+        if handlers:
+            out["handlers"] = handlers
+        sends = [self.struct(msg.payload, with_tag=True) for msg in route.sent]
+        if sends:
+            out["sends"] = sends
+        return out
+
+    def handlers(self, route: RouteView, target: type, built: bool, where: str) -> dict[str, Any]:
         handlers: dict[str, Any] = {}
         for msg in route.received:
             path = self.handler_path(msg, target, built, f"{where}.handlers.{msg.tag}")
@@ -365,33 +390,33 @@ class _Exporter:
             if not msg.strict:
                 entry["strict"] = False
             handlers[msg.tag] = entry
-        if handlers:
-            out["handlers"] = handlers
-        sends = [self.struct(msg.payload, with_tag=True) for msg in route.sent]
-        if sends:
-            out["sends"] = sends
-        if built:
-            services = list(getattr(target, "__pachinko_services__", ()))
-            if services:
-                out["services"] = self.route_services(services, where)
-            # NOTE: handlers may build any declared type (resource.types.Name):
-            #   every one is written, used by a route or not.
-            self.extra_types.extend(vars(getattr(target, "types", None) or object()).values())
-        elif inject.get(target):
-            out["services"] = self.route_services(list(inject[target]), where)
-            for attr, key in _LIFECYCLE.items():
-                if attr in vars(target):
-                    path = self.path_of(vars(target)[attr], f"{where}.{key}")
-                    if path:
-                        out[key] = path
-            hooks = {
-                e: p
-                for e in HOOK_EVENTS
-                if e in vars(target)
-                if (p := self.path_of(vars(target)[e], f"{where}.hooks.{e}"))
-            }
-            if hooks:
-                out["hooks"] = hooks
+        return handlers
+
+    def built_services(self, target: type, where: str) -> dict[str, Any]:
+        """The services of a class built from a routes.toml (and its declared types)."""
+        # NOTE: handlers may build any declared type (resource.types.Name):
+        #   every one is written, used by a route or not.
+        self.extra_types.extend(vars(getattr(target, "types", None) or object()).values())
+        services = list(getattr(target, "__pachinko_services__", ()))
+        return {"services": self.route_services(services, where)} if services else {}
+
+    def lifecycle(self, target: type, where: str) -> dict[str, Any]:
+        """The lifecycle methods and hooks a Python resource class defines itself."""
+        own = vars(target)
+        out: dict[str, Any] = {}
+        for attr, key in _LIFECYCLE.items():
+            if attr in own:
+                path = self.path_of(own[attr], f"{where}.{key}")
+                if path:
+                    out[key] = path
+        hooks = {
+            e: p
+            for e in HOOK_EVENTS
+            if e in own
+            if (p := self.path_of(own[e], f"{where}.hooks.{e}"))
+        }
+        if hooks:
+            out["hooks"] = hooks
         return out
 
     def route_services(self, names: list[str], where: str) -> list[str]:
@@ -507,43 +532,32 @@ class _Exporter:
         return name
 
     def field(self, field: mi.Field) -> Any:
-        tp, description = _unwrap(field.type)
-        optional = False
-        if isinstance(tp, mi.UnionType):
-            rest = [t for t in tp.types if not isinstance(t, mi.NoneType)]
-            if len(rest) != 1 or len(rest) == len(tp.types) or description is not None:
-                raise _Unrepresentable("a union")
-            optional = True
-            tp, description = _unwrap(rest[0])
-        table: dict[str, Any] = {}
-        if isinstance(tp, mi.LiteralType):
-            if optional:
-                raise _Unrepresentable("an optional literal")
-            table["enum"] = list(tp.values)
-        else:
-            text = self.type_string(tp)
-            table["type"] = f"optional[{text}]" if optional else text
-            for key in _CONSTRAINTS:
-                value = getattr(tp, key, None)
-                if value is not None:
-                    table[key] = value
-        default: Any = msgspec.NODEFAULT
-        if field.default is not msgspec.NODEFAULT:
-            default = field.default
-        elif field.default_factory is not msgspec.NODEFAULT:
-            default = field.default_factory()
+        """A field as ``"type"`` or as a table (enum, constraints, default, ...)."""
+        tp, description, optional = _optional(field.type)
+        table = self.field_type(tp, optional)
+        default = _default(field)
         if default is not msgspec.NODEFAULT and default is not None:
-            try:
-                table["default"] = msgspec.to_builtins(default)
-                tomli_w.dumps({"x": table["default"]})
-            except (TypeError, ValueError) as ex:
-                raise _Unrepresentable("a default without TOML form") from ex
+            table["default"] = _toml_value(default)
         if optional and default is msgspec.NODEFAULT:
             table["required"] = True
         if description is not None:
             table["description"] = description
         if list(table) == ["type"]:
             return table["type"]
+        return table
+
+    def field_type(self, tp: mi.Type, optional: bool) -> dict[str, Any]:
+        """``type`` and its constraints, or ``enum``."""
+        if isinstance(tp, mi.LiteralType):
+            if optional:
+                raise _Unrepresentable("an optional literal")
+            return {"enum": list(tp.values)}
+        text = self.type_string(tp)
+        table: dict[str, Any] = {"type": f"optional[{text}]" if optional else text}
+        for key in _CONSTRAINTS:
+            value = getattr(tp, key, None)
+            if value is not None:
+                table[key] = value
         return table
 
     def type_string(self, tp: mi.Type) -> str:
@@ -572,6 +586,37 @@ class _Exporter:
         if any(getattr(tp, key, None) is not None for key in _CONSTRAINTS):
             raise _Unrepresentable("constraints inside a container")
         return self.type_string(tp)
+
+
+def _optional(tp: mi.Type) -> tuple[mi.Type, str | None, bool]:
+    """Split a field's type into its type, its description and whether it is optional."""
+    tp, description = _unwrap(tp)
+    if not isinstance(tp, mi.UnionType):
+        return tp, description, False
+    rest = [t for t in tp.types if not isinstance(t, mi.NoneType)]
+    if len(rest) != 1 or len(rest) == len(tp.types) or description is not None:
+        raise _Unrepresentable("a union")
+    tp, description = _unwrap(rest[0])
+    return tp, description, True
+
+
+def _default(field: mi.Field) -> Any:
+    """The field's default value (made by its factory), or ``NODEFAULT``."""
+    if field.default is not msgspec.NODEFAULT:
+        return field.default
+    if field.default_factory is not msgspec.NODEFAULT:
+        return field.default_factory()
+    return msgspec.NODEFAULT
+
+
+def _toml_value(value: Any) -> Any:
+    """``value`` as TOML can write it."""
+    try:
+        builtin = msgspec.to_builtins(value)
+        tomli_w.dumps({"x": builtin})
+    except (TypeError, ValueError) as ex:
+        raise _Unrepresentable("a default without TOML form") from ex
+    return builtin
 
 
 def _unwrap(tp: mi.Type) -> tuple[mi.Type, str | None]:
