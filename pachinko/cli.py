@@ -161,6 +161,15 @@ def uvicorn_options(settings: Settings, **options: Any) -> dict[str, Any]:
     }
 
 
+_output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
+
+
 # -- the command group ---------------------------------------------------------
 
 
@@ -382,13 +391,7 @@ def routes(config: str, as_json: bool) -> None:
     show_default=True,
     help="Output format.",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="Write to this file instead of standard output.",
-)
+@_output_option
 @click.option("--title", default=None, help="info.title (default: the file's name).")
 @click.option("--api-version", default="1.0.0", show_default=True, help="info.version.")
 @click.option(
@@ -462,13 +465,7 @@ def init(directory: str, force: bool) -> None:
 @main.command()
 @click.argument("target", metavar="MODULE:ROUTER")
 @click.option("--prefix", default=None, help="[app].prefix of the file (default /ws).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="Write to this file instead of standard output.",
-)
+@_output_option
 def export(target: str, prefix: str | None, output: str | None) -> None:
     """Write the routes.toml of a router or app (MODULE:ROUTER).
 

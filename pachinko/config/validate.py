@@ -168,10 +168,8 @@ def _check(
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         return _check_union(value, tp, path, lenient, out)
-    if origin in (list, tuple):
-        return _check_array(value, tp, path, lenient, out)
-    if origin is dict:
-        return _check_table(value, tp, path, lenient, out)
+    if origin in (list, tuple, dict):
+        return _check_items(value, tp, path, lenient, out)
     return _leaf(value, tp, path, lenient, out, describe(tp))
 
 
@@ -198,25 +196,19 @@ def _check_union(
     return value
 
 
-def _check_array(
+def _check_items(
     value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath], out: list[Problem]
 ) -> Any:
-    if not isinstance(value, list):
+    """Check an array's items or a table's values against the item type."""
+    is_table = typing.get_origin(tp) is dict
+    if not isinstance(value, dict if is_table else list):
         out.append(Problem(path, describe(tp), kind_of(value)))
         return value
     args = typing.get_args(tp)
+    if is_table:
+        return {k: _check(v, args[1], (*path, k), lenient, out) for k, v in value.items()}
     item = args[0] if args else Any
     return [_check(v, item, (*path, i), lenient, out) for i, v in enumerate(value)]
-
-
-def _check_table(
-    value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath], out: list[Problem]
-) -> Any:
-    if not isinstance(value, dict):
-        out.append(Problem(path, describe(tp), kind_of(value)))
-        return value
-    item = typing.get_args(tp)[1]
-    return {k: _check(v, item, (*path, k), lenient, out) for k, v in value.items()}
 
 
 def _is_array(tp: Any) -> bool:
