@@ -116,6 +116,8 @@ def configure(
         settings=compiled.settings,
         workers=[worker_callable(plan) for plan in compiled.workers.values()],
         services=service_factories(compiled.services, lambda: runtime_of(app).services),
+        authenticate=compiled.authenticate,
+        rooms=compiled.rooms,
     )
     runtime = runtime_of(app)
     compiled.box.services = runtime.services

@@ -2,7 +2,8 @@
 
 Everything happens here, once: imports, handler checks, ``defstruct``
 schemas, resource classes (``type(...)`` with ``handles_message``), the
-``WebSocketRouter`` tree, service and worker plans. The result holds no
+``WebSocketRouter`` tree, service and worker plans, the room policies and
+the ``authenticate`` function. The result holds no
 TOML-specific object on the per-message path: the serve loop sees a plain
 router and plain resource classes.
 
@@ -20,6 +21,7 @@ from typing import Any, Final
 
 import attrs
 
+from ..rooms import RoomPolicies, RoomPolicy
 from ..router import WebSocketRouter
 from ..settings import Settings
 from ._checks import Call, Checker
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 _SETUP: Final = Call("setup(app)", 1, is_async=False)
+_AUTHENTICATE: Final = Call("authenticate(req)", 1, is_async=False)
+_AUTHORIZE: Final = Call("authorize(resource, room)", 2, is_async=False)
 
 
 @attrs.define
@@ -56,6 +60,8 @@ class Compiled:
         workers: Worker plans by name.
         setup: Callables run with the Falcon app at creation.
         box: Holds the services mapping the resource factory reads.
+        authenticate: ``[app] authenticate``, imported (or ``None``).
+        rooms: The ``[rooms]`` policies.
     """
 
     loaded: Loaded
@@ -67,6 +73,8 @@ class Compiled:
     workers: dict[str, WorkerPlan]
     setup: list[Callable[..., Any]]
     box: ServiceBox
+    authenticate: Callable[..., Any] | None = None
+    rooms: RoomPolicies = attrs.field(factory=RoomPolicies)
 
 
 def compile_loaded(
@@ -89,12 +97,26 @@ def compile_loaded(
     workers = worker_plans(checker)
     _check_prefix(checker)
     setup = _setup_callables(checker)
+    authenticate = _authenticate(checker)
+    rooms = _room_policies(checker)
     trees = RouteTrees(checker, ResourceClasses(checker, structs), box)
     router = trees.router("", loaded.routes, loaded.routers, loaded.hooks)
     checker.report_broken_modules()
     checker.report.raise_if_any()
     prefix = loaded.app.prefix
-    return Compiled(loaded, router, prefix, loaded.settings, structs, services, workers, setup, box)
+    return Compiled(
+        loaded,
+        router,
+        prefix,
+        loaded.settings,
+        structs,
+        services,
+        workers,
+        setup,
+        box,
+        authenticate,
+        rooms,
+    )
 
 
 def load_config(
@@ -137,3 +159,34 @@ def _setup_callables(checker: Checker) -> list[Callable[..., Any]]:
         for index, path in enumerate(checker.loaded.app.setup)
     ]
     return [fn for fn in found if fn is not None]
+
+
+def _authenticate(checker: Checker) -> Callable[..., Any] | None:
+    """Return the ``[app] authenticate`` function, if declared and it checks out."""
+    path = checker.loaded.app.authenticate
+    if path is None:
+        return None
+    where = (checker.loaded.root, ("app", "authenticate"))
+    fn: Callable[..., Any] | None = checker.function_for(where, path, _AUTHENTICATE)
+    return fn
+
+
+def _room_policies(checker: Checker) -> RoomPolicies:
+    """Return the ``[rooms]`` policies that check out."""
+    policies: dict[str, RoomPolicy] = {}
+    for pattern, (where, room) in checker.loaded.rooms.items():
+        authorize = None
+        if room.authorize is not None:
+            source, path = where
+            authorize = checker.function_for(
+                (source, (*path, "authorize")), room.authorize, _AUTHORIZE
+            )
+            if authorize is None:
+                continue
+        try:
+            policies[pattern] = RoomPolicy(presence=room.presence, authorize=authorize)
+            RoomPolicies({pattern: policies[pattern]})  # the pattern itself
+        except ValueError as ex:
+            policies.pop(pattern, None)
+            checker.problem(where, "a room name, or a prefix ending with '*'", str(ex))
+    return RoomPolicies(policies)

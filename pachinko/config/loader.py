@@ -3,8 +3,8 @@
 Each file is parsed, interpolated and checked on its own, so every error
 names the file it is in, with the key path and line as written there. The
 files are then merged: ``routes``, ``routers`` and hook lists are appended in
-include order (the including file first); ``types``, ``services`` and
-``workers`` must not be declared twice; ``app`` and ``settings`` belong to
+include order (the including file first); ``types``, ``services``,
+``workers`` and ``rooms`` must not be declared twice; ``app`` and ``settings`` belong to
 the root file only.
 """
 
@@ -28,6 +28,7 @@ from .model import (
     AppConfig,
     ConfigFile,
     HooksConfig,
+    RoomConfig,
     RouteConfig,
     RouterConfig,
     ServiceConfig,
@@ -94,6 +95,7 @@ class Loaded:
     types: dict[str, tuple[Located, TypeConfig]]
     services: dict[str, tuple[Located, ServiceConfig]]
     workers: dict[str, tuple[Located, WorkerConfig]]
+    rooms: dict[str, tuple[Located, RoomConfig]]
     hooks: list[tuple[Located, str, str]]  # (where, event, import path)
     routes: list[tuple[Located, RouteConfig]]
     routers: list[tuple[Located, RouterConfig]]
@@ -167,6 +169,7 @@ class _Merger:
         self.types: dict[str, tuple[Located, TypeConfig]] = {}
         self.services: dict[str, tuple[Located, ServiceConfig]] = {}
         self.workers: dict[str, tuple[Located, WorkerConfig]] = {}
+        self.rooms: dict[str, tuple[Located, RoomConfig]] = {}
         self.hooks: list[tuple[Located, str, str]] = []
         self.routes: list[tuple[Located, RouteConfig]] = []
         self.routers: list[tuple[Located, RouterConfig]] = []
@@ -182,6 +185,7 @@ class _Merger:
             self.types,
             self.services,
             self.workers,
+            self.rooms,
             self.hooks,
             self.routes,
             self.routers,
@@ -307,7 +311,7 @@ class _Merger:
         if root:
             self.app = config.app
             self.settings = config.settings
-        for section in ("types", "services", "workers"):
+        for section in ("types", "services", "workers", "rooms"):
             merged: dict[str, Any] = getattr(self, section)
             for name, item in getattr(config, section).items():
                 if name in merged:

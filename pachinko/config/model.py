@@ -22,6 +22,7 @@ __all__ = [
     "HandlerConfig",
     "HooksConfig",
     "ResourceHooksConfig",
+    "RoomConfig",
     "RouteConfig",
     "RouterConfig",
     "ServiceConfig",
@@ -49,11 +50,16 @@ class AppConfig(_Table):
             when the app is created (add HTTP routes, middleware, ...).
         reload: Watch this file and the files it includes, and swap the
             routes in when they change (development only).
+        authenticate: Import path of ``authenticate(req)`` (sync or async),
+            run at every handshake: returns the ``pachinko.User`` or refuses
+            (``None`` or ``AuthenticationFailed``: 3401, HTTP 401). See
+            ``pachinko.auth`` for signed tokens.
     """
 
     prefix: str = "/ws"
     setup: list[ImportPath] = []
     reload: bool = False
+    authenticate: ImportPath | None = None
 
 
 class HooksConfig(_Table):
@@ -72,6 +78,7 @@ class HooksConfig(_Table):
     after_receive: Hooks = []
     before_disconnect: Hooks = []
     on_error: Hooks = []
+    authorize_join: Hooks = []
 
 
 class ResourceHooksConfig(_Table):
@@ -90,6 +97,7 @@ class ResourceHooksConfig(_Table):
     after_receive: ImportPath | None = None
     before_disconnect: ImportPath | None = None
     on_error: ImportPath | None = None
+    authorize_join: ImportPath | None = None
 
 
 class FieldConfig(_Table):
@@ -263,6 +271,24 @@ class WorkerConfig(_Table):
     restart: RestartPolicy | None = None
 
 
+class RoomConfig(_Table):
+    """``[rooms."pattern"]``: the policy of a room (``"lobby"``) or pattern (``"team:*"``).
+
+    The most specific declaration wins, whole: an exact name before any
+    pattern, then the longest prefix. A room no declaration names has no
+    presence and every join that the hooks allow is allowed.
+
+    Attributes:
+        presence: Push ``presence`` join/leave events to the room (once per
+            user, across processes) and list its members with their info.
+        authorize: Import path of ``authorize(resource, room)`` (sync or
+            async) returning true when the connection may join.
+    """
+
+    presence: bool = False
+    authorize: ImportPath | None = None
+
+
 class ConfigFile(_Table):
     """A routes.toml file (the root file, or one it includes).
 
@@ -274,6 +300,7 @@ class ConfigFile(_Table):
         types: Message types by name.
         services: Services by name.
         workers: Workers by name.
+        rooms: Room policies by room name or pattern.
         hooks: Global hooks of the root router.
         routes: Routes of the root router.
         routers: Nested routers.
@@ -285,6 +312,7 @@ class ConfigFile(_Table):
     types: dict[str, TypeConfig] = {}
     services: dict[str, ServiceConfig] = {}
     workers: dict[str, WorkerConfig] = {}
+    rooms: dict[str, RoomConfig] = {}
     hooks: HooksConfig | None = None
     routes: list[RouteConfig] = []
     routers: list[RouterConfig] = []

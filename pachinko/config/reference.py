@@ -31,6 +31,7 @@ TABLES: list[tuple[str, type[msgspec.Struct]]] = [
     ("[services.NAME]", model.ServiceConfig),
     ("[workers.NAME]", model.WorkerConfig),
     ("[workers.NAME.restart]", RestartPolicy),
+    ('[rooms."NAME"] (a room, or a pattern "team:*")', model.RoomConfig),
     ("[hooks] (and [routers.hooks])", model.HooksConfig),
     ("[[routes]] (and [[routes.routes]], [[routers.routes]])", model.RouteConfig),
     ("[routes.handlers] values", model.HandlerConfig),

@@ -10,7 +10,7 @@ reload is logged with what changed.
 
 What is *not* reloaded: Python code (modules are imported once; restart the
 process, e.g. ``pachinko serve --reload`` or ``uvicorn --reload``), services
-(created once at startup), ``[settings]`` and ``[app]``: a change there is
+(created once at startup), ``[settings]``, ``[app]`` and ``[rooms]``: a change there is
 logged as needing a restart.
 
 Files are watched with ``watchfiles`` when it is installed (the ``serve``
@@ -101,6 +101,8 @@ def describe_changes(old: Compiled, new: Compiled) -> dict[str, list[str]]:
     for key in ("settings", "app"):
         if getattr(old.loaded, key) != getattr(new.loaded, key):
             changes["restart"].append(f"[{key}]")
+    if table(old.loaded.rooms) != table(new.loaded.rooms):
+        changes["restart"].append("[rooms]")
     if changes["services"]:
         changes["restart"].extend(f"services: {c}" for c in changes["services"])
     return changes
