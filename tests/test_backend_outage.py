@@ -22,6 +22,7 @@ from pachinko.config import create_app
 from pachinko.testing import AppClient, LiveServer
 from tests.conftest import eventually
 from tests.redis_server import RedisServer, redis_server, unique_prefix
+from tests.test_cli_redis import signed_in
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -70,13 +71,13 @@ async def test_the_example_chat_survives_a_redis_outage(
     caplog.set_level(logging.DEBUG, logger="pachinko")
     async with (
         LiveServer(app, timeout=5.0) as server,
-        server.websocket("/ws/chat") as ann,
-        server.websocket("/ws/chat") as bob,
+        server.websocket("/ws/chat", **signed_in("Ann")) as ann,
+        server.websocket("/ws/chat", **signed_in("Bob")) as bob,
     ):
-        for ws, name in ((ann, "Ann"), (bob, "Bob")):
-            await ws.send_json({"type": "join", "room": "lobby", "name": name})
+        for ws in (ann, bob):
+            await ws.send_json({"type": "join", "room": "lobby"})
             await ws.expect(type="joined")
-        await ann.expect(type="presence", name="Bob")
+        await ann.expect(type="presence", user="Bob")
 
         backend = runtime_of(app).manager.backend
         for outage in (1, 2):

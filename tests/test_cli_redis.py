@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from examples.chat.auth import SECRET
+from pachinko.auth import sign_token
 from pachinko.testing import ServerProcess
 from tests.redis_server import redis_url
 
@@ -18,6 +20,12 @@ PYTHON = sys.executable
 pytestmark = [pytest.mark.redis, pytest.mark.live]
 
 
+def signed_in(name: str) -> dict[str, list[str]]:
+    """Options of ``websocket()`` for a user signed in as ``name`` (the example's tokens)."""
+    token = sign_token(SECRET, name, ttl=60, info={"name": name})
+    return {"subprotocols": ["pachinko", f"pachinko.token.{token}"]}
+
+
 def serve(*args: str) -> list[str]:
     return [PYTHON, "-m", "pachinko", "serve", "routes.example.toml", *args, "--port", "0"]
 
@@ -27,15 +35,16 @@ async def test_two_servers_share_rooms_through_redis(redis_url: str) -> None:
     async with (
         ServerProcess(serve(), cwd=ROOT, env=env) as one,
         ServerProcess(serve(), cwd=ROOT, env=env) as two,
-        one.websocket("/ws/chat") as ann,
-        two.websocket("/ws/chat") as bob,
+        one.websocket("/ws/chat", **signed_in("ann")) as ann,
+        two.websocket("/ws/chat", **signed_in("bob")) as bob,
     ):
         assert "backend redis://" in one.output
-        await ann.send_json({"type": "join", "room": "lobby", "name": "ann"})
+        await ann.send_json({"type": "join", "room": "lobby"})
         await ann.expect(type="joined")
-        await bob.send_json({"type": "join", "room": "lobby", "name": "bob"})
-        await bob.expect(type="joined")
-        await ann.expect(type="presence", event="join", name="bob")  # across processes
+        await bob.send_json({"type": "join", "room": "lobby"})
+        joined = await bob.expect(type="joined")
+        assert joined["members"] == {"ann": "ann", "bob": "bob"}  # presence across processes
+        await ann.expect(type="presence", event="join", user="bob")  # across processes
         await bob.send_json({"type": "say", "room": "lobby", "text": "from the other process"})
         message = await ann.expect(type="message")
         assert (message["name"], message["text"]) == ("bob", "from the other process")
@@ -46,8 +55,8 @@ async def test_serve_with_workers_and_redis(redis_url: str) -> None:
         ServerProcess(
             serve("--workers", "2"), cwd=ROOT, env={"PACHINKO_BACKEND": redis_url}
         ) as server,
-        server.websocket("/ws/chat") as ws,
+        server.websocket("/ws/chat", **signed_in("n")) as ws,
     ):
-        await ws.send_json({"type": "join", "room": "r", "name": "n"})
+        await ws.send_json({"type": "join", "room": "r"})
         await ws.expect(type="joined", room="r")
     assert "Started parent process" in server.output

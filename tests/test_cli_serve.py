@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pachinko.testing import ServerProcess
+from tests.test_cli_redis import signed_in
 
 ROOT = Path(__file__).resolve().parent.parent
 TOO_BIG = 1009
@@ -72,13 +73,16 @@ async def test_serve_the_example_chat() -> None:
             lambda: urllib.request.urlopen(server.http_url + "/", timeout=5).read().decode()
         )
         assert "<title>pachinko chat</title>" in page
-        async with server.websocket("/ws/chat") as ann, server.websocket("/ws/chat") as bob:
-            await ann.send_json({"type": "join", "room": "lobby", "name": "ann"})
+        async with (
+            server.websocket("/ws/chat", **signed_in("ann")) as ann,
+            server.websocket("/ws/chat", **signed_in("bob")) as bob,
+        ):
+            await ann.send_json({"type": "join", "room": "lobby"})
             joined = await ann.expect(type="joined")
-            assert joined["members"] == ["ann"]
-            await bob.send_json({"type": "join", "room": "lobby", "name": "bob"})
-            await bob.expect(type="joined", members=["ann", "bob"])
-            await ann.expect(type="presence", event="join", name="bob")
+            assert joined["members"] == {"ann": "ann"}
+            await bob.send_json({"type": "join", "room": "lobby"})
+            await bob.expect(type="joined", members={"ann": "ann", "bob": "bob"})
+            await ann.expect(type="presence", event="join", user="bob")
             await bob.send_json({"type": "say", "room": "lobby", "text": "hi ann"})
             said = await ann.expect(type="message")
             assert (said["name"], said["text"]) == ("bob", "hi ann")
@@ -86,7 +90,7 @@ async def test_serve_the_example_chat() -> None:
             # the TOML's max_message_size (16384) is the server's limit
             await ann.send_json({"type": "say", "room": "lobby", "text": "x" * 20000})
             assert await ann.expect_close() == TOO_BIG
-            await bob.expect(type="presence", event="leave", name="ann")
+            await bob.expect(type="presence", event="leave", user="ann")
             # SIGTERM: a graceful shutdown, open sockets closed with 1001 "going away"
             server.send_signal(signal.SIGTERM)
             assert await bob.expect_close() == GOING_AWAY

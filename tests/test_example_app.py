@@ -13,6 +13,8 @@ import falcon.asgi
 import pytest
 
 from examples.chat import app_python
+from examples.chat.auth import SECRET
+from pachinko.auth import sign_token
 from pachinko.config import create_app
 from tests.conftest import recv_json
 
@@ -20,24 +22,33 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "routes.example.toml"
 
 # (client, message to send or "<close>", {client: messages it receives after this step})
+# A join gets the joiner pachinko's presence event (its first connection in
+# the room) and the app's "joined"; the others get the presence event.
 SCRIPT: list[tuple[str, Any, dict[str, int]]] = [
-    ("ann", {"type": "join", "room": "lobby", "name": "Ann"}, {"ann": 1}),
-    ("bob", {"type": "join", "room": "lobby", "name": "Bob"}, {"bob": 1, "ann": 1}),
+    ("ann", {"type": "join", "room": "lobby"}, {"ann": 2}),
+    ("bob", {"type": "join", "room": "lobby"}, {"bob": 2, "ann": 1}),
     ("ann", {"type": "typing", "room": "lobby", "active": True}, {"bob": 1}),
     ("ann", {"type": "say", "room": "lobby", "text": "hello"}, {"ann": 1, "bob": 1}),
     ("bob", {"type": "say", "room": "lobby", "text": ""}, {"bob": 1}),
-    ("bob", {"type": "join", "room": "bad room!", "name": "Bob"}, {"bob": 1}),
-    ("bob", {"type": "join", "room": "lobby", "name": "x" * 33}, {"bob": 1}),
+    ("bob", {"type": "join", "room": "bad room!"}, {"bob": 1}),
+    # the name comes from the signed token; a message cannot choose it
+    ("bob", {"type": "join", "room": "lobby", "name": "Mallory"}, {"bob": 1}),
     ("ann", {"type": "shout", "room": "lobby"}, {"ann": 1}),
     ("ann", "not json", {"ann": 1}),
     ("ann", {"type": "say", "room": "lobby", "text": "hi", "extra": 1}, {"ann": 1}),
     ("ann", {"type": "say", "room": "elsewhere", "text": "hi"}, {"ann": 1}),
     ("ann", {"type": "typing", "room": "lobby"}, {"ann": 1}),
-    ("cat", {"type": "join", "room": "lobby", "name": "Cat"}, {"cat": 1, "ann": 1, "bob": 1}),
+    ("cat", {"type": "join", "room": "lobby"}, {"cat": 2, "ann": 1, "bob": 1}),
     ("bob", "<close>", {"ann": 1, "cat": 1}),
     ("ann", {"type": "leave", "room": "lobby"}, {"cat": 1}),
     ("cat", {"type": "say", "room": "lobby", "text": "alone"}, {"cat": 1}),
 ]
+
+
+def signed_in(name: str) -> dict[str, Any]:
+    """``simulate_ws`` options of a user signed in as ``name`` (the example's tokens)."""
+    token = sign_token(SECRET, name, ttl=60, info={"name": name})
+    return {"subprotocols": ["pachinko", f"pachinko.token.{token}"]}
 
 
 def _normalize(message: Any) -> Any:
@@ -63,7 +74,9 @@ async def converse(app: falcon.asgi.App, conductor_for: Any) -> list[Any]:
     async with contextlib.AsyncExitStack() as stack:
         clients: dict[str, Any] = {}
         for name in ("ann", "bob", "cat"):
-            clients[name] = await stack.enter_async_context(conductor.simulate_ws("/ws/chat"))
+            clients[name] = await stack.enter_async_context(
+                conductor.simulate_ws("/ws/chat", **signed_in(name.title()))
+            )
         for sender, message, expect in SCRIPT:
             ws = clients[sender]
             if message == "<close>":
@@ -88,21 +101,32 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
     assert from_toml == from_python
     by_step = dict.fromkeys(range(len(from_toml)))
     assert len(by_step) == sum(sum(e.values()) for _, _, e in SCRIPT)
-    assert from_toml[0] == (
-        "ann",
-        {"type": "joined", "room": "lobby", "name": "Ann", "members": ["Ann"], "history": []},
-    )
-    assert from_toml[2] == (
-        "bob",
-        {
-            "type": "joined",
-            "room": "lobby",
-            "name": "Bob",
-            "members": ["Ann", "Bob"],
-            "history": [],
-        },
-    )
-    assert from_toml[6] == (
+    assert from_toml[:5] == [
+        ("ann", presence("join", "Ann")),
+        (
+            "ann",
+            {
+                "type": "joined",
+                "room": "lobby",
+                "name": "Ann",
+                "members": {"Ann": "Ann"},
+                "history": [],
+            },
+        ),
+        ("ann", presence("join", "Bob")),
+        ("bob", presence("join", "Bob")),
+        (
+            "bob",
+            {
+                "type": "joined",
+                "room": "lobby",
+                "name": "Bob",
+                "members": {"Ann": "Ann", "Bob": "Bob"},
+                "history": [],
+            },
+        ),
+    ]
+    assert from_toml[8] == (
         "bob",
         {
             "type": "error",
@@ -122,16 +146,27 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
     ) in from_toml
     joined_cat = next(m for n, m in from_toml if n == "cat" and m["type"] == "joined")
     assert joined_cat["history"] == [{"name": "Ann", "text": "hello", "at": "<at>"}]
+    assert ("ann", presence("leave", "Bob")) in from_toml
+    assert ("cat", presence("leave", "Ann")) in from_toml
     assert (
-        "ann",
+        "bob",
         {
-            "type": "presence",
-            "room": "lobby",
-            "name": "Bob",
-            "event": "leave",
-            "members": ["Ann", "Cat"],
+            "type": "error",
+            "reason": "validation_error",
+            "detail": "Object contains unknown field `name`",
+            "path": "$",
         },
     ) in from_toml
+
+
+def presence(event: str, user: str) -> dict[str, Any]:
+    return {
+        "type": "presence",
+        "event": event,
+        "room": "lobby",
+        "user": user,
+        "info": {"name": user},
+    }
 
 
 async def test_heartbeat_worker_reaches_every_client(conductor_for: Any, tmp_path: Path) -> None:
@@ -140,7 +175,7 @@ async def test_heartbeat_worker_reaches_every_client(conductor_for: Any, tmp_pat
     config = tmp_path / "routes.toml"
     config.write_text(text)
     conductor = await conductor_for(create_app(config))
-    async with conductor.simulate_ws("/ws/chat") as ws:
+    async with conductor.simulate_ws("/ws/chat", **signed_in("ann")) as ws:
         beat = await recv_json(ws)
     assert beat["type"] == "heartbeat"
     assert beat["connections"] == 1
@@ -165,9 +200,15 @@ async def test_the_python_app_exported_to_toml_answers_identically(
     assert 'base = "examples.chat.app_python:ChatResource"' in text
     assert 'handler = "examples.chat.app_python:ChatResource.join"' in text
     assert "[types.Join.fields.room]" in text
-    # The router does not know the app's services and workers: declare them.
+    # The router does not know the app's services, authentication and rooms: declare them.
     config = tmp_path / "routes.toml"
-    config.write_text(text + '\n[services.chat]\nfactory = "examples.chat.handlers:ChatRooms"\n')
+    config.write_text(
+        text.replace(
+            'prefix = "/ws"', 'prefix = "/ws"\nauthenticate = "examples.chat.auth:authenticate"'
+        )
+        + '\n[services.chat]\nfactory = "examples.chat.handlers:ChatRooms"\n'
+        + '\n[rooms."*"]\npresence = true\n'
+    )
     from_export = await converse(create_app(config), conductor_for)
     assert from_export == await converse(app_python.create_app(page=False), conductor_for)
 
@@ -186,10 +227,14 @@ async def test_a_room_and_its_history_end_with_its_last_member(
     app = _both_apps()[which == "python"]
     conductor = await conductor_for(app)
     chat = runtime_of(app).services["chat"]
-    async with conductor.simulate_ws("/ws/chat") as ann, conductor.simulate_ws("/ws/chat") as bob:
+    async with (
+        conductor.simulate_ws("/ws/chat", **signed_in("Ann")) as ann,
+        conductor.simulate_ws("/ws/chat", **signed_in("Bob")) as bob,
+    ):
         for n in range(12):  # 37 messages: within the example's rate burst of 40
             room = f"room-{n}"
-            await ann.send_text(json.dumps({"type": "join", "room": room, "name": "Ann"}))
+            await ann.send_text(json.dumps({"type": "join", "room": room}))
+            assert (await recv_json(ann))["type"] == "presence"
             assert (await recv_json(ann))["type"] == "joined"
             await ann.send_text(json.dumps({"type": "say", "room": room, "text": "x" * 1000}))
             assert (await recv_json(ann))["type"] == "message"
@@ -199,28 +244,33 @@ async def test_a_room_and_its_history_end_with_its_last_member(
         await ann.send_text(json.dumps({"type": "say", "room": "room-11", "text": "?"}))
         assert (await recv_json(ann))["reason"] == "not_joined"
         assert (chat.members, chat.history) == ({}, {})
-        await bob.send_text(json.dumps({"type": "join", "room": "room-0", "name": "Bob"}))
+        await bob.send_text(json.dumps({"type": "join", "room": "room-0"}))
+        assert (await recv_json(bob))["type"] == "presence"
         joined = await recv_json(bob)
-        assert (joined["members"], joined["history"]) == (["Bob"], [])
+        # ann's leave of room-0 may still linger (presence_linger): she is listed until then
+        assert joined["members"].get("Bob") == "Bob"
+        assert joined["history"] == []
 
 
 @pytest.mark.parametrize("which", ["toml", "python"])
 async def test_a_member_is_in_ten_rooms_at_most(conductor_for: Any, which: str) -> None:
     conductor = await conductor_for(_both_apps()[which == "python"])
-    async with conductor.simulate_ws("/ws/chat") as ann:
+    async with conductor.simulate_ws("/ws/chat", **signed_in("Ann")) as ann:
         for n in range(10):
-            await ann.send_text(json.dumps({"type": "join", "room": f"r{n}", "name": "Ann"}))
+            await ann.send_text(json.dumps({"type": "join", "room": f"r{n}"}))
+            assert (await recv_json(ann))["type"] == "presence"
             assert (await recv_json(ann))["type"] == "joined"
-        await ann.send_text(json.dumps({"type": "join", "room": "r10", "name": "Ann"}))
+        await ann.send_text(json.dumps({"type": "join", "room": "r10"}))
         assert await recv_json(ann) == {
             "type": "error",
             "reason": "too_many_rooms",
             "detail": "leave a room first (at most 10)",
             "path": "$.room",
         }
-        # joining a room again (a new name) is not a new room
-        await ann.send_text(json.dumps({"type": "join", "room": "r3", "name": "Annie"}))
-        assert (await recv_json(ann))["name"] == "Annie"
+        # joining a room again is not a new room
+        await ann.send_text(json.dumps({"type": "join", "room": "r3"}))
+        assert (await recv_json(ann))["type"] == "joined"
         await ann.send_text(json.dumps({"type": "leave", "room": "r0"}))
-        await ann.send_text(json.dumps({"type": "join", "room": "r10", "name": "Ann"}))
+        await ann.send_text(json.dumps({"type": "join", "room": "r10"}))
+        assert (await recv_json(ann))["type"] == "presence"
         assert (await recv_json(ann))["room"] == "r10"

@@ -12,15 +12,16 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import falcon.asgi
 import msgspec
 
-from examples.chat import handlers
+from examples.chat import auth, handlers
 from examples.chat.page import add_page
 from pachinko import (
     RestartPolicy,
+    RoomPolicy,
     Settings,
     WebSocketResource,
     WebSocketRouter,
@@ -42,7 +43,6 @@ class _Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class Join(_Message):
     room: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9_-]+$")]
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 
 
 class Leave(_Message):
@@ -71,15 +71,8 @@ class HistoryEntry(_Message):
 class Joined(_Message, tag="joined"):
     room: str
     name: str
-    members: list[str]
+    members: dict[str, str]
     history: list[HistoryEntry]
-
-
-class Presence(_Message, tag="presence"):
-    room: str
-    name: str
-    event: Literal["join", "leave"]
-    members: list[str]
 
 
 class Message(_Message, tag="message"):
@@ -109,7 +102,7 @@ class Error(_Message, tag="error"):
 class ChatResource(WebSocketResource):
     """One chat connection; the logic lives in :mod:`examples.chat.handlers`."""
 
-    sends = (Joined, Presence, Message, TypingNotice, Heartbeat, Error)
+    sends = (Joined, Message, TypingNotice, Heartbeat, Error)  # + pachinko's presence
 
     def __init__(self, chat: handlers.ChatRooms) -> None:
         self.chat = chat
@@ -165,7 +158,10 @@ def create_app(*, heartbeat: float = 10.0, page: bool = True) -> falcon.asgi.App
         settings=settings,
         workers=[beat],
         services={"chat": functools.partial(handlers.ChatRooms, history=50, rooms_per_member=10)},
+        authenticate=auth.authenticate,
+        rooms={"*": RoomPolicy(presence=True)},
     )
     if page:
         add_page(app)
+        auth.add_token_endpoint(app)
     return app

@@ -1,12 +1,18 @@
 """Handlers of the example chat app (``routes.example.toml``).
 
 Plain async functions: each receives the per-connection resource, the
-Falcon WebSocket and the validated payload. The ``chat`` service (one per
-app, created at startup) keeps room members and the last N messages of each
-room while it has members; the resource gets it as ``resource.chat``.
+Falcon WebSocket and the validated payload. Who is talking comes from the
+signed token checked at the handshake (:mod:`examples.chat.auth`):
+``resource.user.info["name"]``. Who is in a room is pachinko's presence
+(``[rooms."*"] presence = true``): the library announces joins and leaves
+(once per user, across processes) and lists the members, so the example
+keeps no member list of its own.
 
-NOTE: members and history live in the process: with several server
-processes (a Redis backend) each keeps its own. Broadcasts still cross
+The ``chat`` service (one per app, created at startup) keeps the last N
+messages of each room while it has members in this process.
+
+NOTE: the history lives in the process: with several server processes (a
+Redis backend) each keeps its own. Members, presence and broadcasts cross
 processes.
 """
 
@@ -34,9 +40,9 @@ def _now() -> datetime.datetime:
 
 
 class ChatRooms:
-    """Room members (connection id → name) and message history per room.
+    """Message history per room, while the room has members in this process.
 
-    Memory is bounded: a room and its history are forgotten when its last
+    Memory is bounded: a room's history is forgotten when its last local
     member leaves (a client joining ever new rooms cannot grow the server),
     and a connection is a member of ``rooms_per_member`` rooms at most.
 
@@ -48,27 +54,20 @@ class ChatRooms:
     def __init__(self, history: int = 50, rooms_per_member: int = 10) -> None:
         self.history_size = history
         self.rooms_per_member = rooms_per_member
-        self.members: dict[str, dict[str, str]] = {}
+        self.members: dict[str, set[str]] = {}
         self.history: dict[str, deque[dict[str, Any]]] = {}
 
-    def add(self, room: str, conn_id: str, name: str) -> list[str]:
-        """Add a member; return the room's member names."""
-        self.members.setdefault(room, {})[conn_id] = name
-        return self.names(room)
+    def add(self, room: str, conn_id: str) -> None:
+        """Count a local member of ``room``."""
+        self.members.setdefault(room, set()).add(conn_id)
 
-    def remove(self, room: str, conn_id: str) -> str | None:
-        """Remove a member; return its name (``None`` if it was not there)."""
-        members = self.members.get(room, {})
-        name = members.pop(conn_id, None)
+    def remove(self, room: str, conn_id: str) -> None:
+        """Forget a local member; the room's history ends with its last one."""
+        members = self.members.get(room, set())
+        members.discard(conn_id)
         if not members:
-            # the room ends with its last member, and its history with it
             self.members.pop(room, None)
             self.history.pop(room, None)
-        return name
-
-    def names(self, room: str) -> list[str]:
-        """Member names of ``room``, sorted."""
-        return sorted(self.members.get(room, {}).values())
 
     def record(self, room: str, entry: dict[str, Any]) -> None:
         """Keep ``entry`` in the history of a room with members (the last N only)."""
@@ -80,25 +79,32 @@ class ChatRooms:
         return list(self.history.get(room, ()))
 
 
+def _name(resource: Any) -> str:
+    name: str = resource.user.info["name"]
+    return name
+
+
 async def on_connect(resource: Any, req: Any, ws: Any, **params: Any) -> bool:
-    """Accept everyone; remember the rooms this connection joins."""
-    resource.state["rooms"] = {}
+    """Accept every signed-in user; remember the rooms this connection joins."""
+    resource.state["rooms"] = set()
     return True
 
 
 async def on_disconnect(resource: Any, ws: Any, close_code: int) -> None:
-    """Leave every room (presence ``leave`` to the others)."""
-    for room in list(resource.state.get("rooms", {})):
-        await _leave(resource, room)
+    """Forget this connection's rooms (pachinko announces the leaves)."""
+    for room in resource.state.get("rooms", ()):
+        resource.chat.remove(room, resource.connection.id)
 
 
 async def join(resource: Any, ws: Any, payload: Any) -> None:
-    """Join a room: ``joined`` to the joiner, ``presence`` to the others."""
-    rooms: dict[str, str] = resource.state["rooms"]
-    room, name = payload.room, payload.name
-    if room in rooms:
-        await _leave(resource, room)
-    elif len(rooms) >= resource.chat.rooms_per_member:
+    """Join a room: ``joined`` (members and history) to the joiner.
+
+    pachinko sends the ``presence`` join event to the room (the joiner
+    included) when this is the user's first connection in it.
+    """
+    rooms: set[str] = resource.state["rooms"]
+    room = payload.room
+    if room not in rooms and len(rooms) >= resource.chat.rooms_per_member:
         await resource.send(
             {
                 "type": "error",
@@ -108,40 +114,33 @@ async def join(resource: Any, ws: Any, payload: Any) -> None:
             }
         )
         return
-    rooms[room] = name
-    members = resource.chat.add(room, resource.connection.id, name)
     await resource.join_room(room)
+    rooms.add(room)
+    resource.chat.add(room, resource.connection.id)
+    present = await resource.presence(room)
     await resource.send(
         {
             "type": "joined",
             "room": room,
-            "name": name,
-            "members": members,
+            "name": _name(resource),
+            "members": {user: info.get("name", user) for user, info in present.items()},
             "history": resource.chat.recent(room),
         }
-    )
-    await resource.broadcast_to_room(
-        room,
-        {
-            "type": "presence",
-            "room": room,
-            "name": name,
-            "event": "join",
-            "members": members,
-        },
     )
 
 
 async def leave(resource: Any, ws: Any, payload: Any) -> None:
-    """Leave a room (``presence`` to the others)."""
-    if payload.room in resource.state["rooms"]:
-        await _leave(resource, payload.room)
+    """Leave a room (pachinko announces it when the user's last connection leaves)."""
+    rooms: set[str] = resource.state["rooms"]
+    if payload.room in rooms:
+        rooms.discard(payload.room)
+        resource.chat.remove(payload.room, resource.connection.id)
+        await resource.leave_room(payload.room)
 
 
 async def say(resource: Any, ws: Any, payload: Any) -> None:
     """Send a message to a room, the sender included; keep it in the history."""
-    name = resource.state["rooms"].get(payload.room)
-    if name is None:
+    if payload.room not in resource.state["rooms"]:
         await resource.send(
             {
                 "type": "error",
@@ -151,7 +150,7 @@ async def say(resource: Any, ws: Any, payload: Any) -> None:
             }
         )
         return
-    entry = {"name": name, "text": payload.text, "at": _now()}
+    entry = {"name": _name(resource), "text": payload.text, "at": _now()}
     resource.chat.record(payload.room, entry)
     await resource.broadcast_to_room(
         payload.room, {"type": "message", "room": payload.room, **entry}, exclude_self=False
@@ -160,32 +159,14 @@ async def say(resource: Any, ws: Any, payload: Any) -> None:
 
 async def typing(resource: Any, ws: Any, payload: Any) -> None:
     """Tell the others in a room that this member is (not) typing."""
-    name = resource.state["rooms"].get(payload.room)
-    if name is not None:
+    if payload.room in resource.state["rooms"]:
         await resource.broadcast_to_room(
             payload.room,
             {
                 "type": "typing",
                 "room": payload.room,
-                "name": name,
+                "name": _name(resource),
                 "active": payload.active,
-            },
-        )
-
-
-async def _leave(resource: Any, room: str) -> None:
-    name = resource.state["rooms"].pop(room, None)
-    resource.chat.remove(room, resource.connection.id)
-    await resource.leave_room(room)
-    if name is not None:
-        await resource.broadcast_to_room(
-            room,
-            {
-                "type": "presence",
-                "room": room,
-                "name": name,
-                "event": "leave",
-                "members": resource.chat.names(room),
             },
         )
 

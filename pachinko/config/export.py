@@ -173,7 +173,7 @@ def _settings(settings: Settings) -> dict[str, Any]:
 
 
 #: Top-level tables in the order a person writes them.
-_ORDER = ("include", "app", "settings", "types", "services", "workers", "hooks")
+_ORDER = ("include", "app", "settings", "types", "services", "workers", "rooms", "hooks")
 
 
 def _ordered(doc: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +190,7 @@ def _declared(compiled: Compiled, prefix: str | None) -> dict[str, Any]:
     changed = _settings(loaded.settings)
     if changed:
         doc["settings"] = changed
-    for section in ("types", "services", "workers"):
+    for section in ("types", "services", "workers", "rooms"):
         items = getattr(loaded, section)
         if items:
             doc[section] = {name: msgspec.to_builtins(decl) for name, (_, decl) in items.items()}

@@ -1,17 +1,20 @@
 // Drive the example chat page in headless Debian chromium (playwright-core).
 //
-// Usage: node chat.mjs BASE_URL ARTIFACT_DIR
+// Usage: node chat.mjs BASE_URL ARTIFACT_DIR [BOB_BASE_URL]
 // Opens BASE_URL/ in three tabs of one fresh browser profile: alice and bob
-// join "lobby", alice types (bob sees the typing indicator) and sends a
-// message (bob sees it), then carol joins and gets it as history. Saves
-// screenshots in ARTIFACT_DIR and prints one JSON line with what was seen.
+// sign in (a signed token from the page's POST /token) and join "lobby",
+// alice types (bob sees the typing indicator) and sends a message (bob sees
+// it), then carol joins and gets it as history. With BOB_BASE_URL, bob's tab
+// is served by that other server process (sharing Redis): the member lists
+// must still match. Saves screenshots in ARTIFACT_DIR and prints one JSON
+// line with what was seen.
 // Exits non-zero (with the reason on stderr) on any failure or page error.
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const [base, artifacts] = process.argv.slice(2);
+const [base, artifacts, bobBase] = process.argv.slice(2);
 if (!base || !artifacts) {
   console.error("usage: node chat.mjs BASE_URL ARTIFACT_DIR");
   process.exit(64);
@@ -37,15 +40,15 @@ const context = await chromium.launchPersistentContext(profile, {
 const pageErrors = [];
 const seen = {};
 
-async function open(name) {
+async function open(name, from = base) {
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT);
   page.on("pageerror", (error) => pageErrors.push(`${name}: ${error.message}`));
   page.on("console", (msg) => {
     if (msg.type() === "error") pageErrors.push(`${name} console: ${msg.text()}`);
   });
-  await page.goto(new URL("/", base).href);
-  await page.locator("#status.open").waitFor();
+  await page.goto(new URL("/", from).href);
+  await page.locator("#join:enabled").waitFor();
   return page;
 }
 
@@ -53,6 +56,7 @@ async function joinRoom(page, name, room = "lobby") {
   await page.fill("#name", name);
   await page.fill("#room", room);
   await page.click("#join");
+  await page.locator("#status.open", { hasText: `connected as ${name}` }).waitFor();
   await page.locator("#members li", { hasText: name }).waitFor();
   await page.locator("#text:enabled").waitFor();
 }
@@ -62,7 +66,7 @@ const members = (page) => page.locator("#members li").allTextContents();
 let failure = null;
 try {
   const alice = await open("alice");
-  const bob = await open("bob");
+  const bob = await open("bob", bobBase || base);
   await joinRoom(alice, "alice");
   await joinRoom(bob, "bob");
   // presence: alice's list grows when bob joins

@@ -18,10 +18,14 @@ import shutil
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pachinko.testing import ServerProcess
+from tests.redis_server import redis_url, unique_prefix
+
+__all__ = ["redis_url"]  # the fixture, imported for pytest
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -53,33 +57,42 @@ def browser_tools() -> None:
     pytest.skip(reason)
 
 
+SERVE = [sys.executable, "-m", "pachinko", "serve", "routes.example.toml", "--port", "0"]
+
+
+async def drive(*base_urls: str, logs: str) -> dict[str, Any]:
+    """Run chat.mjs against ``base_urls`` (bob's tab on the second, if given)."""
+    for old in ARTIFACTS.glob("chat-*.png"):
+        old.unlink()
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        str(HERE / "chat.mjs"),
+        base_urls[0],
+        str(ARTIFACTS),
+        *base_urls[1:],
+        cwd=HERE,
+        env={**os.environ, "CHROMIUM": CHROMIUM},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(node.communicate(), 90)
+    except TimeoutError:
+        node.kill()
+        await node.wait()
+        raise
+    assert node.returncode == 0, f"{err.decode()}\nserver log:\n{logs}"
+    seen: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return seen
+
+
 async def test_two_tabs_chat_through_pachinko_serve(browser_tools: None) -> None:
-    args = [sys.executable, "-m", "pachinko", "serve", "routes.example.toml", "--port", "0"]
-    async with ServerProcess(args, cwd=ROOT, env={"PACHINKO_BACKEND": "memory://"}) as server:
+    async with ServerProcess(SERVE, cwd=ROOT, env={"PACHINKO_BACKEND": "memory://"}) as server:
         page = await asyncio.to_thread(
             lambda: urllib.request.urlopen(server.http_url + "/", timeout=5).read().decode()
         )
         assert '<meta name="pachinko-ws-path" content="/ws/chat">' in page
-        for old in ARTIFACTS.glob("chat-*.png"):
-            old.unlink()
-        node = await asyncio.create_subprocess_exec(
-            "node",
-            str(HERE / "chat.mjs"),
-            server.http_url,
-            str(ARTIFACTS),
-            cwd=HERE,
-            env={**os.environ, "CHROMIUM": CHROMIUM},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            out, err = await asyncio.wait_for(node.communicate(), 90)
-        except TimeoutError:
-            node.kill()
-            await node.wait()
-            raise
-    assert node.returncode == 0, f"{err.decode()}\nserver log:\n{server.output}"
-    seen = json.loads(out.decode().strip().splitlines()[-1])
+        seen = await drive(server.http_url, logs=server.output)
     assert seen["members_alice"] == ["alice", "bob"]
     assert seen["members_bob"] == ["alice", "bob"]
     assert seen["typing_bob"] == "alice is typing…"
@@ -89,3 +102,18 @@ async def test_two_tabs_chat_through_pachinko_serve(browser_tools: None) -> None
     for name in ("alice", "bob", "carol", "typing"):
         shot = ARTIFACTS / f"chat-{name}.png"
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
+
+
+@pytest.mark.redis
+async def test_two_processes_show_the_same_members(browser_tools: None, redis_url: str) -> None:
+    """Two users signed in on two ``pachinko serve`` processes sharing one Redis."""
+    env = {"PACHINKO_BACKEND": f"{redis_url}?prefix={unique_prefix()}"}
+    async with (
+        ServerProcess(SERVE, cwd=ROOT, env=env) as one,
+        ServerProcess(SERVE, cwd=ROOT, env=env) as two,
+    ):
+        seen = await drive(one.http_url, two.http_url, logs=one.output + two.output)
+    # alice's tab is on process one, bob's on process two: the same members
+    assert seen["members_alice"] == seen["members_bob"] == ["alice", "bob"]
+    assert seen["message_bob"].endswith("alicehello from alice")  # across processes
+    assert seen["members_carol"] == ["alice", "bob", "carol"]
