@@ -320,6 +320,16 @@ def _sansio_guard() -> type | None:
         def shutdown(self) -> None:
             _shutdown_safely(self, super().shutdown)
 
+        async def send(self, message: Any) -> None:
+            await super().send(message)
+            if message["type"] == "websocket.http.response.body" and not message.get(
+                "more_body", False
+            ):
+                # NOTE: uvicorn (0.54) does not count a denial response (an
+                #   HTTP 401 from authenticate) as the end of the handshake and
+                #   logs "ASGI callable returned without completing handshake."
+                self.handshake_complete = True
+
     Guarded.__name__ = Guarded.__qualname__ = "WebSocketsSansIOProtocol"
     Guarded.__module__ = __name__
     return Guarded

@@ -8,6 +8,7 @@ connection.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import falcon.asgi
@@ -46,9 +47,21 @@ async def denial(url: str, **kwargs: Any) -> tuple[int, str, str | None]:
     ],
 )
 async def test_authentication_refusals_are_http_401(
-    pachinko_live: Any, case: str, reason: str
+    pachinko_live: Any, case: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await pachinko_live(create_app())
+    # pachinko serve's protocol class (plain uvicorn logs an error after a denial)
+    server = await pachinko_live(create_app(), ws="pachinko.server:WebSocketsSansIOProtocol")
+    uvicorn_log = logging.getLogger("uvicorn.error")  # configured by uvicorn: no propagation
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        await refused_with_401(server, case, reason)
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    # a refusal is not a server error
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def refused_with_401(server: Any, case: str, reason: str) -> None:
     good = sign_token(SECRET, "ann", ttl=60)
     url, headers = server.url + "/ws/presence", {}
     if case == "expired":
