@@ -228,7 +228,7 @@ class WebSocketConnectionManager:
         self._position_key = ""
         # Connections recovering a room: room → id → frames held meanwhile.
         self._holding: dict[str, dict[str, _Holder]] = {}
-        self._epoch = secrets.token_hex(4)  # the next new history's epoch
+        self._epoch = secrets.token_hex(6)  # the next new history's epoch
         self.set_room_policies(rooms)
         self._node_id = secrets.token_hex(8)
         self._counter = itertools.count(1)
@@ -701,8 +701,7 @@ class WebSocketConnectionManager:
         position, frame, remote = await backend.publish_history(
             room, head, tail, excluded, policy, self._epoch
         )
-        if position.epoch == self._epoch:  # this one was used: the next one is fresh
-            self._epoch = secrets.token_hex(4)
+        self._used(position.epoch)
         members = self._rooms.get(room)
         if backend.history_echo:
             # NOTE: the backend delivers to this process's members too, from
@@ -722,6 +721,10 @@ class WebSocketConnectionManager:
         else:
             targets = list(members.values())
         return await self._fanout(targets, frame, timeout, remote)
+
+    def _used(self, epoch: str | None) -> None:
+        if epoch == self._epoch:  # a new history took it: the next one is fresh
+            self._epoch = secrets.token_hex(6)
 
     def _hold(
         self, room: str, position: Position, frame: str | bytes, exclude: Collection[str]
@@ -777,7 +780,9 @@ class WebSocketConnectionManager:
                 None if wanted is None else wanted.offset,
                 None if wanted is not None else max(0, min(last or 0, policy.history)),
                 policy,
+                self._epoch,
             )
+            self._used(read.epoch)
         except BaseException:
             self._unhold(room, c)
             c.rooms.discard(room)
@@ -835,7 +840,9 @@ class WebSocketConnectionManager:
             None if wanted is None else wanted.offset,
             None if wanted is not None else max(0, min(last or 0, policy.history)),
             policy,
+            self._epoch,
         )
+        self._used(read.epoch)
         outcome, entries = _verdict(room, wanted, read)
         return outcome, [frame for _, frame in entries]
 

@@ -288,13 +288,14 @@ async def test_the_envelope_shape_carries_the_position_beside_type_and_payload(
     async with AppClient(app) as client, client.websocket("/ws/e") as ws:
         await ws.send_json({"type": "join", "payload": {"room": "h", "since": "nope:0"}})
         recovery = await ws.expect(type="recovery")
+        position = recovery["payload"].pop("position")
         assert recovery["payload"] == {
             "room": "h",
-            "recovered": True,  # a room with no history yet, a client that saw nothing of it
+            "recovered": False,
             "missed": 0,
-            "position": None,
-            "reason": None,
+            "reason": "epoch",
         }
+        assert Position.parse(position).offset == 0  # the room's history starts now
         note = await ws.expect(type="note")
         assert note["payload"] == {"text": "hi"}
         assert Position.parse(note["at"]).offset == 1

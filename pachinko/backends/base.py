@@ -204,13 +204,15 @@ class ConnectionBackend(abc.ABC):
         raise PachinkoError(f"{type(self).__name__} keeps no room history")
 
     async def read_history(
-        self, room: str, since: int | None, last: int | None, policy: RoomPolicy
+        self, room: str, since: int | None, last: int | None, policy: RoomPolicy, epoch: str
     ) -> HistoryRead:
         """Read what ``room`` kept after offset ``since`` (or its ``last`` broadcasts).
 
-        Broadcasts older than ``policy.history_ttl`` are not returned. Must be
-        called after :meth:`subscribed`: what is published after the read
-        reaches this process.
+        Broadcasts older than ``policy.history_ttl`` are not returned. A room
+        without history yet gets one (epoch ``epoch``, offset 0), so that a
+        client always learns a position it can recover from. Called after
+        :meth:`subscribed`: what is published after the read reaches this
+        process.
         """
         raise PachinkoError(f"{type(self).__name__} keeps no room history")
 

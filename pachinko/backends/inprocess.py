@@ -116,11 +116,11 @@ class InProcessBackend(ConnectionBackend):
         return fresh
 
     async def read_history(
-        self, room: str, since: int | None, last: int | None, policy: RoomPolicy
+        self, room: str, since: int | None, last: int | None, policy: RoomPolicy, epoch: str
     ) -> HistoryRead:
         kept = self._kept.get(room)
-        if kept is None:
-            return HistoryRead(None, 0)
+        if kept is None or kept.entries.maxlen != policy.history:
+            kept = self._renew(room, kept, epoch, policy.history)
         entries = kept.entries
         ttl = policy.history_ttl
         if ttl is not None:

@@ -117,6 +117,29 @@ local receivers = redis.call('PUBLISH', ARGV[5], ARGV[6] .. '\\np' .. position .
 return {epoch, offset, receivers}
 """
 
+# Read a history room's offset and kept entries (one snapshot); start its
+# history if it has none, so the client learns a position (atomic).
+# KEYS as above; ARGV: 1 epoch if new, 2 's' (since) or 'l' (last), 3 the
+# offset or count, 4 hash ttl ms (0: none).
+_READ_KEPT = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+end
+local offset = redis.call('HGET', KEYS[1], 'o')
+local entries
+if ARGV[2] == 's' then
+  entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[3], '+')
+else
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+end
+local now = redis.call('TIME')
+return {epoch, offset, entries, now[1], now[2]}
+"""
+
 # A history room whose last broadcast is older than its TTL keeps its epoch
 # and offset this much longer (a client that missed nothing still recovers).
 _EPOCH_GRACE_MS = 86_400_000
@@ -198,6 +221,7 @@ class RedisBackend(ConnectionBackend):
         self._leave_script: Any = None
         self._claim_script: Any = None
         self._kept_script: Any = None
+        self._read_script: Any = None
         # Channels subscribed to, not yet confirmed by Redis → set when confirmed.
         self._confirm: dict[str, asyncio.Future[None]] = {}
         # Removals that failed while Redis was unreachable, retried by _restore().
@@ -267,6 +291,7 @@ class RedisBackend(ConnectionBackend):
         self._leave_script = self._redis.register_script(_LEAVE)
         self._claim_script = self._redis.register_script(_CLAIM)
         self._kept_script = self._redis.register_script(_PUBLISH_KEPT)
+        self._read_script = self._redis.register_script(_READ_KEPT)
         self._wanted = {self._channel("node", self._node), self._channel("all")}
         try:
             await self._restore()
@@ -760,39 +785,37 @@ class RedisBackend(ConnectionBackend):
             ) from None
 
     async def read_history(
-        self, room: str, since: int | None, last: int | None, policy: RoomPolicy
+        self, room: str, since: int | None, last: int | None, policy: RoomPolicy, epoch: str
     ) -> HistoryRead:
-        redis = self._redis
-        if redis is None:
+        script = self._read_script
+        if script is None:
             raise BackendUnavailable(f"RedisBackend is not started: history of {room!r} not read")
-        stream = self._key("stream", room)
+        ttl = policy.history_ttl
+        ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
         try:
-            # NOTE: one MULTI: the offset and the entries are one snapshot.
-            pipe = redis.pipeline(transaction=True)
-            pipe.hmget(self._key("hist", room), "e", "o")
-            if since is not None:
-                pipe.xrange(stream, min=f"(0-{since}", max="+")
-            else:
-                pipe.xrevrange(stream, max="+", min="-", count=max(1, last or 0))
-            pipe.time()
-            (epoch, offset), raw, (seconds, micros) = await pipe.execute()
+            found, offset, raw, seconds, micros = await script(
+                keys=[self._key("hist", room), self._key("stream", room)],
+                args=[
+                    epoch,
+                    "s" if since is not None else "l",
+                    since if since is not None else max(1, last or 0),
+                    ttl_ms + _EPOCH_GRACE_MS if ttl_ms else 0,
+                ],
+            )
         except Exception as ex:
             raise BackendUnavailable(
                 f"Redis at {self.url} is unreachable: history of room {room!r} not read ({ex})"
             ) from ex
-        if epoch is None:
-            return HistoryRead(None, 0)
         if since is None:
             raw = list(reversed(raw))[-last:] if last else []
-        ttl = policy.history_ttl
-        cutoff = -1 if ttl is None else seconds * 1000 + micros // 1000 - int(ttl * 1000)
-        entries = [
-            (int(entry_id.partition("-")[2]), fields["f"])
-            for entry_id, fields in raw
-            if cutoff < 0 or int(fields.get("t", 0)) >= cutoff
-        ]
+        cutoff = -1 if not ttl_ms else int(seconds) * 1000 + int(micros) // 1000 - ttl_ms
+        entries = []
+        for entry_id, pairs in raw:
+            fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            if cutoff < 0 or int(fields.get("t", 0)) >= cutoff:
+                entries.append((int(entry_id.partition("-")[2]), fields["f"]))
         last_offset = int(offset)
         complete = True
         if since is not None:
             complete = since >= last_offset or (bool(entries) and entries[0][0] == since + 1)
-        return HistoryRead(epoch, last_offset, entries, complete)
+        return HistoryRead(found, last_offset, entries, complete)

@@ -56,8 +56,10 @@ class RoomFollower:
 
     @property
     def position(self) -> str | None:
-        """The position to reconnect with (``since=``): the last message's, if any."""
-        return str(self.positions[-1]) if self.positions else None
+        """The position to reconnect with (``since=``): the last message's, or
+        the room's as the last ``recovery`` message gave it (``None``: no
+        position known yet)."""
+        return None if self._last is None else str(self._last)
 
     @property
     def offsets(self) -> list[int]:
@@ -78,9 +80,9 @@ class RoomFollower:
             body = message.get("payload", message)
             if body.get("room") == self.room:
                 self.recoveries.append(body)
-                if not body.get("recovered"):
-                    # told to start over: the next message follows the room's
-                    # position, not the client's
+                if not body.get("recovered") or not body.get("missed"):
+                    # nothing replayed (or told to start over): the next
+                    # message follows the room's position
                     position = body.get("position")
                     self._last = Position.parse(position) if position else None
                 return True
