@@ -16,9 +16,11 @@ from pachinko import RoomPolicy, Settings, WebSocketResource
 from pachinko.rooms import Position, RoomPolicies
 from pachinko.testing import AppClient, RoomFollower
 from tests.apps.history import build_app
+from tests.conftest import eventually
+from tests.redis_server import redis_server
 from tests.test_manager import BackendFactory, backend
 
-__all__ = ["backend"]  # the fixture, imported for pytest
+__all__ = ["backend", "redis_server"]  # the fixtures, imported for pytest
 
 
 def ws_of(client: AppClient) -> Any:
@@ -300,3 +302,36 @@ async def test_the_envelope_shape_carries_the_position_beside_type_and_payload(
         assert note["payload"] == {"text": "hi"}
         assert Position.parse(note["at"]).offset == 1
         assert list(note) == ["type", "payload", "at"]
+
+
+@pytest.mark.redis
+async def test_redis_down_a_broadcast_to_a_history_room_raises_and_writes_nothing(
+    redis_server: Any,
+) -> None:
+    import redis.asyncio
+
+    from pachinko.backends.redis import RedisBackend
+
+    prefix = "hist-down"
+    backend = RedisBackend(redis_server.url, prefix=prefix)
+    async with AppClient(build_app(backend)) as client, ws_of(client) as ws:
+        await join(ws, "feed:d")
+        await say(ws, "feed:d", 1)
+        old = Position.parse((await ws.expect(type="said", n=1))["_pos"])
+        redis_server.stop()
+        await say(ws, "feed:d", 2)
+        assert (await ws.expect(type="error"))["reason"] == "unavailable"
+        await redis_server.start()  # a new, empty Redis (no persistence)
+        await eventually(lambda: backend.available)
+        await say(ws, "feed:d", 3)
+        fresh = Position.parse((await ws.expect(type="said", n=3))["_pos"])
+        assert fresh.epoch != old.epoch
+        assert fresh.offset == 1
+        async with redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True) as r:
+            entries = await r.xrange(f"{prefix}:stream:feed:d")
+            assert [e[0] for e in entries] == ["0-1"]
+            assert '"n":3' in entries[0][1]["f"]
+        async with ws_of(client) as other:
+            outcome = await join(other, "feed:d", since=str(old))
+            assert outcome is not None
+            assert (outcome["recovered"], outcome["reason"]) == (False, "epoch")
