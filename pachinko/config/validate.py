@@ -200,15 +200,14 @@ def _check_items(
     value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath], out: list[Problem]
 ) -> Any:
     """Check an array's items or a table's values against the item type."""
-    is_table = typing.get_origin(tp) is dict
-    if not isinstance(value, dict if is_table else list):
-        out.append(Problem(path, describe(tp), kind_of(value)))
-        return value
     args = typing.get_args(tp)
-    if is_table:
+    if typing.get_origin(tp) is dict and isinstance(value, dict):
         return {k: _check(v, args[1], (*path, k), lenient, out) for k, v in value.items()}
-    item = args[0] if args else Any
-    return [_check(v, item, (*path, i), lenient, out) for i, v in enumerate(value)]
+    if typing.get_origin(tp) is not dict and isinstance(value, list):
+        item = args[0] if args else Any
+        return [_check(v, item, (*path, i), lenient, out) for i, v in enumerate(value)]
+    out.append(Problem(path, describe(tp), kind_of(value)))
+    return value
 
 
 def _is_array(tp: Any) -> bool:
