@@ -11,7 +11,10 @@ import falcon.asgi
 import falcon.testing
 import pytest
 
-from tests.redis_server import RedisServer, private_redis
+from pachinko.backends import InProcessBackend
+from pachinko.backends.redis import RedisBackend
+from tests.helpers import BackendFactory
+from tests.redis_server import RedisServer, private_redis, unique_prefix
 
 
 @pytest.fixture
@@ -45,3 +48,22 @@ async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
         return
     async with private_redis(tmp_path) as server:
         yield server.url
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendFactory]:
+    """A factory of fresh backends: in-process, or Redis (one prefix per test).
+
+    The test runs once with each; a module that needs another shape defines
+    its own ``backend`` fixture (it takes precedence).
+    """
+    if request.param == "memory":
+        yield InProcessBackend
+        return
+    prefix = unique_prefix()
+    if os.environ.get("REDIS_URL"):
+        url = os.environ["REDIS_URL"]
+        yield lambda: RedisBackend(url, prefix=prefix, presence_ttl=2.0)
+        return
+    async with private_redis(tmp_path) as server:
+        yield lambda: RedisBackend(server.url, prefix=prefix, presence_ttl=2.0)

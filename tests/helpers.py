@@ -30,6 +30,7 @@ from falcon.errors import WebSocketDisconnected
 from websockets.exceptions import ConnectionClosed
 
 import pachinko
+from pachinko.backends import ConnectionBackend
 from pachinko.testing import HandshakeRefused, WebSocketClosed
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "TOO_BIG",
     "TRY_AGAIN_LATER",
     "UNSUPPORTED_DATA",
+    "BackendFactory",
     "StalledClient",
     "attempt",
     "eventually",
@@ -66,6 +68,9 @@ FORBIDDEN = 3403
 NOT_FOUND = 3404
 
 RECEIVE_TIMEOUT = 5.0
+
+#: What the ``backend`` fixture gives: a factory of fresh backends.
+BackendFactory = Callable[[], ConnectionBackend]
 
 
 def make_app(

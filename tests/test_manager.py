@@ -1,15 +1,13 @@
 """The connection manager through a real Falcon app, over both backends.
 
 Every test here runs twice: with the in-process backend and with a
-RedisBackend on a real Redis (a private redis-server, or $REDIS_URL).
+RedisBackend on a real Redis (a private redis-server, or $REDIS_URL): the
+``backend`` fixture of conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import falcon.asgi
@@ -21,25 +19,14 @@ from pachinko.backends import ConnectionBackend, InProcessBackend
 from pachinko.backends.redis import RedisBackend
 from pachinko.manager import Delivery, WebSocketConnectionManager
 from pachinko.testing import AppClient, HandshakeRefused, Probe
-from tests.helpers import GOING_AWAY, TRY_AGAIN_LATER, attempt, eventually, free_port
-from tests.redis_server import private_redis, unique_prefix
-
-BackendFactory = Callable[[], ConnectionBackend]
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendFactory]:
-    """A factory of fresh backends: in-process, or Redis (one prefix per test)."""
-    if request.param == "memory":
-        yield InProcessBackend
-        return
-    prefix = unique_prefix()
-    if os.environ.get("REDIS_URL"):
-        url = os.environ["REDIS_URL"]
-        yield lambda: RedisBackend(url, prefix=prefix, presence_ttl=2.0)
-        return
-    async with private_redis(tmp_path) as server:
-        yield lambda: RedisBackend(server.url, prefix=prefix, presence_ttl=2.0)
+from tests.helpers import (
+    GOING_AWAY,
+    TRY_AGAIN_LATER,
+    BackendFactory,
+    attempt,
+    eventually,
+    free_port,
+)
 
 
 class Room(WebSocketResource):

@@ -145,10 +145,10 @@ async def test_a_real_client_that_stops_reading_is_closed_and_delays_nobody() ->
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    # NOTE: send_timeout also bounds the close frame's wait for the peer to
-    #   read: generous, so the client (reading only after the flood) gets the
-    #   close code however slow the machine; the reset when it never reads is
-    #   test_a_member_that_stays_stalled_is_reset_within_the_bound.
+    # NOTE: the stalled client reads again only once the fast one has every
+    #   tick; its close frame waits for it up to send_timeout, so the bound is
+    #   far above that delay (a client that never reads again is reset at
+    #   send_timeout: test_a_member_that_stays_stalled_is_reset_within_the_bound).
     app = ticker_app(
         send_queue_size=8,
         slow_consumer="close",
