@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     )
     from .manager import Delivery, WebSocketConnectionManager
     from .resource import WebSocketResource
-    from .rooms import RoomPolicies, RoomPolicy
+    from .rooms import Position, Recovery, RoomPolicies, RoomPolicy
     from .router import Route, RouteInfo, WebSocketRouter
     from .settings import Settings
     from .workers import RestartPolicy, WorkerController, worker
@@ -50,6 +50,8 @@ __all__ = [
     "JoinRefused",
     "MessageError",
     "PachinkoError",
+    "Position",
+    "Recovery",
     "RedisBackend",
     "Refuse",
     "RestartPolicy",
@@ -89,8 +91,6 @@ _HOMES = {
     "mount": ".app",
     "runtime_of": ".app",
     "User": ".auth",
-    "RoomPolicies": ".rooms",
-    "RoomPolicy": ".rooms",
     "ConnectionBackend": ".backends",
     "InProcessBackend": ".backends",
     "RedisBackend": ".backends.redis",
@@ -100,6 +100,10 @@ _HOMES = {
     "WebSocketConnectionManager": ".manager",
     "Delivery": ".manager",
     "WebSocketResource": ".resource",
+    "Position": ".rooms",
+    "Recovery": ".rooms",
+    "RoomPolicies": ".rooms",
+    "RoomPolicy": ".rooms",
     "Route": ".router",
     "RouteInfo": ".router",
     "WebSocketRouter": ".router",

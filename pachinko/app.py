@@ -269,7 +269,8 @@ def install(
             change for the life of the connection. See
             :mod:`pachinko.auth` for tokens.
         rooms: Room policies by room name or pattern (``"team:*"``):
-            presence and join authorization (:class:`~pachinko.RoomPolicy`).
+            history kept for recovery, presence and join authorization (see
+            :class:`~pachinko.RoomPolicy` and docs/connections.md).
 
     Raises:
         ConfigError: Already installed with different options, or a
@@ -286,7 +287,7 @@ def install(
             or services
             or on_worker_crash
             or authenticate
-            or rooms
+            or rooms is not None
         ):
             raise ConfigError(
                 "install(): pachinko is already installed on this app; pass settings, backend, "

@@ -68,7 +68,7 @@ def document_for_app(
         version=version,
         description=description,
         server=server,
-        presence=runtime.manager.rooms_policy.any_presence,
+        presence=runtime.manager.room_policies.any_presence,
     )
 
 

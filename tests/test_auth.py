@@ -19,7 +19,7 @@ from pachinko.auth import (
     token_from_request,
     verify_token,
 )
-from tests.conftest import FORBIDDEN, INTERNAL_ERROR, make_app, recv_json
+from tests.helpers import FORBIDDEN, INTERNAL_ERROR, make_app, recv_json
 
 UNAUTHORIZED = 3401  # Falcon's equivalent of HTTP 401
 SECRET = "test-secret-of-32-characters-xx"

@@ -12,7 +12,7 @@ import pytest
 
 import pachinko
 from pachinko import JoinRefused, RoomPolicy, User, WebSocketResource, WebSocketRouter
-from tests.conftest import make_app, recv_json
+from tests.helpers import make_app, recv_json
 
 CALLS: list[tuple[str, str, str | None]] = []
 

@@ -20,11 +20,8 @@ from pachinko import BackendUnavailable, MessageError, Settings, runtime_of
 from pachinko.backends.redis import RedisBackend
 from pachinko.config import create_app
 from pachinko.testing import AppClient, LiveServer
-from tests.conftest import eventually
-from tests.redis_server import RedisServer, redis_server, unique_prefix
-from tests.test_cli_redis import signed_in
-
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+from tests.helpers import chat_login, eventually
+from tests.redis_server import RedisServer, unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "routes.example.toml"
@@ -71,8 +68,8 @@ async def test_the_example_chat_survives_a_redis_outage(
     caplog.set_level(logging.DEBUG, logger="pachinko")
     async with (
         LiveServer(app, timeout=5.0) as server,
-        server.websocket("/ws/chat", **signed_in("Ann")) as ann,
-        server.websocket("/ws/chat", **signed_in("Bob")) as bob,
+        server.websocket("/ws/chat", **chat_login("Ann")) as ann,
+        server.websocket("/ws/chat", **chat_login("Bob")) as bob,
     ):
         for ws in (ann, bob):
             await ws.send_json({"type": "join", "room": "lobby"})

@@ -7,23 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from examples.chat.auth import SECRET
-from pachinko.auth import sign_token
 from pachinko.testing import ServerProcess
-from tests.redis_server import redis_url
-
-__all__ = ["redis_url"]  # the fixture ($REDIS_URL or a private redis-server), for pytest
+from tests.helpers import chat_login
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 pytestmark = [pytest.mark.redis, pytest.mark.live]
-
-
-def signed_in(name: str) -> dict[str, list[str]]:
-    """Options of ``websocket()`` for a user signed in as ``name`` (the example's tokens)."""
-    token = sign_token(SECRET, name, ttl=60, info={"name": name})
-    return {"subprotocols": ["pachinko", f"pachinko.token.{token}"]}
 
 
 def serve(*args: str) -> list[str]:
@@ -35,8 +25,8 @@ async def test_two_servers_share_rooms_through_redis(redis_url: str) -> None:
     async with (
         ServerProcess(serve(), cwd=ROOT, env=env) as one,
         ServerProcess(serve(), cwd=ROOT, env=env) as two,
-        one.websocket("/ws/chat", **signed_in("ann")) as ann,
-        two.websocket("/ws/chat", **signed_in("bob")) as bob,
+        one.websocket("/ws/chat", **chat_login("ann")) as ann,
+        two.websocket("/ws/chat", **chat_login("bob")) as bob,
     ):
         assert "backend redis://" in one.output
         await ann.send_json({"type": "join", "room": "lobby"})
@@ -55,7 +45,7 @@ async def test_serve_with_workers_and_redis(redis_url: str) -> None:
         ServerProcess(
             serve("--workers", "2"), cwd=ROOT, env={"PACHINKO_BACKEND": redis_url}
         ) as server,
-        server.websocket("/ws/chat", **signed_in("n")) as ws,
+        server.websocket("/ws/chat", **chat_login("n")) as ws,
     ):
         await ws.send_json({"type": "join", "room": "r"})
         await ws.expect(type="joined", room="r")

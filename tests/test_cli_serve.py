@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pachinko.testing import ServerProcess
-from tests.test_cli_redis import signed_in
+from tests.helpers import chat_login
 
 ROOT = Path(__file__).resolve().parent.parent
 TOO_BIG = 1009
@@ -74,8 +74,8 @@ async def test_serve_the_example_chat() -> None:
         )
         assert "<title>pachinko chat</title>" in page
         async with (
-            server.websocket("/ws/chat", **signed_in("ann")) as ann,
-            server.websocket("/ws/chat", **signed_in("bob")) as bob,
+            server.websocket("/ws/chat", **chat_login("ann")) as ann,
+            server.websocket("/ws/chat", **chat_login("bob")) as bob,
         ):
             await ann.send_json({"type": "join", "room": "lobby"})
             joined = await ann.expect(type="joined")

@@ -24,10 +24,8 @@ from pachinko.auth import sign_token
 from pachinko.backends.redis import RedisBackend
 from pachinko.testing import ServerProcess
 from tests.apps.presence import SECRET, Presence
-from tests.conftest import make_app, recv_json
-from tests.redis_server import RedisServer, redis_server, redis_url, unique_prefix
-
-__all__ = ["redis_server", "redis_url"]  # fixtures, imported for pytest
+from tests.helpers import make_app, recv_json
+from tests.redis_server import RedisServer, unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTEN = ("--host", "127.0.0.1", "--port", "0")

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import attrs
 
-from ..rooms import RoomPolicies, RoomPolicy
+from ..rooms import DEFAULT_POLICY, RoomPolicies, RoomPolicy
 from ..router import WebSocketRouter
 from ..settings import Settings
 from ._checks import Call, Checker
@@ -184,9 +184,17 @@ def _room_policies(checker: Checker) -> RoomPolicies:
             if authorize is None:
                 continue
         try:
-            policies[pattern] = RoomPolicy(presence=room.presence, authorize=authorize)
-            RoomPolicies({pattern: policies[pattern]})  # the pattern itself
+            RoomPolicies({pattern: DEFAULT_POLICY})  # the pattern itself
         except ValueError as ex:
-            policies.pop(pattern, None)
             checker.problem(where, "a room name, or a prefix ending with '*'", str(ex))
+            continue
+        try:
+            policies[pattern] = RoomPolicy(
+                history=room.history,
+                history_ttl=room.history_ttl,
+                presence=room.presence,
+                authorize=authorize,
+            )
+        except ValueError as ex:
+            checker.problem(where, "a valid room policy", str(ex))
     return RoomPolicies(policies)

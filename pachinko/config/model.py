@@ -279,12 +279,18 @@ class RoomConfig(_Table):
     presence and every join that the hooks allow is allowed.
 
     Attributes:
+        history: Broadcasts kept per room for late joiners and recovery
+            after a reconnect (0: none).
+        history_ttl: Seconds a kept broadcast lives (none: until pushed out
+            by newer ones); needs ``history``.
         presence: Push ``presence`` join/leave events to the room (once per
             user, across processes) and list its members with their info.
         authorize: Import path of ``authorize(resource, room)`` (sync or
             async) returning true when the connection may join.
     """
 
+    history: Annotated[int, msgspec.Meta(ge=0)] = 0
+    history_ttl: _PositiveFloat | None = None
     presence: bool = False
     authorize: ImportPath | None = None
 

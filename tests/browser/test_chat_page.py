@@ -23,9 +23,7 @@ from typing import Any
 import pytest
 
 from pachinko.testing import ServerProcess
-from tests.redis_server import redis_url, unique_prefix
-
-__all__ = ["redis_url"]  # the fixture, imported for pytest
+from tests.redis_server import unique_prefix
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

@@ -11,7 +11,7 @@ from falcon.errors import WebSocketDisconnected
 
 from pachinko import User
 from pachinko.config import ConfigFileError, compile_text, create_app
-from tests.conftest import recv_json
+from tests.helpers import recv_json
 
 HERE = __name__
 UNAUTHORIZED = 3401
@@ -127,6 +127,22 @@ presense = true
         "position 1\n"
         """  rooms.toml:9: rooms."team:*".authorize: expected a function that can be called """
         f"as authorize(resource, room), found {HERE}:wrong_arity(resource: 'Any') -> 'bool'\n"
-        "  rooms.toml:12: rooms.lobby.presense: expected one of the keys presence, authorize, "
+        "  rooms.toml:12: rooms.lobby.presense: expected one of the keys history, history_ttl, "
+        "presence, authorize, "
         "found unknown key 'presense' (did you mean 'presence'?)"
+    )
+
+
+def test_history_keys_share_the_rooms_table() -> None:
+    compiled = compile_text(
+        '[rooms."auction:*"]\nhistory = 100\nhistory_ttl = 600\npresence = true\n'
+    )
+    policy = compiled.rooms.lookup("auction:7")
+    assert (policy.history, policy.history_ttl, policy.presence) == (100, 600, True)
+    with pytest.raises(ConfigFileError) as info:
+        compile_text("[rooms.lobby]\nhistory_ttl = 5\n", "bad.toml")
+    assert str(info.value) == (
+        "1 error in bad.toml\n"
+        "  bad.toml:1: rooms.lobby: expected a valid room policy, found "
+        "RoomPolicy.history_ttl needs history > 0 (got history=0, history_ttl=5.0)"
     )
