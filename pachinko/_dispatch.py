@@ -32,6 +32,9 @@ RAW_DICT: Final = 2  # the message as a dict (flat shape, untyped handler)
 #: Added to the kind of a handler that declares a reply (a request): the
 #: decoded message carries the correlation id in :data:`ID_ATTR`.
 REQUEST: Final = 4
+#: Added too when the request's decoded Struct is frozen (the id is cleared by
+#: ``msgspec.structs.force_setattr``).
+FROZEN: Final = 8
 
 #: The attribute of a decoded request that holds its correlation id (``UNSET``
 #: when the message has none); on the wire it is the resource's ``id_field``.

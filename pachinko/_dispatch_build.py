@@ -26,6 +26,7 @@ from msgspec import UNSET, UnsetType
 from ._dispatch import (
     AS_DECODED,
     ENVELOPE,
+    FROZEN,
     ID_ATTR,
     MARK,
     RAW_DICT,
@@ -294,7 +295,7 @@ class _Builder:
             member, kind = self._member(tag, method, strict, payload, reply is not None)
             by_type[member] = (fn, kind)
             decoder_of: Decoder | None = None
-            if kind & ~REQUEST != RAW_DICT:
+            if kind & ~(REQUEST | FROZEN) != RAW_DICT:
                 decoder_of = msgspec.json.Decoder(member)
             by_tag[tag] = (fn, decoder_of, reply is not None)
             members.append(member)
@@ -306,6 +307,7 @@ class _Builder:
             request for _, _, request in by_name.values()
         )
         fast = {s for spec in specs.values() for s in _structs_of(spec.reply_type)}
+        reply = ReplyEncoder.build(self.wire, self.tag_field, self.id_field, fast)
         return DispatchTable(
             decoder,
             by_type,
@@ -316,7 +318,9 @@ class _Builder:
             self.tag_field,
             self.id_field,
             requests,
-            ReplyEncoder(self.wire, self.tag_field, self.id_field, fast) if requests else None,
+            ReplyEncoder.build(self.wire, self.tag_field, self.id_field, fast)
+            if requests
+            else None,
         )
 
     def _member(
@@ -373,6 +377,8 @@ class _Builder:
                 kw_only=True,
                 rename=rename,
             )
+            if config.frozen:
+                flag |= FROZEN
         return variant, AS_DECODED | flag
 
 

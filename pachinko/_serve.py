@@ -26,7 +26,7 @@ from msgspec import UNSET
 
 from ._dispatch import AS_DECODED, ENVELOPE, ID_ATTR, RAW_DICT, REQUEST, Handler, MessageError
 from ._dispatch_build import ID_TYPE
-from ._wire import encode_reply
+from ._wire import encode, encode_reply
 from .connection import Connection
 from .errors import BackendUnavailable, PachinkoError, Refuse, RequestAborted, RequestTimeout
 from .resource import WebSocketResource
@@ -671,8 +671,13 @@ async def receive_loop(
     decoder = table.decoder
     by_type = table.by_type
     as_decoded, envelope, raw_dict = AS_DECODED, ENVELOPE, RAW_DICT
-    reply = table.reply
+    reply: Any = table.reply
+    if reply is not None:
+        quick, head, comma, join = reply.quick, reply.head, b",", b"".join
     unset = UNSET
+    decoded_request = AS_DECODED | REQUEST
+    envelope_request = ENVELOPE | REQUEST
+    raw_request = RAW_DICT | REQUEST
     decode_any = msgspec.json.decode
     force_setattr = msgspec.structs.force_setattr
     max_size = settings.max_message_size
@@ -750,22 +755,30 @@ async def receive_loop(
                 if kind & REQUEST:
                     # PERF: inline, no coroutine of its own (bench_dispatch.py, replies row)
                     rid = msg.pachinko_id
-                    kind &= ~REQUEST
-                    if kind == as_decoded:
+                    if kind == decoded_request:
                         payload = msg
                         if rid is not unset:
                             # the id is the message's, not the payload's: re-encoding
                             # the handler's Struct never carries it on
-                            force_setattr(msg, ID_ATTR, unset)
-                    elif kind == envelope:
+                            msg.pachinko_id = unset
+                    elif kind == envelope_request:
                         payload = msg.payload
-                    else:
+                    elif kind == raw_request:
                         payload = decode_any(text)
+                    else:  # a frozen Struct
+                        payload = msg
+                        if rid is not unset:
+                            force_setattr(msg, ID_ATTR, unset)
                     frame = None
                     try:
                         result = await request(leaf, ws, payload)
                         if result is not None:
-                            frame = reply(result, rid)  # type: ignore[misc]
+                            if type(result) in quick and rid is not unset:
+                                frame = join(
+                                    (head, encode(rid), comma, encode(result)[1:])
+                                ).decode()
+                            else:
+                                frame = reply(result, rid)
                     except WebSocketDisconnected:
                         raise
                     except Exception as exc:
@@ -776,8 +789,9 @@ async def receive_loop(
                             return code
                     if frame is not None:
                         await ws.send_text(frame)
-                    for hook in after:
-                        await hook(ws, text)
+                    if after:
+                        for hook in after:
+                            await hook(ws, text)
                     continue
             outcome = table.dispatch_slow(text)
             if isinstance(outcome, MessageError):

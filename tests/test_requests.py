@@ -587,3 +587,24 @@ async def test_the_harness_runs_requests_and_answers() -> None:
         question = await harness.ws.expect(type="q")
         await harness.receive({"type": "a", "id": question["id"]})
         assert await asking == {"type": "a", "id": question["id"]}
+
+
+async def test_a_frozen_payload_struct_is_a_request_too() -> None:
+    class Frozen(msgspec.Struct, tag="freeze", frozen=True):
+        n: int
+
+    seen: list[Any] = []
+
+    class Ice(WebSocketResource):
+        async def on_freeze(self, ws: Any, payload: Frozen) -> BidAccepted:
+            seen.append(msgspec.to_builtins(payload))
+            return BidAccepted(lot="ice", amount=payload.n)
+
+    async with AppClient(auction_app(Ice)) as client, client.websocket("/ws/auction") as ws:
+        assert await ws.request({"type": "freeze", "n": 3}, id="f") == {
+            "id": "f",
+            "type": "bid_accepted",
+            "lot": "ice",
+            "amount": 3,
+        }
+    assert seen == [{"type": "freeze", "n": 3}]
