@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
     from .manager import Delivery, WebSocketConnectionManager
     from .resource import WebSocketResource
+    from .rooms import Position, Recovery, RoomPolicies, RoomPolicy
     from .router import Route, RouteInfo, WebSocketRouter
     from .settings import Settings
     from .workers import RestartPolicy, WorkerController, worker
@@ -46,11 +47,15 @@ __all__ = [
     "InProcessBackend",
     "MessageError",
     "PachinkoError",
+    "Position",
+    "Recovery",
     "RedisBackend",
     "Refuse",
     "RequestAborted",
     "RequestTimeout",
     "RestartPolicy",
+    "RoomPolicies",
+    "RoomPolicy",
     "Route",
     "RouteError",
     "RouteInfo",
@@ -92,6 +97,10 @@ _HOMES = {
     "WebSocketConnectionManager": ".manager",
     "Delivery": ".manager",
     "WebSocketResource": ".resource",
+    "Position": ".rooms",
+    "Recovery": ".rooms",
+    "RoomPolicies": ".rooms",
+    "RoomPolicy": ".rooms",
     "Route": ".router",
     "RouteInfo": ".router",
     "WebSocketRouter": ".router",
