@@ -608,3 +608,71 @@ async def test_a_frozen_payload_struct_is_a_request_too() -> None:
             "amount": 3,
         }
     assert seen == [{"type": "freeze", "n": 3}]
+
+
+# -- routes.toml: reply = "Type" per handler ---------------------------------------------
+
+
+async def toml_bid(resource: Any, ws: Any, bid: Any) -> Any:
+    if bid.amount < 0:
+        raise ValueError("negative")
+    return resource.types.BidAccepted(lot=bid.lot, amount=bid.amount)
+
+
+async def toml_say(resource: Any, ws: Any, payload: Any) -> None:
+    await resource.send({"type": "said"})
+
+
+TOML = """
+[app]
+prefix = "/ws"
+
+[types.Bid]
+tag = "bid"
+fields = { lot = "str", amount = "int" }
+
+[types.BidAccepted]
+tag = "bid_accepted"
+fields = { lot = "str", amount = "int" }
+
+[[routes]]
+path = "/auction"
+handlers.bid = { handler = "tests.test_requests:toml_bid", payload = "Bid", reply = "BidAccepted" }
+handlers.say = "tests.test_requests:toml_say"
+"""
+
+
+async def test_toml_declares_the_reply_per_message_type(tmp_path: Any) -> None:
+    from pachinko import asyncapi
+    from pachinko.config import create_app
+
+    path = tmp_path / "routes.toml"
+    path.write_text(TOML)
+    app = create_app(path)
+    async with AppClient(app) as client, client.websocket("/ws/auction") as ws:
+        assert await ws.request({"type": "bid", "lot": "a", "amount": 4}, id="t1") == {
+            "id": "t1",
+            "type": "bid_accepted",
+            "lot": "a",
+            "amount": 4,
+        }
+        reply = await ws.request({"type": "bid", "lot": "a", "amount": -4}, id="t2")
+        assert (reply["type"], reply["id"], reply["reason"]) == ("error", "t2", "handler_error")
+        # "say" declares no reply (and takes the raw message): the id is ignored
+        await ws.send_json({"type": "say", "id": "t3"})
+        assert await ws.receive_json() == {"type": "said"}
+    doc = asyncapi.document_for_app(app)
+    request = next(op for key, op in doc["operations"].items() if key.endswith("request.bid"))
+    assert request["reply"]["messages"][0]["$ref"].endswith("/reply.bid")
+
+
+async def test_toml_reply_names_an_unknown_type(tmp_path: Any) -> None:
+    from pachinko.config import ConfigFileError, create_app
+
+    path = tmp_path / "routes.toml"
+    path.write_text(TOML.replace('reply = "BidAccepted"', 'reply = "Nope"'))
+    with pytest.raises(ConfigFileError) as info:
+        create_app(path)
+    message = str(info.value)
+    assert "handlers.bid.reply" in message
+    assert "'Nope'" in message
