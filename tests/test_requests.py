@@ -24,7 +24,7 @@ from pachinko import (
     handles_message,
 )
 from pachinko.testing import AppClient, ResourceHarness
-from tests.conftest import INTERNAL_ERROR, eventually, make_app
+from tests.helpers import INTERNAL_ERROR, eventually, make_app
 
 
 class Bid(msgspec.Struct, tag="bid", forbid_unknown_fields=True):

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from pachinko import WebSocketResource, WebSocketRouter
-from tests.conftest import make_app
+from tests.helpers import make_app
 
 pytestmark = pytest.mark.live
 
