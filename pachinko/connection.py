@@ -105,6 +105,8 @@ class Connection:
         authorizers: The connection's own join checks (its resources'
             ``authorize_join`` methods and the router's ``authorize_join``
             hooks), each called with the room; set at the handshake.
+        receiver: The receive loop's dispatch (it keeps the server's requests
+            awaiting an answer); ``None`` until the connection is accepted.
     """
 
     __slots__ = (
@@ -116,6 +118,7 @@ class Connection:
         "outbox",
         "params",
         "path",
+        "receiver",
         "resource",
         "rooms",
         "state",
@@ -147,6 +150,8 @@ class Connection:
         self.state: MutableMapping[str, Any] = {}
         self.outbox: Any = None
         self.mount: UrlBuilder | None = None
+        # NOTE: Any: the serve loop's Receiver (a floor above this one).
+        self.receiver: Any = None
 
     @property
     def user(self) -> User | None:

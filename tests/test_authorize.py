@@ -183,3 +183,28 @@ async def test_joins_without_any_check_pay_no_lookup(conductor_for: Any) -> None
         assert await recv_json(ws) == {"type": "joined"}
         conn = next(iter(manager._connections.values()))
         assert conn.authorizers == ()
+
+
+async def test_a_refused_join_in_a_request_is_an_error_reply_with_its_id(
+    conductor_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Asking(WebSocketResource):
+        async def authorize_join(self, room: str) -> bool:
+            return room != "closed"
+
+        @pachinko.handles_message("enter", reply=dict)
+        async def enter(self, ws: Any, payload: Any) -> Any:
+            await self.join_room(payload["room"])
+            return {"type": "entered", "room": payload["room"]}
+
+    router = WebSocketRouter()
+    router.add_route("/ask", Asking)
+    conductor = await conductor_for(make_app(router))
+    async with conductor.simulate_ws("/ws/ask") as ws:
+        await ws.send_text('{"type": "enter", "room": "closed", "id": 7}')
+        reply = await recv_json(ws)
+        assert (reply["type"], reply["reason"], reply["id"]) == ("error", "forbidden", 7)
+        assert reply["detail"] == "join of room 'closed' refused: not allowed"
+        await ws.send_text('{"type": "enter", "room": "open", "id": 8}')
+        assert await recv_json(ws) == {"id": 8, "type": "entered", "room": "open"}
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # a refusal, not a crash
