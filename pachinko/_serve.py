@@ -24,7 +24,8 @@ from falcon.errors import PayloadTypeError, WebSocketDisconnected
 
 from ._dispatch import AS_DECODED, ENVELOPE, MessageError
 from .connection import Connection
-from .errors import BackendUnavailable, Refuse
+from .errors import BackendUnavailable, ConnectionLimitExceeded, Refuse
+from .observe import current_connection
 from .resource import WebSocketResource
 from .router import join_paths
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from falcon.asgi import Request, Response, WebSocket
 
     from .manager import WebSocketConnectionManager
+    from .observe import Observer
     from .router import RouteInfo, WebSocketRouter
     from .settings import Settings
 
@@ -75,7 +77,7 @@ class Mount:
     atomically: connections already open keep the resources they have.
     """
 
-    __slots__ = ("outages", "prefix", "router", "runtime")
+    __slots__ = ("_routes", "outages", "prefix", "router", "runtime")
 
     # NOTE: the prefix lives here, per mount: one router mounted on two apps
     #   (or twice on one) builds each app's URLs with that app's prefix.
@@ -85,6 +87,7 @@ class Mount:
         self.prefix = prefix
         self.router = router
         self.outages = OutageLog()
+        self._routes: dict[str, str] = {}
         router.root._mounted(prefix)
 
     @property
@@ -101,6 +104,13 @@ class Mount:
             RouteError: No such route, or a field value is missing.
         """
         return join_paths(self.prefix, self.router._path_for(name, params))
+
+    def route_of(self, template: str) -> str:
+        """The route template ``template`` with this mount's prefix (cached)."""
+        found = self._routes.get(template)
+        if found is None:
+            found = self._routes[template] = join_paths(self.prefix, template)
+        return found
 
     def swap(self, router: WebSocketRouter) -> WebSocketRouter:
         """Serve new connections with ``router``; return the previous one."""
@@ -200,7 +210,9 @@ async def serve(
     connection keeps; everything only the handshake needs lives in
     :func:`_handshake`'s, gone once it returns.
     """
-    rx = await _handshake(runtime, router, req, ws, path, mount)
+    obs = runtime.manager.observer
+    handshake = _handshake(runtime, router, req, ws, path, mount)
+    rx = await (handshake if obs is None else obs.handshake(req.path, handshake))
     if rx is None:
         return
     conn = rx.leaf.connection
@@ -213,6 +225,8 @@ async def serve(
         if ws.unaccepted:
             await ws.accept()
         manager.opened(conn)
+        if obs is not None:
+            obs.opened(rx.observed)
         for hook in hook_list(rx.router, rx.chain, rx.leaf, "after_connect", reverse=True):
             await hook(ws)
         close_code = await receive_loop(rx, runtime.settings, ws, ws.receive_text) or close_code
@@ -228,6 +242,8 @@ async def serve(
         await run_disconnect(rx.router, rx.chain, rx.leaf, ws, close_code, mount.outages, manager)
         await manager.disconnect(conn)
         runtime.serving.discard(task)
+        if obs is not None:
+            obs.closed(rx.observed, close_code)
 
 
 async def _handshake(
@@ -243,11 +259,16 @@ async def _handshake(
     Returns the connection's :class:`Receiver`, or ``None`` when the
     handshake was refused (and the socket closed).
     """
+    obs = runtime.manager.observer
     if not runtime.accepting:
+        if obs is not None:
+            obs.refused("shutting_down")
         await ws.close(CLOSE_GOING_AWAY, "Server shutting down")
         return None
     found = router.match(path)
     if found is None:
+        if obs is not None:
+            obs.refused("not_found")
         await ws.close(CLOSE_NOT_FOUND)
         return None
     info, params = found
@@ -255,10 +276,14 @@ async def _handshake(
         logger.warning(
             "refused WebSocket %s: Origin %r is not allowed", req.path, req.get_header("Origin")
         )
+        if obs is not None:
+            obs.refused("origin")
         await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
         return None
     conn = Connection(ws, path, params, runtime.manager)
     conn.mount = mount
+    conn.route = mount.route_of(info.template)
+    current_connection.set(conn)  # log lines of this task name the connection
     chain = await _build_chain(runtime, info, conn, req, ws, params)
     if chain is None:
         return None
@@ -306,8 +331,10 @@ async def _build_chain(
                 await own(req, ws, params)
             accepted = await resource.on_connect(req, ws, **params)
             if not ws.unaccepted and ws.closed:
+                _refused(runtime, "refused")
                 return None  # the resource closed the handshake itself
             if not accepted:
+                _refused(runtime, "refused")
                 await ws.close(CLOSE_FORBIDDEN)
                 return None
             if len(chain) < len(levels):
@@ -315,6 +342,7 @@ async def _build_chain(
         conn.state = state
         await runtime.manager.connect(conn)
     except Refuse as refusal:
+        _refused(runtime, "limit" if isinstance(refusal, ConnectionLimitExceeded) else "refused")
         # NOTE: a close before accept reaches real clients as HTTP 403 only;
         #   to let them read the resource's own code and reason, accept and
         #   close at once. Without a code of its own it is a plain denial.
@@ -323,12 +351,20 @@ async def _build_chain(
         await ws.close(refusal.code, refusal.reason or None)
         return None
     except WebSocketDisconnected:
+        _refused(runtime, "disconnected")
         return None
     except Exception:
+        _refused(runtime, "error")
         logger.exception("WebSocket handshake for %s failed", req.path)
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
         return None
     return tuple(chain)
+
+
+def _refused(runtime: Host, cause: str) -> None:
+    obs = runtime.manager.observer
+    if obs is not None:
+        obs.refused(cause)
 
 
 def hook_list(
@@ -413,6 +449,8 @@ class Receiver:
         "error_hooks",
         "leaf",
         "manager",
+        "observed",
+        "observer",
         "outages",
         "router",
         "unhandled",
@@ -440,6 +478,10 @@ class Receiver:
         if not settings.error_replies and type(leaf).on_unhandled is _base_unhandled:
             unhandled = _ignore_unhandled
         self.unhandled = unhandled
+        obs: Observer | None = manager.observer
+        self.observer = obs
+        # The observer's state for this connection (labels, a span to link to).
+        self.observed = None if obs is None else obs.connection(leaf.connection, type(leaf))
 
     async def failed(self, ws: WebSocket, text: str, exc: Exception) -> int | None:
         """Handle an exception of a hook or handler; return a close code, or None.
@@ -455,6 +497,8 @@ class Receiver:
         where = f"handler of {type(self.leaf).__qualname__}"
         if isinstance(exc, BackendUnavailable):
             self.outages.report(exc, self.manager.backend, where)
+            if self.observer is not None:
+                self.observer.error_reply(self.observed, "unavailable")
             try:
                 await self.unhandled(
                     ws, MessageError("unavailable", UNAVAILABLE_DETAIL, None, text)
@@ -510,6 +554,8 @@ async def receive_loop(
     tokens = burst
     last = monotonic()
     outbox = leaf.connection.outbox
+    obs = rx.observer
+    observed = rx.observed
 
     while True:
         try:
@@ -561,17 +607,25 @@ async def receive_loop(
                 except _UNDECODABLE:
                     handler = None
                 if handler is not None:
-                    await handler(leaf, ws, payload)
+                    if obs is None:
+                        await handler(leaf, ws, payload)
+                    else:
+                        await obs.handle(observed, type(msg), handler, leaf, ws, payload)
                     if after:
                         for hook in after:
                             await hook(ws, text)
                     continue
             outcome = table.dispatch_slow(text)
             if isinstance(outcome, MessageError):
+                if obs is not None:
+                    obs.error_reply(observed, outcome.reason)
                 await unhandled(ws, outcome)
                 continue
             handler, payload = outcome
-            await handler(leaf, ws, payload)
+            if obs is None:
+                await handler(leaf, ws, payload)
+            else:
+                await obs.handle(observed, handler, handler, leaf, ws, payload)
             for hook in after:
                 await hook(ws, text)
         except WebSocketDisconnected:

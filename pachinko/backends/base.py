@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Collection, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..observe import Observer
 
 __all__ = ["BackendHost", "ConnectionBackend"]
 
@@ -58,7 +61,15 @@ class ConnectionBackend(abc.ABC):
     *other* processes and return how many received it; local delivery is the
     manager's job. A frame is a ``str`` (sent as a text frame) or ``bytes``
     (a binary frame); a backend must hand it back with the same type.
+
+    Attributes:
+        observer: Set by the manager (:meth:`~pachinko.WebSocketConnectionManager.observe`):
+            a backend that can lose its connection reports outages to it
+            (``backend_down`` / ``backend_up``), and may carry its
+            ``carrier()`` with a publish (trace context). ``None``: off.
     """
+
+    observer: Observer | None = None
 
     @abc.abstractmethod
     async def start(self, host: BackendHost) -> None:
