@@ -1,11 +1,11 @@
-"""The ``on_{tag}`` naming rule for convention-based handlers."""
+"""Names: the ``on_{tag}`` rule for convention-based handlers, qualified names."""
 
 from __future__ import annotations
 
 import functools
 import re
 
-__all__ = ["handler_name", "snake_case"]
+__all__ = ["handler_name", "qualified_name", "snake_case"]
 
 # NOTE: three passes, in this order: split "HTTPRequest" before the last
 #   capital of an acronym, split "sendMessage" at a lower/digit→upper change,
@@ -31,3 +31,14 @@ def snake_case(tag: str) -> str:
 def handler_name(tag: str) -> str:
     """Return the conventional handler method name for ``tag`` (``on_...``)."""
     return "on_" + snake_case(tag)
+
+
+def qualified_name(obj: object) -> str:
+    """Return ``module:qualname`` of ``obj``, as tools print a handler or a class.
+
+    Without a qualname, its repr; without a module (or for a builtin), the
+    qualname alone.
+    """
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or repr(obj)
+    return f"{module}:{name}" if module and module != "builtins" else name

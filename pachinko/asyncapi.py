@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from .router import RouteInfo, join_paths
+from ._naming import qualified_name
+from ._tree import RouteView, Sent, mounted_routes
 
 if TYPE_CHECKING:
     import falcon.asgi
@@ -87,9 +88,8 @@ def document(
         list(mounts) if not hasattr(mounts, "routes") else [("/", mounts)]  # type: ignore[list-item]
     )
     builder = _Builder()
-    for prefix, router in pairs:
-        for info in router.routes():
-            builder.add_route(join_paths(prefix, info.template), info)
+    for route in mounted_routes(pairs):
+        builder.add_route(route)
     doc: dict[str, Any] = {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {"title": title, "version": version},
@@ -178,7 +178,8 @@ class _Builder:
             holder[key] = value if transform is None else transform(value, schemas)
         return schemas
 
-    def add_route(self, address: str, info: RouteInfo) -> None:
+    def add_route(self, route: RouteView) -> None:
+        address, info = route.path, route.info
         channel_id = self._unique(self.channels, _key(info.name or address))
         channel: dict[str, Any] = {"address": _FIELD.sub(r"{\1}", address)}
         names = _FIELD.findall(address)
@@ -199,22 +200,23 @@ class _Builder:
         if cls is not None and hasattr(cls, "message_types"):
             tag_field: str = getattr(cls, "tag_field", "type")
             wire: str = getattr(cls, "wire", "flat")
-            for tag, spec in cls.message_types().items():
+            for received in route.received:
+                tag = received.tag
                 msg_id = self._unique(messages, _key(f"receive.{tag}"))
                 ref = self._message(
                     f"{cls.__qualname__}.receive.{tag}",
                     tag,
-                    self._inbound(spec.payload_type, tag, tag_field, wire, spec.strict),
-                    f"Client → server `{tag}`, handled by "
-                    f"`{_qualname(getattr(cls, spec.method_name))}`.",
-                    _description(spec.payload_type),
+                    self._inbound(received.payload, tag, tag_field, wire, received.strict),
+                    f"Client → server `{tag}`, handled by `{qualified_name(received.handler)}`.",
+                    _description(received.payload),
                 )
                 messages[msg_id] = ref
                 receive.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
-            for tp in getattr(cls, "sends", ()) or ():
-                tag = _tag_of(tp) or str(getattr(tp, "__name__", "message"))
+            for sent in route.sent:
+                tp = sent.payload
+                tag = sent.tag or str(getattr(tp, "__name__", "message"))
                 msg_id = self._unique(messages, _key(f"send.{tag}"))
-                payload = self._outbound(tp, tag_field, wire)
+                payload = self._outbound(sent, tag_field, wire)
                 ref = self._message(
                     f"{cls.__qualname__}.send.{tag}",
                     tag,
@@ -255,10 +257,10 @@ class _Builder:
         self.messages[key] = payload
         return {"$ref": f"#/components/messages/{key}"}
 
-    def _outbound(self, tp: Any, tag_field: str, wire: str) -> dict[str, Any]:
+    def _outbound(self, sent: Sent, tag_field: str, wire: str) -> dict[str, Any]:
         """The ``payload`` entry of a server → client message, as ``send()`` writes it."""
         payload: dict[str, Any] = {}
-        tag = _tag_of(tp)
+        tp, tag = sent.payload, sent.tag
         if wire != "envelope" or tag is None:
             self._use(tp, payload, "payload")
             return payload
@@ -370,22 +372,10 @@ def _untagged(ref: dict[str, Any], schemas: dict[str, Any], field: str | None) -
     return schema
 
 
-def _qualname(fn: Any) -> str:
-    module = getattr(fn, "__module__", None)
-    name = getattr(fn, "__qualname__", None) or repr(fn)
-    return f"{module}:{name}" if module else name
-
-
 def _description(tp: Any) -> str | None:
     """The payload type's own docstring (``[types.Name] description`` in TOML)."""
     doc = vars(tp).get("__doc__") if isinstance(tp, type) else None
     return inspect.cleandoc(doc) if isinstance(doc, str) and doc.strip() else None
-
-
-def _tag_of(tp: Any) -> str | None:
-    config = getattr(tp, "__struct_config__", None)
-    tag = getattr(config, "tag", None)
-    return tag if isinstance(tag, str) else None
 
 
 def _tag_field_of(tp: Any) -> str | None:

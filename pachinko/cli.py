@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["main", "route_table", "uvicorn_options"]
 
-#: The config layer's ASGI entry point; it reads the file named in PACHINKO_CONFIG.
-_ASGI_APP: Final = "pachinko.config.asgi:app"
-_CONFIG_ENV: Final = "PACHINKO_CONFIG"
-_RELOAD_ENV: Final = "PACHINKO_RELOAD"
 _DEFAULT_CONFIG: Final = "routes.toml"
 _TEMPLATES: Final = Path(__file__).parent / "config" / "templates"
 #: Starter files written by ``pachinko init``: template name -> file name.
@@ -83,12 +79,6 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _qualname(obj: Any) -> str:
-    module = getattr(obj, "__module__", None)
-    name = getattr(obj, "__qualname__", None) or repr(obj)
-    return f"{module}:{name}" if module and module != "builtins" else name
-
-
 def _type_name(tp: Any) -> str:
     if tp is None:
         return "-"
@@ -97,40 +87,38 @@ def _type_name(tp: Any) -> str:
 
 def route_table(prefix: str, router: WebSocketRouter) -> list[dict[str, Any]]:
     """The compiled routing table: one entry per route, messages in both directions."""
+    from ._naming import qualified_name
+    from ._tree import mounted_routes
     from .router import join_paths
 
     table: list[dict[str, Any]] = []
-    for info in router.routes():
+    for route in mounted_routes([(prefix, router)]):
+        info = route.info
         cls = info.resource_class
-        messages: list[dict[str, Any]] = []
-        if cls is not None and hasattr(cls, "message_types"):
-            for tag, spec in cls.message_types().items():
-                messages.append(
-                    {
-                        "direction": "in",
-                        "type": tag,
-                        "handler": _qualname(getattr(cls, spec.method_name)),
-                        "payload": _type_name(spec.payload_type),
-                        "strict": spec.strict,
-                    }
-                )
-            for tp in getattr(cls, "sends", ()) or ():
-                config = getattr(tp, "__struct_config__", None)
-                tag = getattr(config, "tag", None)
-                messages.append(
-                    {
-                        "direction": "out",
-                        "type": tag if isinstance(tag, str) else _type_name(tp),
-                        "handler": None,
-                        "payload": _type_name(tp),
-                        "strict": None,
-                    }
-                )
+        messages = [
+            {
+                "direction": "in",
+                "type": msg.tag,
+                "handler": qualified_name(msg.handler),
+                "payload": _type_name(msg.payload),
+                "strict": msg.strict,
+            }
+            for msg in route.received
+        ] + [
+            {
+                "direction": "out",
+                "type": msg.tag if msg.tag is not None else _type_name(msg.payload),
+                "handler": None,
+                "payload": _type_name(msg.payload),
+                "strict": None,
+            }
+            for msg in route.sent
+        ]
         table.append(
             {
-                "path": join_paths(prefix, info.template),
+                "path": route.path,
                 "name": info.name,
-                "resource": cls.__qualname__ if cls is not None else _qualname(info.target),
+                "resource": cls.__qualname__ if cls is not None else qualified_name(info.target),
                 "parent": join_paths(prefix, info.parent.template) if info.parent else None,
                 "wire": getattr(cls, "wire", None),
                 "tag_field": getattr(cls, "tag_field", None),
@@ -171,6 +159,15 @@ def uvicorn_options(settings: Settings, **options: Any) -> dict[str, Any]:
         "timeout_keep_alive": settings.keep_alive_timeout,
         **options,
     }
+
+
+_output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
 
 
 # -- the command group ---------------------------------------------------------
@@ -307,13 +304,15 @@ def serve(
         return
     # NOTE: several processes (or the reloader's child) import the app: they
     #   build it from the file named in the environment.
-    os.environ[_CONFIG_ENV] = str(Path(config).resolve())
+    from .config._env import ASGI_APP, CONFIG_ENV, RELOAD_ENV
+
+    os.environ[CONFIG_ENV] = str(Path(config).resolve())
     if reload:
-        os.environ[_RELOAD_ENV] = "1"  # TOML edits are swapped in without a restart
+        os.environ[RELOAD_ENV] = "1"  # TOML edits are swapped in without a restart
         options.update(reload=True, reload_dirs=[str(Path(config).resolve().parent)])
     else:
         options["workers"] = workers
-    _run(serve_with_uvicorn, _ASGI_APP, options)
+    _run(serve_with_uvicorn, ASGI_APP, options)
 
 
 def _run(runner: Any, app: Any, options: dict[str, Any]) -> None:
@@ -392,13 +391,7 @@ def routes(config: str, as_json: bool) -> None:
     show_default=True,
     help="Output format.",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="Write to this file instead of standard output.",
-)
+@_output_option
 @click.option("--title", default=None, help="info.title (default: the file's name).")
 @click.option("--api-version", default="1.0.0", show_default=True, help="info.version.")
 @click.option(
@@ -472,13 +465,7 @@ def init(directory: str, force: bool) -> None:
 @main.command()
 @click.argument("target", metavar="MODULE:ROUTER")
 @click.option("--prefix", default=None, help="[app].prefix of the file (default /ws).")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="Write to this file instead of standard output.",
-)
+@_output_option
 def export(target: str, prefix: str | None, output: str | None) -> None:
     """Write the routes.toml of a router or app (MODULE:ROUTER).
 

@@ -29,7 +29,17 @@ class HandlerDefinitionError(PachinkoError, TypeError):
 
 
 class RouteError(PachinkoError, ValueError):
-    """Raised when a route, template or route name cannot be registered."""
+    """Raised when a route, template or route name cannot be registered.
+
+    Attributes:
+        kind: ``"conflict"`` (another route matches the same paths),
+            ``"name"`` (the route name is taken) or ``"invalid"`` (anything
+            else: a malformed template, an unknown name, ...).
+    """
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ConfigError(PachinkoError, ValueError):

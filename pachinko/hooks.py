@@ -1,4 +1,4 @@
-"""Hook events and their calling order.
+"""Hook events, their signatures and their calling order.
 
 Global hooks are registered on a router (:meth:`WebSocketRouter.add_hook`);
 resource hooks are methods of the resource class with the event's name. A
@@ -13,19 +13,36 @@ the reverse order. An exception in a ``before_*`` hook stops that step.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-__all__ = ["HOOK_EVENTS", "HookFn"]
+__all__ = ["HOOK_EVENTS", "HOOK_SIGNATURES", "HookFn", "HookSignature"]
 
 HookFn = Callable[..., Awaitable[Any]]
 
-#: Every hook event, with the arguments a global hook receives (a resource
+
+class HookSignature(NamedTuple):
+    """The arguments a global hook of one event receives, in order."""
+
+    params: tuple[str, ...]
+    #: What the return value means, if anything.
+    returns: str = ""
+
+    @property
+    def call(self) -> str:
+        """The call as documentation writes it: ``(resource, ws, message)``."""
+        return f"({', '.join(self.params)})"
+
+
+#: Every hook event with the arguments a global hook receives (a resource
 #: method receives the same arguments without ``resource``).
-HOOK_EVENTS: Final = (
-    "before_connect",  # (resource, req, ws, params)
-    "after_connect",  # (resource, ws)
-    "before_receive",  # (resource, ws, message)
-    "after_receive",  # (resource, ws, message)
-    "before_disconnect",  # (resource, ws, close_code)
-    "on_error",  # (resource, ws, exc) -> True when handled
-)
+HOOK_SIGNATURES: Final = {
+    "before_connect": HookSignature(("resource", "req", "ws", "params")),
+    "after_connect": HookSignature(("resource", "ws")),
+    "before_receive": HookSignature(("resource", "ws", "message")),
+    "after_receive": HookSignature(("resource", "ws", "message")),
+    "before_disconnect": HookSignature(("resource", "ws", "close_code")),
+    "on_error": HookSignature(("resource", "ws", "exc"), "return True when handled"),
+}
+
+#: Every hook event, in calling order.
+HOOK_EVENTS: Final = tuple(HOOK_SIGNATURES)

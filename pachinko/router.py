@@ -367,7 +367,8 @@ class WebSocketRouter:
             other = self._shapes.get(shape) or shapes.get(shape)
             if other is not None:
                 raise RouteError(
-                    f"route {template!r} conflicts with {other!r}: both match the same paths"
+                    f"route {template!r} conflicts with {other!r}: both match the same paths",
+                    kind="conflict",
                 )
             shapes[shape] = template
             if info.name is not None:
@@ -378,7 +379,8 @@ class WebSocketRouter:
                 )
                 if other is not None:
                     raise RouteError(
-                        f"route name {info.name!r} is used twice: by {other!r} and {template!r}"
+                        f"route name {info.name!r} is used twice: by {other!r} and {template!r}",
+                        kind="name",
                     )
                 names[info.name] = template
             staged.append((id(info), entry, segments, shape))

@@ -29,7 +29,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         rate_burst: Messages a connection may send in a burst above the rate.
         allowed_origins: Origins allowed to open a WebSocket. ``None`` allows
             requests without an ``Origin`` header (non-browser clients) and
-            same-origin browser requests only; ``["*"]`` allows every origin.
+            same-origin browser requests only (scheme, host and port; see
+            deployment.md); ``["*"]`` allows every origin.
         max_connections: Open connections allowed per process (``None``: no
             limit). Enforced at the handshake (close 1013).
         max_connections_per_user: Open connections allowed per user id,

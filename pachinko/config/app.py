@@ -8,25 +8,23 @@ and workers, mount the router under ``[app].prefix`` and run the
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import falcon.asgi
 
 from ..app import mount, runtime_of
-from .compiler import Compiled, ServicePlan, WorkerPlan, load_config
+from ._env import RELOAD_ENV
+from ._plans import service_factories, worker_callable
+from .compiler import Compiled, load_config
 
 if TYPE_CHECKING:
     from .._serve import Mount
     from ..app import Runtime
     from .reload import Reloader
 
-__all__ = ["Configured", "configure", "create_app", "reload_enabled"]
-
-#: Environment variable that turns hot reload on (``1``, ``true``, ``yes``).
-RELOAD_ENV = "PACHINKO_RELOAD"
+__all__ = ["RELOAD_ENV", "Configured", "configure", "create_app", "reload_enabled"]
 
 
 class Configured:
@@ -130,50 +128,3 @@ def configure(
     for setup in compiled.setup:
         setup(app)
     return configured
-
-
-def service_factories(
-    plans: Mapping[str, ServicePlan],
-    services: Callable[[], Mapping[str, Any]],
-) -> dict[str, Callable[[], Any]]:
-    """Zero-argument factories for ``install(services=...)``.
-
-    A factory's parameters named like a service declared before it get that
-    service (found in ``services()`` when the factory runs, at startup).
-    """
-
-    def bind(plan: ServicePlan) -> Callable[[], Any]:
-        def make() -> Any:
-            made = services()
-            injected = {name: made[name] for name in plan.inject}
-            return plan.factory(*plan.args, **plan.kwargs, **injected)
-
-        make.__name__ = plan.name
-        return make
-
-    return {name: bind(plan) for name, plan in plans.items()}
-
-
-def worker_callable(plan: WorkerPlan) -> Callable[..., Any]:
-    """The callable handed to the WorkerController for a declared worker.
-
-    Its signature lists only the target's parameters that the declaration
-    does not fill (``args``/``kwargs``), so the controller injects the
-    manager and services by name into exactly those.
-    """
-    target = plan.target
-    signature = inspect.signature(target)
-    bound = signature.bind_partial(*plan.args, **plan.kwargs)
-    free = [p for name, p in signature.parameters.items() if name not in bound.arguments]
-
-    async def run(**context: Any) -> Any:
-        return await target(*plan.args, **plan.kwargs, **context)
-
-    run.__signature__ = signature.replace(parameters=free)  # type: ignore[attr-defined]
-    run.__name__ = run.__qualname__ = plan.name
-    run.__module__ = getattr(target, "__module__", __name__)
-    if plan.restart is not None:
-        from ..workers import worker
-
-        return worker(restart=plan.restart)(run)
-    return run

@@ -15,12 +15,10 @@ from __future__ import annotations
 import os
 
 from ..errors import ConfigError
+from ._env import CONFIG_ENV
 from .app import create_app
 
 __all__ = ["CONFIG_ENV", "app"]
-
-#: Environment variable naming the routes.toml to serve.
-CONFIG_ENV = "PACHINKO_CONFIG"
 
 _path = os.environ.get(CONFIG_ENV)
 if not _path:

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import msgspec.inspect as mi
 import tomli_w
 
+from .._tree import Received, RouterView, RouteView, router_tree
 from ..errors import PachinkoError
+from ..hooks import HOOK_EVENTS
 from ..resource import WebSocketResource
-from ..router import RouteInfo, WebSocketRouter
+from ..router import WebSocketRouter
 from ..settings import Settings
+from ._checks import parameter_names
+from ._resources import BUILT_MODULE
 from .errors import ConfigFileError, Issue
 from .imports import ImportFailure, import_path
 from .model import RouteConfig, RouterConfig
@@ -36,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["export_app", "export_app_document", "export_document", "export_toml"]
 
-_BUILT = "pachinko.config.built"
 #: Attribute of a compiled router's resource factory: resource class -> services.
 _INJECT = "__pachinko_inject__"
 _SCALARS: dict[type, str] = {
@@ -57,14 +60,6 @@ _LIFECYCLE = {
     "on_unhandled": "on_unhandled",
     "get_child_context": "child_context",
 }
-_HOOKS = (
-    "before_connect",
-    "after_connect",
-    "before_receive",
-    "after_receive",
-    "before_disconnect",
-    "on_error",
-)
 
 
 class _Unrepresentable(Exception):
@@ -94,7 +89,7 @@ def export_document(
 ) -> dict[str, Any]:
     """Like :func:`export_toml`, as the TOML document's dict."""
     exporter = _Exporter()
-    body = exporter.router(router.root)
+    body = exporter.router(router_tree(router.root))
     exporter.raise_if_any()
     return _document(exporter, body, {} if prefix is None else {"prefix": prefix}, settings)
 
@@ -142,7 +137,7 @@ def export_app_document(
         if (table := exporter.service(name, factory, runtime.service_factories)) is not None
     }
     workers = exporter.workers(runtime.declared_workers)
-    body = exporter.router(mount.router.root)
+    body = exporter.router(router_tree(mount.router.root))
     exporter.raise_if_any()
     doc = _document(exporter, body, {"prefix": prefix or mount.prefix}, runtime.settings)
     if services:
@@ -289,10 +284,28 @@ class _Exporter:
 
     # -- tree -------------------------------------------------------------------
 
-    def router(self, router: WebSocketRouter, where: str = "") -> dict[str, Any]:
+    def router(self, tree: RouterView, where: str = "") -> dict[str, Any]:
         body: dict[str, Any] = {}
+        hooks = self.router_hooks(tree, where)
+        if hooks:
+            body["hooks"] = {k: v[0] if len(v) == 1 else v for k, v in hooks.items()}
+        inject: Mapping[Any, Any] = getattr(tree.router.resource_factory, _INJECT, None) or {}
+        routes = [
+            self.route(route, f"{where}routes[{i}]", inject) for i, route in enumerate(tree.routes)
+        ]
+        if routes:
+            body["routes"] = routes
+        routers = [
+            {"prefix": sub.prefix, **self.router(sub, f"{where}routers[{i}].")}
+            for i, sub in enumerate(tree.routers)
+        ]
+        if routers:
+            body["routers"] = routers
+        return body
+
+    def router_hooks(self, tree: RouterView, where: str) -> dict[str, list[str]]:
         hooks: dict[str, list[str]] = {}
-        for event, fn, only in router.hooks:
+        for event, fn, only in tree.hooks:
             if only is not None:
                 self.fail(
                     f"{where}hooks.{event}",
@@ -303,109 +316,107 @@ class _Exporter:
             path = self.path_of(fn, f"{where}hooks.{event}")
             if path is not None:
                 hooks.setdefault(event, []).append(path)
-        if hooks:
-            body["hooks"] = {k: v[0] if len(v) == 1 else v for k, v in hooks.items()}
-        own = router.own_routes
-        tops = [info for info in own if info.parent is None]
-        inject: Mapping[Any, Any] = getattr(router.resource_factory, _INJECT, None) or {}
-        routes = [
-            self.route(info, own, None, f"{where}routes[{i}]", inject)
-            for i, info in enumerate(tops)
-        ]
-        if routes:
-            body["routes"] = routes
-        routers = []
-        for index, (child_prefix, child) in enumerate(router.nested):
-            sub = {"prefix": child_prefix, **self.router(child, f"{where}routers[{index}].")}
-            routers.append(sub)
-        if routers:
-            body["routers"] = routers
-        return body
+        return hooks
 
-    def route(
-        self,
-        info: RouteInfo,
-        own: list[RouteInfo],
-        parent: RouteInfo | None,
-        where: str,
-        inject: Mapping[Any, Any],
-    ) -> dict[str, Any]:
-        path = info.template
-        if parent is not None:
-            path = "/" + info.template[len(parent.template) :].lstrip("/")
-        out: dict[str, Any] = {"path": path}
+    def route(self, route: RouteView, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
+        info = route.info
+        out: dict[str, Any] = {"path": route.path}
         if info.name is not None:
             out["name"] = info.name
-        out.update(self.resource(info.target, where, inject))
+        out.update(self.resource(route, where, inject))
         if info.args:
             out["args"] = list(info.args)
         if info.kwargs:
             out["kwargs"] = dict(info.kwargs)
-        children = [c for c in own if c.parent is info]
-        if children:
+        if route.children:
             out["routes"] = [
-                self.route(c, own, info, f"{where}.routes[{i}]", inject)
-                for i, c in enumerate(children)
+                self.route(child, f"{where}.routes[{i}]", inject)
+                for i, child in enumerate(route.children)
             ]
         return out
 
     # -- resources --------------------------------------------------------------
 
-    def resource(self, target: Any, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
+    def resource(self, route: RouteView, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
+        target = route.info.target
         if not (isinstance(target, type) and issubclass(target, WebSocketResource)):
-            path = self.path_of(target, f"{where}.resource")
-            out: dict[str, Any] = {"resource": path} if path else {}
-            if inject.get(target):
-                out["services"] = self.route_services(list(inject[target]), where)
-            return out
-        built = target.__module__ == _BUILT
+            return self.factory(target, where, inject)
+        built = target.__module__ == BUILT_MODULE
+        out = self.resource_class(route, target, built, where)
+        if built:
+            out.update(self.built_services(target, where))
+        elif inject.get(target):
+            out["services"] = self.route_services(list(inject[target]), where)
+            out.update(self.lifecycle(target, where))
+        return out
+
+    def factory(self, target: Any, where: str, inject: Mapping[Any, Any]) -> dict[str, Any]:
+        """A route whose target is not a resource class: ``resource = "module:factory"``."""
+        path = self.path_of(target, f"{where}.resource")
+        out: dict[str, Any] = {"resource": path} if path else {}
+        if inject.get(target):
+            out["services"] = self.route_services(list(inject[target]), where)
+        return out
+
+    def resource_class(
+        self, route: RouteView, target: type, built: bool, where: str
+    ) -> dict[str, Any]:
+        """The keys of a resource class: base, wire shape, handlers, sends."""
         base = target.__bases__[0] if built else target
-        out = {}
+        out: dict[str, Any] = {}
         if base is not WebSocketResource:
             path = self.path_of(base, f"{where}.base")
             if path:
                 out["base"] = path
-        out["wire"] = target.wire
-        out["tag_field"] = target.tag_field
+        out["wire"] = getattr(target, "wire", None)
+        out["tag_field"] = getattr(target, "tag_field", None)
+        handlers = self.handlers(route, target, built, where)
+        if handlers:
+            out["handlers"] = handlers
+        sends = [self.struct(msg.payload, with_tag=True) for msg in route.sent]
+        if sends:
+            out["sends"] = sends
+        return out
+
+    def handlers(self, route: RouteView, target: type, built: bool, where: str) -> dict[str, Any]:
         handlers: dict[str, Any] = {}
-        for tag, spec in target.message_types().items():
-            fn = getattr(target, spec.method_name)
-            path = self.handler_path(fn, target, spec.method_name, built, f"{where}.handlers.{tag}")
+        for msg in route.received:
+            path = self.handler_path(msg, target, built, f"{where}.handlers.{msg.tag}")
             if path is None:
                 continue
             entry: dict[str, Any] = {"handler": path}
-            if spec.payload_type is not None:
-                entry["payload"] = self.struct(_user_struct(spec.payload_type), with_tag=True)
-            if not spec.strict:
+            if msg.payload is not None:
+                entry["payload"] = self.struct(_user_struct(msg.payload), with_tag=True)
+            if not msg.strict:
                 entry["strict"] = False
-            handlers[tag] = entry
-        if handlers:
-            out["handlers"] = handlers
-        sends = [self.struct(s, with_tag=True) for s in target.sends]
-        if sends:
-            out["sends"] = sends
-        if built:
-            services = list(getattr(target, "__pachinko_services__", ()))
-            if services:
-                out["services"] = self.route_services(services, where)
-            # NOTE: handlers may build any declared type (resource.types.Name):
-            #   every one is written, used by a route or not.
-            self.extra_types.extend(vars(getattr(target, "types", None) or object()).values())
-        elif inject.get(target):
-            out["services"] = self.route_services(list(inject[target]), where)
-            for attr, key in _LIFECYCLE.items():
-                if attr in vars(target):
-                    path = self.path_of(vars(target)[attr], f"{where}.{key}")
-                    if path:
-                        out[key] = path
-            hooks = {
-                e: p
-                for e in _HOOKS
-                if e in vars(target)
-                if (p := self.path_of(vars(target)[e], f"{where}.hooks.{e}"))
-            }
-            if hooks:
-                out["hooks"] = hooks
+            handlers[msg.tag] = entry
+        return handlers
+
+    def built_services(self, target: type, where: str) -> dict[str, Any]:
+        """The services of a class built from a routes.toml (and its declared types)."""
+        # NOTE: handlers may build any declared type (resource.types.Name):
+        #   every one is written, used by a route or not.
+        self.extra_types.extend(vars(getattr(target, "types", None) or object()).values())
+        services = list(getattr(target, "__pachinko_services__", ()))
+        return {"services": self.route_services(services, where)} if services else {}
+
+    def lifecycle(self, target: type, where: str) -> dict[str, Any]:
+        """The lifecycle methods and hooks a Python resource class defines itself."""
+        own = vars(target)
+        out: dict[str, Any] = {}
+        for attr, key in _LIFECYCLE.items():
+            if attr in own:
+                path = self.path_of(own[attr], f"{where}.{key}")
+                if path:
+                    out[key] = path
+        hooks = {
+            e: p
+            for e in HOOK_EVENTS
+            if e in own
+            if (p := self.path_of(own[e], f"{where}.hooks.{e}"))
+        }
+        if hooks:
+            out["hooks"] = hooks
         return out
 
     def route_services(self, names: list[str], where: str) -> list[str]:
@@ -452,7 +463,7 @@ class _Exporter:
         # NOTE: a declared factory gets the services declared before it by
         #   parameter name; the Python app calls it without them.
         earlier = list(services)[: list(services).index(name)]
-        shadowed = [n for n in _parameters(factory) if n in earlier and n not in kwargs]
+        shadowed = [n for n in parameter_names(factory) if n in earlier and n not in kwargs]
         if shadowed:
             self.fail(
                 f"{where}.factory",
@@ -477,14 +488,12 @@ class _Exporter:
             out[name] = table
         return out
 
-    def handler_path(
-        self, fn: Callable[..., Any], target: type, method: str, built: bool, where: str
-    ) -> str | None:
+    def handler_path(self, msg: Received, target: type, built: bool, where: str) -> str | None:
         if built:
-            return self.path_of(fn, where)
-        owner = next((k for k in target.__mro__ if method in vars(k)), target)
+            return self.path_of(msg.handler, where)
+        owner = next((k for k in target.__mro__ if msg.method in vars(k)), target)
         path = self.path_of(owner, where)
-        return f"{path}.{method}" if path else None
+        return f"{path}.{msg.method}" if path else None
 
     # -- schemas ----------------------------------------------------------------
 
@@ -523,43 +532,32 @@ class _Exporter:
         return name
 
     def field(self, field: mi.Field) -> Any:
-        tp, description = _unwrap(field.type)
-        optional = False
-        if isinstance(tp, mi.UnionType):
-            rest = [t for t in tp.types if not isinstance(t, mi.NoneType)]
-            if len(rest) != 1 or len(rest) == len(tp.types) or description is not None:
-                raise _Unrepresentable("a union")
-            optional = True
-            tp, description = _unwrap(rest[0])
-        table: dict[str, Any] = {}
-        if isinstance(tp, mi.LiteralType):
-            if optional:
-                raise _Unrepresentable("an optional literal")
-            table["enum"] = list(tp.values)
-        else:
-            text = self.type_string(tp)
-            table["type"] = f"optional[{text}]" if optional else text
-            for key in _CONSTRAINTS:
-                value = getattr(tp, key, None)
-                if value is not None:
-                    table[key] = value
-        default: Any = msgspec.NODEFAULT
-        if field.default is not msgspec.NODEFAULT:
-            default = field.default
-        elif field.default_factory is not msgspec.NODEFAULT:
-            default = field.default_factory()
+        """A field as ``"type"`` or as a table (enum, constraints, default, ...)."""
+        tp, description, optional = _optional(field.type)
+        table = self.field_type(tp, optional)
+        default = _default(field)
         if default is not msgspec.NODEFAULT and default is not None:
-            try:
-                table["default"] = msgspec.to_builtins(default)
-                tomli_w.dumps({"x": table["default"]})
-            except (TypeError, ValueError) as ex:
-                raise _Unrepresentable("a default without TOML form") from ex
+            table["default"] = _toml_value(default)
         if optional and default is msgspec.NODEFAULT:
             table["required"] = True
         if description is not None:
             table["description"] = description
         if list(table) == ["type"]:
             return table["type"]
+        return table
+
+    def field_type(self, tp: mi.Type, optional: bool) -> dict[str, Any]:
+        """``type`` and its constraints, or ``enum``."""
+        if isinstance(tp, mi.LiteralType):
+            if optional:
+                raise _Unrepresentable("an optional literal")
+            return {"enum": list(tp.values)}
+        text = self.type_string(tp)
+        table: dict[str, Any] = {"type": f"optional[{text}]" if optional else text}
+        for key in _CONSTRAINTS:
+            value = getattr(tp, key, None)
+            if value is not None:
+                table[key] = value
         return table
 
     def type_string(self, tp: mi.Type) -> str:
@@ -590,6 +588,37 @@ class _Exporter:
         return self.type_string(tp)
 
 
+def _optional(tp: mi.Type) -> tuple[mi.Type, str | None, bool]:
+    """Split a field's type into its type, its description and whether it is optional."""
+    tp, description = _unwrap(tp)
+    if not isinstance(tp, mi.UnionType):
+        return tp, description, False
+    rest = [t for t in tp.types if not isinstance(t, mi.NoneType)]
+    if len(rest) != 1 or len(rest) == len(tp.types) or description is not None:
+        raise _Unrepresentable("a union")
+    tp, description = _unwrap(rest[0])
+    return tp, description, True
+
+
+def _default(field: mi.Field) -> Any:
+    """The field's default value (made by its factory), or ``NODEFAULT``."""
+    if field.default is not msgspec.NODEFAULT:
+        return field.default
+    if field.default_factory is not msgspec.NODEFAULT:
+        return field.default_factory()
+    return msgspec.NODEFAULT
+
+
+def _toml_value(value: Any) -> Any:
+    """``value`` as TOML can write it."""
+    try:
+        builtin = msgspec.to_builtins(value)
+        tomli_w.dumps({"x": builtin})
+    except (TypeError, ValueError) as ex:
+        raise _Unrepresentable("a default without TOML form") from ex
+    return builtin
+
+
 def _unwrap(tp: mi.Type) -> tuple[mi.Type, str | None]:
     """Split ``Annotated[T, Meta(description=...)]`` into T and the description."""
     if not isinstance(tp, mi.Metadata):
@@ -606,10 +635,3 @@ def _user_struct(struct: type) -> type:
     while struct.__bases__ and struct.__bases__[0].__name__ == struct.__name__:
         struct = struct.__bases__[0]
     return struct
-
-
-def _parameters(target: Any) -> list[str]:
-    try:
-        return list(inspect.signature(target).parameters)
-    except (TypeError, ValueError):
-        return []

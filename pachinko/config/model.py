@@ -63,12 +63,7 @@ class HooksConfig(_Table):
     hooks of an outer router run around those of an inner one.
 
     Attributes:
-        before_connect: ``(resource, req, ws, params)``.
-        after_connect: ``(resource, ws)``.
-        before_receive: ``(resource, ws, message)``.
-        after_receive: ``(resource, ws, message)``.
-        before_disconnect: ``(resource, ws, close_code)``.
-        on_error: ``(resource, ws, exc)``; return True when handled.
+        One per hook event, called as :data:`pachinko.hooks.HOOK_SIGNATURES` lists.
     """
 
     before_connect: Hooks = []
@@ -86,12 +81,7 @@ class ResourceHooksConfig(_Table):
     with the same arguments as a global hook (the resource first).
 
     Attributes:
-        before_connect: ``(resource, req, ws, params)``.
-        after_connect: ``(resource, ws)``.
-        before_receive: ``(resource, ws, message)``.
-        after_receive: ``(resource, ws, message)``.
-        before_disconnect: ``(resource, ws, close_code)``.
-        on_error: ``(resource, ws, exc)``; return True when handled.
+        One per hook event, called as :data:`pachinko.hooks.HOOK_SIGNATURES` lists.
     """
 
     before_connect: ImportPath | None = None

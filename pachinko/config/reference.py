@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from ..hooks import HOOK_SIGNATURES
 from ..settings import Settings
 from ..workers import RestartPolicy
 from . import model
@@ -81,6 +82,13 @@ def _attributes(cls: type) -> dict[str, str]:
     return out
 
 
+def _hook_meaning(event: str) -> str:
+    """What a hook key means: the arguments the hook is called with."""
+    signature = HOOK_SIGNATURES[event]
+    returns = f"; {signature.returns}" if signature.returns else ""
+    return f"``{signature.call}``{returns}."
+
+
 def _summary(cls: type) -> str:
     doc = inspect.getdoc(cls) or ""
     body = doc.split("Attributes:", 1)[0].strip()
@@ -116,6 +124,8 @@ def render() -> str:
             "|---|---|---|---|\n"
         )
         docs = _attributes(cls)
+        if cls in (model.HooksConfig, model.ResourceHooksConfig):
+            docs = {event: _hook_meaning(event) for event in HOOK_SIGNATURES}
         hints = typing.get_type_hints(cls, include_extras=True)
         for field in msgspec.structs.fields(cls):
             kind = describe(hints[field.name]).replace("|", "\\|")

@@ -26,19 +26,39 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from ..errors import ConfigError
-from .compiler import Compiled, ServiceBox, load_config
+from ._env import RELOAD_POLL_ENV
+from ._plans import ServiceBox, worker_callable
+from .compiler import Compiled, load_config
 
 if TYPE_CHECKING:
-    from .app import Configured
+    from .._serve import Mount
+    from ..app import Runtime
 
-__all__ = ["Reloader", "describe_changes"]
+__all__ = ["Reloader", "Served", "describe_changes"]
 
 logger = logging.getLogger("pachinko.config")
+
+
+class Served(Protocol):
+    """What the reloader swaps versions of (:class:`~pachinko.config.Configured` is one)."""
+
+    #: The configuration file.
+    path: str
+    #: The version served; the reloader replaces it.
+    compiled: Compiled
+
+    @property
+    def mount(self) -> Mount:
+        """The mount serving the compiled router."""
+
+    @property
+    def runtime(self) -> Runtime:
+        """The app's pachinko runtime."""
 
 
 def describe_changes(old: Compiled, new: Compiled) -> dict[str, list[str]]:
@@ -112,7 +132,7 @@ class Reloader:
 
     def __init__(
         self,
-        configured: Configured,
+        configured: Served,
         *,
         environ: Mapping[str, str] | None = None,
         poll_interval: float = 0.25,
@@ -122,7 +142,7 @@ class Reloader:
         self.environ = environ
         self.poll_interval = poll_interval
         if force_polling is None:
-            force_polling = os.environ.get("PACHINKO_RELOAD_POLL", "") not in ("", "0")
+            force_polling = os.environ.get(RELOAD_POLL_ENV, "") not in ("", "0")
         self.force_polling = force_polling
         self.reloads = 0
         self.failures = 0
@@ -251,8 +271,6 @@ class Reloader:
         """Restart the workers whose declaration changed; leave the others running."""
         if not changes:
             return
-        from .app import worker_callable
-
         runtime = self.configured.runtime
         controller: Any = runtime.workers
         context = {"manager": runtime.manager, "settings": runtime.settings, **runtime.services}

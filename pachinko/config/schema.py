@@ -273,7 +273,7 @@ class _Compiler:
         return ok
 
     def _field(self, fname: str, fpath: KeyPath, field: FieldConfig, table: bool) -> Any:
-        tpath = (*fpath, "type") if table else fpath
+        """The ``defstruct`` spec of one field, or ``None`` (reported)."""
         if not fname.isidentifier():
             self.problems.append(
                 Problem(fpath, "a field name that is a Python identifier", repr(fname))
@@ -282,40 +282,53 @@ class _Compiler:
         if field.type is None and field.enum is None:
             self.problems.append(Problem(fpath, "a key 'type' (or 'enum')", "no such key"))
             return None
-        tp: Any
-        if field.enum is not None:
-            if not field.enum:
-                self.problems.append(Problem((*fpath, "enum"), "at least one value", "[]"))
-                return None
-            tp = Literal[tuple(field.enum)]
-            if field.type is not None:
-                self.problems.append(
-                    Problem(
-                        (*fpath, "type"),
-                        "no 'type' with 'enum' (the values give the type)",
-                        repr(field.type),
-                    )
+        tp = self._field_type(fpath, field, table)
+        if tp is None:
+            return None
+        tp = self._constrained(fpath, field, tp)
+        if tp is None:
+            return None
+        if field.default is not msgspec.UNSET:
+            return self._with_default(fname, fpath, field, tp)
+        if _is_optional(tp) and not field.required:
+            return (fname, tp, None)
+        return (fname, tp)
+
+    def _field_type(self, fpath: KeyPath, field: FieldConfig, table: bool) -> Any:
+        """The field's type from ``enum`` or ``type``, or ``None`` (reported)."""
+        if field.enum is None:
+            return self._parsed_type(fpath, field, (*fpath, "type") if table else fpath)
+        if not field.enum:
+            self.problems.append(Problem((*fpath, "enum"), "at least one value", "[]"))
+            return None
+        if field.type is not None:
+            self.problems.append(
+                Problem(
+                    (*fpath, "type"),
+                    "no 'type' with 'enum' (the values give the type)",
+                    repr(field.type),
                 )
-                return None
-        else:
-            assert field.type is not None
-            try:
-                tp = parse_type(field.type, self.resolve)
-            except (ValueError, LookupError) as ex:
-                message = str(ex)
-                failure = ex.__cause__
-                if isinstance(failure, ImportFailure) and failure.module is not None:
-                    self.problems.append(Problem(tpath, failure.expected, failure.found, failure))
-                elif message:
-                    found = f"{field.type!r}: {message}"
-                    self.problems.append(
-                        Problem(
-                            tpath,
-                            message if message.startswith("a type that") else _EXPECTED_TYPE,
-                            f"{field.type!r}" if message.startswith("a type that") else found,
-                        )
-                    )
-                return None
+            )
+            return None
+        return Literal[tuple(field.enum)]
+
+    def _parsed_type(self, fpath: KeyPath, field: FieldConfig, tpath: KeyPath) -> Any:
+        text = field.type or ""
+        try:
+            return parse_type(text, self.resolve)
+        except (ValueError, LookupError) as ex:
+            message = str(ex)
+            failure = ex.__cause__
+            if isinstance(failure, ImportFailure) and failure.module is not None:
+                self.problems.append(Problem(tpath, failure.expected, failure.found, failure))
+            elif message.startswith("a type that"):
+                self.problems.append(Problem(tpath, message, f"{text!r}"))
+            elif message:
+                self.problems.append(Problem(tpath, _EXPECTED_TYPE, f"{text!r}: {message}"))
+            return None
+
+    def _constrained(self, fpath: KeyPath, field: FieldConfig, tp: Any) -> Any:
+        """``tp`` annotated with the field's constraints, or ``None`` (reported)."""
         optional = _is_optional(tp)
         meta = {
             key: getattr(field, key)
@@ -325,37 +338,34 @@ class _Compiler:
         inner = _strip_none(tp) if optional else tp
         if not self._constraints_fit(fpath, field, inner, meta):
             return None
-        if meta:
-            try:
-                annotated: Any = Annotated[inner, msgspec.Meta(**meta)]
-                msgspec.json.Decoder(annotated)
-            except (TypeError, ValueError, re.error) as ex:  # NOTE: checked above; msgspec's word
-                self.problems.append(
-                    Problem(fpath, "constraints that fit the field's type", str(ex))
+        if not meta:
+            return tp
+        try:
+            annotated: Any = Annotated[inner, msgspec.Meta(**meta)]
+            msgspec.json.Decoder(annotated)
+        except (TypeError, ValueError, re.error) as ex:  # NOTE: checked above; msgspec's word
+            self.problems.append(Problem(fpath, "constraints that fit the field's type", str(ex)))
+            return None
+        return Union[annotated, None] if optional else annotated  # noqa: UP007
+
+    def _with_default(self, fname: str, fpath: KeyPath, field: FieldConfig, tp: Any) -> Any:
+        try:
+            default = msgspec.convert(field.default, tp)
+        except msgspec.ValidationError as ex:
+            self.problems.append(
+                Problem(
+                    (*fpath, "default"),
+                    f"a default that fits the field ({ex})",
+                    kind_of(field.default),
                 )
-                return None
-            tp = Union[annotated, None] if optional else annotated  # noqa: UP007
-        if field.default is not msgspec.UNSET:
-            try:
-                default = msgspec.convert(field.default, tp)
-            except msgspec.ValidationError as ex:
-                self.problems.append(
-                    Problem(
-                        (*fpath, "default"),
-                        f"a default that fits the field ({ex})",
-                        kind_of(field.default),
-                    )
-                )
-                return None
-            # NOTE: msgspec copies empty list/dict defaults itself (as a Python
-            #   class body `= []` does); only non-empty ones need a factory.
-            if isinstance(default, list | dict) and default:
-                frozen = default
-                return (fname, tp, msgspec.field(default_factory=lambda: _copy(frozen)))
-            return (fname, tp, default)
-        if optional and not field.required:
-            return (fname, tp, None)
-        return (fname, tp)
+            )
+            return None
+        # NOTE: msgspec copies empty list/dict defaults itself (as a Python
+        #   class body `= []` does); only non-empty ones need a factory.
+        if isinstance(default, list | dict) and default:
+            frozen = default
+            return (fname, tp, msgspec.field(default_factory=lambda: _copy(frozen)))
+        return (fname, tp, default)
 
 
 def _allowed(tp: Any) -> tuple[str, ...]:

@@ -64,6 +64,15 @@ def kind_of(value: Any) -> str:
     return type(value).__name__
 
 
+_NAMES: dict[Any, str] = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "nothing",
+}
+
+
 def describe(tp: Any) -> str:
     """Describe what a model type accepts, in words."""
     if tp is Any:
@@ -72,44 +81,47 @@ def describe(tp: Any) -> str:
         return "a table"
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        inner, *metadata = typing.get_args(tp)
-        text = describe(inner)
-        for meta in metadata:
-            if isinstance(meta, msgspec.Meta):
-                if meta.description and meta.description.startswith("an import path"):
-                    return meta.description
-                bounds = [
-                    f"{op} {getattr(meta, name)}"
-                    for name, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-                    if getattr(meta, name) is not None
-                ]
-                if bounds:
-                    text += " " + " and ".join(bounds)
-        return text
+        return _describe_annotated(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        parts = [describe(a) for a in typing.get_args(tp) if a is not type(None)]
-        # NOTE: `int | float` keeps an integer as written; in words it is a number.
-        parts = [
-            p
-            for p in parts
-            if not (p.startswith("an integer") and "a number" + p[len("an integer") :] in parts)
-        ]
-        return " or ".join(parts)
+        return _describe_union(tp)
     if origin in (list, tuple, set, frozenset):
         args = typing.get_args(tp)
         return f"an array of {_plural(describe(args[0]))}" if args else "an array"
     if origin is dict:
         return f"a table of {_plural(describe(typing.get_args(tp)[1]))}"
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        bool: "a boolean",
-        type(None): "nothing",
-    }
-    return names.get(tp, getattr(tp, "__name__", repr(tp)))
+    return _NAMES.get(tp, getattr(tp, "__name__", repr(tp)))
+
+
+def _describe_annotated(tp: Any) -> str:
+    """``an integer >= 1``; an import path's own description."""
+    inner, *metadata = typing.get_args(tp)
+    text = describe(inner)
+    for meta in metadata:
+        if not isinstance(meta, msgspec.Meta):
+            continue
+        if meta.description and meta.description.startswith("an import path"):
+            return meta.description
+        bounds = [
+            f"{op} {getattr(meta, name)}"
+            for name, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+            if getattr(meta, name) is not None
+        ]
+        if bounds:
+            text += " " + " and ".join(bounds)
+    return text
+
+
+def _describe_union(tp: Any) -> str:
+    parts = [describe(a) for a in typing.get_args(tp) if a is not type(None)]
+    # NOTE: `int | float` keeps an integer as written; in words it is a number.
+    parts = [
+        p
+        for p in parts
+        if not (p.startswith("an integer") and "a number" + p[len("an integer") :] in parts)
+    ]
+    return " or ".join(parts)
 
 
 def _plural(text: str) -> str:
@@ -155,40 +167,51 @@ def _check(
         return _check_struct(value, tp, path, lenient, out)
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        members = [a for a in typing.get_args(tp) if a is not type(None)]
-        if isinstance(value, dict):
-            tables = [m for m in members if _is_table(m)]
-            if tables:
-                return _check(value, tables[0], path, lenient, out)
-        elif isinstance(value, list):
-            arrays = [m for m in members if typing.get_origin(m) in (list, tuple)]
-            if arrays:
-                return _check(value, arrays[0], path, lenient, out)
-        else:
-            scalars = [
-                m for m in members if not _is_table(m) and typing.get_origin(m) not in (list, tuple)
-            ]
-            if scalars:
-                scalar: Any = scalars[0] if len(scalars) == 1 else Union[tuple(scalars)]  # noqa: UP007
-                return _leaf(value, scalar, path, lenient, out, describe(tp))
-        out.append(Problem(path, describe(tp), kind_of(value)))
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, list):
-            out.append(Problem(path, describe(tp), kind_of(value)))
-            return value
-        args = typing.get_args(tp)
+        return _check_union(value, tp, path, lenient, out)
+    if origin in (list, tuple, dict):
+        return _check_items(value, tp, path, lenient, out)
+    return _leaf(value, tp, path, lenient, out, describe(tp))
+
+
+def _check_union(
+    value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath], out: list[Problem]
+) -> Any:
+    """Check ``value`` against the member of its kind (table, array or scalars)."""
+    if value is None and type(None) in typing.get_args(tp):
+        return None
+    members = [a for a in typing.get_args(tp) if a is not type(None)]
+    if isinstance(value, dict):
+        fits = [m for m in members if _is_table(m)]
+    elif isinstance(value, list):
+        fits = [m for m in members if _is_array(m)]
+    else:
+        scalars = [m for m in members if not _is_table(m) and not _is_array(m)]
+        if scalars:
+            scalar: Any = scalars[0] if len(scalars) == 1 else Union[tuple(scalars)]  # noqa: UP007
+            return _leaf(value, scalar, path, lenient, out, describe(tp))
+        fits = []
+    if fits:
+        return _check(value, fits[0], path, lenient, out)
+    out.append(Problem(path, describe(tp), kind_of(value)))
+    return value
+
+
+def _check_items(
+    value: Any, tp: Any, path: KeyPath, lenient: frozenset[KeyPath], out: list[Problem]
+) -> Any:
+    """Check an array's items or a table's values against the item type."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict and isinstance(value, dict):
+        return {k: _check(v, args[1], (*path, k), lenient, out) for k, v in value.items()}
+    if typing.get_origin(tp) is not dict and isinstance(value, list):
         item = args[0] if args else Any
         return [_check(v, item, (*path, i), lenient, out) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            out.append(Problem(path, describe(tp), kind_of(value)))
-            return value
-        item = typing.get_args(tp)[1]
-        return {k: _check(v, item, (*path, k), lenient, out) for k, v in value.items()}
-    return _leaf(value, tp, path, lenient, out, describe(tp))
+    out.append(Problem(path, describe(tp), kind_of(value)))
+    return value
+
+
+def _is_array(tp: Any) -> bool:
+    return typing.get_origin(tp) in (list, tuple)
 
 
 def _is_table(tp: Any) -> bool:

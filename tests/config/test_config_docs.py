@@ -30,3 +30,12 @@ def test_render_documents_every_key() -> None:
     for _, struct in TABLES:
         for field in msgspec.structs.fields(struct):
             assert f"| `{field.encode_name}` |" in text
+
+
+def test_the_reference_is_what_the_model_says() -> None:
+    # NOTE: the page is generated: an edit by hand would be lost at the next
+    #   regeneration, so the docstrings of the model and Settings are the source.
+    assert DOC.read_text() == render(), (
+        "docs/toml-reference.md differs from the model: regenerate it with "
+        "python -m pachinko.config.reference > docs/toml-reference.md"
+    )

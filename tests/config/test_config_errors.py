@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pachinko.config import ConfigFileError, load_config
+from pachinko.config import ConfigFileError, compile_text, load_config
 from pachinko.errors import ConfigError
 
 ERRORS = Path(__file__).parent / "fixtures" / "errors"
@@ -335,4 +335,17 @@ def test_two_apps_with_same_named_local_modules_are_told_apart(tmp_path: Path) -
         f"  {name}:3: routes[0].handlers.leave: expected module 'fx_twin' to be fx_twin.py "
         f"next to routes.toml, found 'fx_twin' is {tmp_path / 'a' / 'fx_twin.py'}, which comes "
         "first on sys.path or was imported already (rename the local fx_twin.py)"
+    )
+
+
+def test_a_malformed_template_is_reported_as_one_whatever_its_words() -> None:
+    # NOTE: the words "route name" and "conflicts" in a template once made the
+    #   compiler report it as a duplicate name or a conflict, at the wrong key.
+    text = '[[routes]]\npath = "/route name/conflicts"\n'
+    with pytest.raises(ConfigFileError) as info:
+        compile_text(text, "t.toml")
+    assert str(info.value) == (
+        "1 error in t.toml\n"
+        "  t.toml:2: routes[0].path: expected a valid route template, found route "
+        "'/route name/conflicts': templates may not contain whitespace"
     )
