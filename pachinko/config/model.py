@@ -49,11 +49,14 @@ class AppConfig(_Table):
             when the app is created (add HTTP routes, middleware, ...).
         reload: Watch this file and the files it includes, and swap the
             routes in when they change (development only).
+        metrics: Path of a Prometheus endpoint on the app (``"/metrics"``;
+            needs the ``metrics`` extra, see docs/observability.md).
     """
 
     prefix: str = "/ws"
     setup: list[ImportPath] = []
     reload: bool = False
+    metrics: str | None = None
 
 
 class HooksConfig(_Table):
