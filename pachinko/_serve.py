@@ -445,6 +445,7 @@ class Receiver:
     __slots__ = (
         "after",
         "before",
+        "by_type",
         "chain",
         "error_hooks",
         "leaf",
@@ -482,6 +483,10 @@ class Receiver:
         self.observer = obs
         # The observer's state for this connection (labels, a span to link to).
         self.observed = None if obs is None else obs.connection(leaf.connection, type(leaf))
+        by_type = type(leaf).__pachinko_table__.by_type
+        # PERF: observed handlers (counted, traced) are wrapped once per
+        #   connection: the loop's fast path is the same with or without.
+        self.by_type = by_type if obs is None else obs.handlers(self.observed, by_type)
 
     async def failed(self, ws: WebSocket, text: str, exc: Exception) -> int | None:
         """Handle an exception of a hook or handler; return a close code, or None.
@@ -542,7 +547,7 @@ async def receive_loop(
     unhandled = rx.unhandled
     table = type(leaf).__pachinko_table__
     decoder = table.decoder
-    by_type = table.by_type
+    by_type = rx.by_type
     as_decoded, envelope = AS_DECODED, ENVELOPE
     decode_any = msgspec.json.decode
     max_size = settings.max_message_size
@@ -607,10 +612,7 @@ async def receive_loop(
                 except _UNDECODABLE:
                     handler = None
                 if handler is not None:
-                    if obs is None:
-                        await handler(leaf, ws, payload)
-                    else:
-                        await obs.handle(observed, type(msg), handler, leaf, ws, payload)
+                    await handler(leaf, ws, payload)
                     if after:
                         for hook in after:
                             await hook(ws, text)

@@ -97,6 +97,18 @@ class Observer:
         """
         return handler(resource, ws, payload)
 
+    def handlers(
+        self, state: Any, by_type: dict[type, tuple[Any, int]]
+    ) -> dict[type, tuple[Any, int]]:
+        """The fast dispatch table (decoded type → (handler, kind)) a connection uses.
+
+        Return ``by_type`` itself, or a copy whose handlers wrap the original
+        ones (as :meth:`handle` would run them; called as ``handler(resource,
+        ws, payload)`` and awaited). Called once per connection: a wrapper
+        costs one call per message, and nothing at all when not asked for.
+        """
+        return by_type
+
     def error_reply(self, state: Any, reason: str) -> None:
         """A message was answered with an error reply (``reason``)."""
 
@@ -191,6 +203,13 @@ class Observers(Observer):
         for obs, own in zip(reversed(self.observers), reversed(state), strict=True):
             handler = functools.partial(obs.handle, own, key, handler)
         return handler(resource, ws, payload)
+
+    def handlers(
+        self, state: Any, by_type: dict[type, tuple[Any, int]]
+    ) -> dict[type, tuple[Any, int]]:
+        for obs, own in zip(reversed(self.observers), reversed(state), strict=True):
+            by_type = obs.handlers(own, by_type)
+        return by_type
 
     def error_reply(self, state: Any, reason: str) -> None:
         for obs, own in zip(self.observers, state, strict=True):

@@ -95,7 +95,8 @@ def log_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
         "fmt": "%(levelprefix)s %(name)s: %(message)s",
         "use_colors": None,
     }
-    config["formatters"]["named"]["fmt"] += "%(connection)s"
+    for formatter in ("default", "named"):  # uvicorn's lines and everyone else's
+        config["formatters"][formatter]["fmt"] += "%(connection)s"
     config["handlers"]["named"] = {
         "formatter": "named",
         "class": "logging.StreamHandler",

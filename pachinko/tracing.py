@@ -26,6 +26,7 @@ Attributes: ``pachinko.route`` (the template), ``pachinko.message.type``,
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -106,6 +107,14 @@ class Tracing(Observer):
             span.set_attribute("pachinko.route", conn.route)
             span.set_attribute("pachinko.connection.id", conn.id)
         return _Traced(conn, resource_class, trace.Link(context) if context.is_valid else None)
+
+    def handlers(
+        self, state: _Traced, by_type: dict[type, tuple[Any, int]]
+    ) -> dict[type, tuple[Any, int]]:
+        return {
+            key: (functools.partial(self.handle, state, key, handler), kind)
+            for key, (handler, kind) in by_type.items()
+        }
 
     async def handle(
         self,

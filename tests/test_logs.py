@@ -131,6 +131,7 @@ def test_serves_log_config_writes_json_lines_with_the_connection() -> None:
 def test_the_text_format_appends_the_connection() -> None:
     config = log_config("info")
     assert config["formatters"]["named"]["fmt"].endswith("%(message)s%(connection)s")
+    assert config["formatters"]["default"]["fmt"].endswith("%(message)s%(connection)s")
     assert all(h["filters"] == ["connection"] for h in config["handlers"].values())
 
 

@@ -331,3 +331,27 @@ def test_the_observer_base_class_does_nothing() -> None:
     obs = Observer()
     assert obs.connection(None, Room) is None  # type: ignore[arg-type]
     assert obs.carrier() is None
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
+    panels = json.loads(dashboard.read_text())["panels"]
+    used = {
+        name
+        for panel in panels
+        for target in panel["targets"]
+        for name in re.findall(r"\bpachinko_\w+", target["expr"])
+    }
+    metrics = Metrics(None)
+    app = falcon.asgi.App()
+    pachinko.install(app, metrics=metrics)
+    defined = set()
+    for family in metrics.registry.collect():
+        kinds = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+        defined.update(family.name + suffix for suffix in kinds.get(family.type, ("",)))
+    assert len(panels) == 12
+    assert used <= defined, used - defined
