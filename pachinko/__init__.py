@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     )
     from .manager import Delivery, WebSocketConnectionManager
     from .resource import WebSocketResource
+    from .rooms import Position, Recovery, RoomPolicies, RoomPolicy
     from .router import Route, RouteInfo, WebSocketRouter
     from .settings import Settings
     from .workers import RestartPolicy, WorkerController, worker
@@ -44,9 +45,13 @@ __all__ = [
     "InProcessBackend",
     "MessageError",
     "PachinkoError",
+    "Position",
+    "Recovery",
     "RedisBackend",
     "Refuse",
     "RestartPolicy",
+    "RoomPolicies",
+    "RoomPolicy",
     "Route",
     "RouteError",
     "RouteInfo",
@@ -88,6 +93,10 @@ _HOMES = {
     "WebSocketConnectionManager": ".manager",
     "Delivery": ".manager",
     "WebSocketResource": ".resource",
+    "Position": ".rooms",
+    "Recovery": ".rooms",
+    "RoomPolicies": ".rooms",
+    "RoomPolicy": ".rooms",
     "Route": ".router",
     "RouteInfo": ".router",
     "WebSocketRouter": ".router",

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import falcon.asgi
 
     from .backends import ConnectionBackend
+    from .rooms import RoomPolicies, RoomPolicy
 
 __all__ = ["Runtime", "install", "mount", "runtime_of"]
 
@@ -239,6 +240,7 @@ def install(
     workers: Iterable[Callable[..., Any]] = (),
     services: Mapping[str, Callable[[], Any]] | None = None,
     on_worker_crash: Callable[[str, BaseException], Any] | None = None,
+    rooms: Mapping[str, RoomPolicy] | RoomPolicies | None = None,
     metrics: Observer | None = None,
     tracing: Observer | None = None,
 ) -> WebSocketConnectionManager:
@@ -260,6 +262,9 @@ def install(
         on_worker_crash: Called as ``f(name, exc)`` when a worker crashes
             after startup. Default: log at CRITICAL and send SIGTERM to this
             process, so the server shuts down (see docs/workers.md).
+        rooms: Room policies by room name or pattern (``"auction:*"``):
+            history kept for recovery, ... (see :class:`~pachinko.RoomPolicy`
+            and docs/connections.md).
         metrics: A :class:`pachinko.metrics.Metrics` (its ``/metrics`` route
             is added to ``app``), or any :class:`~pachinko.observe.Observer`.
         tracing: A :class:`pachinko.tracing.Tracing`, or any observer.
@@ -277,16 +282,17 @@ def install(
             or workers
             or services
             or on_worker_crash
+            or rooms is not None
             or metrics is not None
             or tracing is not None
         ):
             raise ConfigError(
                 "install(): pachinko is already installed on this app; pass settings, backend, "
-                "workers, services, metrics and tracing to the first install() call"
+                "workers, services, rooms, metrics and tracing to the first install() call"
             )
         return existing.manager
     settings = settings or Settings()
-    manager = WebSocketConnectionManager(settings, backend)
+    manager = WebSocketConnectionManager(settings, backend, rooms)
     runtime = Runtime(settings, manager, workers, services, on_worker_crash)
     if settings.receive_queue is not None:
         app.ws_options.max_receive_queue = settings.receive_queue

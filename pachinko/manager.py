@@ -23,10 +23,13 @@ from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ._outbox import DEAD, DROPPED, QUEUED, SENT, Outbox, Ticket, fan_out
-from ._wire import encode_frame
-from .backends import ConnectionBackend, backend_from_url
+from ._wire import encode, encode_frame
+from .backends import ConnectionBackend, HistoryRead, backend_from_url
 from .errors import BackendUnavailable, ConnectionLimitExceeded, PachinkoError
+from .rooms import Position, Recovery, RoomPolicies, RoomPolicy
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -84,6 +87,112 @@ def _excluded(exclude: Iterable[str]) -> frozenset[str]:
     return frozenset(exclude)
 
 
+class _Holder:
+    """Live frames of a room held for one connection while it recovers."""
+
+    __slots__ = ("conn", "frames")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.frames: list[tuple[Position, str | bytes]] = []
+
+
+def _verdict(
+    room: str, wanted: Position | None, read: HistoryRead
+) -> tuple[Recovery, list[tuple[int, str]]]:
+    """Compare a client's position with what the room kept: what to replay."""
+    now = None if read.epoch is None else Position(read.epoch, read.offset)
+    reason = None
+    if wanted is not None:
+        if read.epoch != wanted.epoch:
+            # NOTE: a room that never kept anything has no epoch: only a
+            #   client that has seen nothing of it (offset 0) is up to date.
+            if read.epoch is not None or wanted.offset != 0:
+                reason = "epoch"
+        elif wanted.offset > read.offset:
+            reason = "future"
+        elif not read.complete:
+            reason = "trimmed"
+    if reason is not None:
+        return Recovery(room, False, 0, now, reason), []
+    return Recovery(room, True, len(read.entries), now), read.entries
+
+
+# Struct type → the JSON names of its fields (and tag field): checked once per type.
+_struct_names: dict[type, frozenset[str]] = {}
+
+
+def _names_of(cls: type) -> frozenset[str]:
+    names = _struct_names.get(cls)
+    if names is None:
+        info = msgspec.structs.fields(cls)
+        found = {f.encode_name for f in info}
+        config = getattr(cls, "__struct_config__", None)
+        if config is not None and config.tag is not None:
+            found.add(config.tag_field)
+        names = _struct_names[cls] = frozenset(found)
+    return names
+
+
+_OBJECT_KEYS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def split_object(message: Any, field: str, key: str, room: str) -> tuple[str, str]:
+    """Encode ``message`` (a JSON object) once, split where its position goes.
+
+    The frame of each broadcast is ``head + "epoch:offset" + tail``: the
+    object with one more member, ``key`` (``field`` JSON-encoded), last.
+
+    Raises:
+        TypeError: ``message`` is not a JSON object (a dict, a Struct
+            encoded as an object, or a str holding one).
+        ValueError: It already has a field called ``field``.
+    """
+    where = f"broadcast_to_room({room!r}): room {room!r} keeps history, so"
+    if isinstance(message, dict):
+        if field in message:
+            raise ValueError(
+                f"{where} the message may not have a field {field!r} (reserved for the "
+                "position; see RoomPolicies(position_field=...))"
+            )
+        text = encode(message).decode()
+    elif isinstance(message, msgspec.Struct):
+        text = encode(message).decode()
+        if not text.startswith("{"):
+            raise TypeError(
+                f"{where} its messages must be JSON objects; got a {type(message).__name__} "
+                "encoded as an array (array_like)"
+            )
+        if field in _names_of(type(message)):
+            raise ValueError(
+                f"{where} {type(message).__name__} may not have a field {field!r} (reserved "
+                "for the position; see RoomPolicies(position_field=...))"
+            )
+    elif isinstance(message, str):
+        try:
+            keys = _OBJECT_KEYS.decode(message)
+        except msgspec.DecodeError:
+            raise TypeError(
+                f"{where} its messages must be JSON objects; got a str that is not one: "
+                f"{message[:60]!r}"
+            ) from None
+        if field in keys:
+            raise ValueError(
+                f"{where} the message may not have a field {field!r} (reserved for the "
+                "position; see RoomPolicies(position_field=...))"
+            )
+        text = message.strip()
+    else:
+        raise TypeError(
+            f"{where} its messages must be JSON objects (a dict, a Struct or a str holding "
+            f"one); got {type(message).__name__}"
+        )
+    body = text[:-1].rstrip()
+    if body == "{":
+        return f'{{{key}:"', '"}'
+    return f'{body},{key}:"', '"}'
+
+
 class WebSocketConnectionManager:
     """Registry of this process's connections; rooms, users, broadcasts.
 
@@ -96,17 +205,32 @@ class WebSocketConnectionManager:
         settings: Limits and the slow-consumer policy.
         backend: Where rooms and broadcasts meet across processes; default
             built from ``settings.backend`` (``memory://``: in-process).
+        rooms: Room policies (history, ...) by room name or pattern
+            (``{"auction:*": RoomPolicy(history=100, history_ttl=600)}``).
 
     Raises:
         ConfigError: ``settings.backend`` names an unknown scheme, or Redis
             without the ``redis`` package.
     """
 
-    def __init__(self, settings: Settings, backend: ConnectionBackend | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: ConnectionBackend | None = None,
+        rooms: Mapping[str, RoomPolicy] | RoomPolicies | None = None,
+    ) -> None:
         self.settings = settings
         self.backend: ConnectionBackend = (
             backend if backend is not None else backend_from_url(settings.backend)
         )
+        #: The room policies (read-only; :meth:`set_room_policies` replaces them).
+        self.room_policies = RoomPolicies()
+        self._history = False
+        self._position_key = ""
+        # Connections recovering a room: room → id → frames held meanwhile.
+        self._holding: dict[str, dict[str, _Holder]] = {}
+        self._epoch = secrets.token_hex(6)  # the next new history's epoch
+        self.set_room_policies(rooms)
         self._node_id = secrets.token_hex(8)
         self._counter = itertools.count(1)
         self._connections: dict[str, Connection] = {}
@@ -129,6 +253,19 @@ class WebSocketConnectionManager:
         """Connections with a send under way, and the frames queued behind them."""
         busy = list(self._busy)
         return len(busy), sum(len(outbox.queue) for outbox in busy)
+
+    def set_room_policies(self, rooms: Mapping[str, RoomPolicy] | RoomPolicies | None) -> None:
+        """Replace the room policies (``install(rooms=...)`` sets them).
+
+        Raises:
+            ValueError, TypeError: A bad pattern or policy (see RoomPolicies).
+        """
+        policies = rooms if isinstance(rooms, RoomPolicies) else RoomPolicies(rooms)
+        self.room_policies = policies
+        # PERF: checked once per broadcast: a room without history pays one
+        #   attribute read when no policy keeps any (bench_fanout.py).
+        self._history = policies.any_history
+        self._position_key = encode(policies.position_field).decode()
 
     # -- identity and lifecycle ------------------------------------------------
 
@@ -271,10 +408,15 @@ class WebSocketConnectionManager:
     def _unindex(self, conn: Connection) -> None:
         cid = conn.id
         self._connections.pop(cid, None)
+        holding = self._holding
         for room in conn.rooms:
             members = self._rooms.get(room)
             if members is not None and members.pop(cid, None) is not None and not members:
                 del self._rooms[room]
+            if holding:
+                held = holding.get(room)
+                if held is not None and held.pop(cid, None) is not None and not held:
+                    del holding[room]
         user = conn.user_id
         if user is not None:
             conns = self._users.get(user)
@@ -317,11 +459,45 @@ class WebSocketConnectionManager:
             )
         return conn
 
-    async def join_room(self, conn: Connection | str, room: str) -> None:
-        """Add a local connection (or its id) to ``room``; no-op if a member."""
+    async def join_room(
+        self,
+        conn: Connection | str,
+        room: str,
+        *,
+        since: str | None = None,
+        last: int | None = None,
+        notify: bool = True,
+    ) -> Recovery | None:
+        """Add a local connection (or its id) to ``room``; no-op if a member.
+
+        With ``since`` (the position ``"epoch:offset"`` of the last message
+        the client got from the room) or ``last`` (a number of messages), the
+        connection first gets the broadcasts it missed (or the last ones
+        kept), in order, then the live ones: none missing, none twice, even
+        with broadcasts arriving meanwhile. Preceded (``notify``) by a
+        ``recovery`` message telling the client the outcome (see
+        :class:`~pachinko.rooms.Recovery` and docs/connections.md).
+
+        Returns:
+            ``None`` for a plain join; the :class:`~pachinko.rooms.Recovery`
+            when ``since`` or ``last`` was given. A position that is
+            malformed, from another epoch or ahead of the room, or history
+            that is gone, gives ``recovered=False`` (the join still
+            happens): never an exception.
+
+        Raises:
+            BackendUnavailable: The backend is unreachable (the connection
+                did not join).
+        """
         if not isinstance(room, str) or not room:
             raise ValueError(f"join_room(): room must be a non-empty str, got {room!r}")
         c = self._resolve(conn, "join_room()")
+        if since is not None or last is not None:
+            return await self._join_recovering(c, room, since, last, notify)
+        await self._join(c, room)
+        return None
+
+    async def _join(self, c: Connection, room: str) -> None:
         rooms = c.rooms
         if room in rooms:
             return
@@ -463,6 +639,10 @@ class WebSocketConnectionManager:
             BackendUnavailable: The backend (Redis) is unreachable; nothing
                 was sent.
         """
+        if self._history:
+            policy = self.room_policies.lookup(room)
+            if policy.history:
+                return await self._broadcast_kept(room, message, exclude, timeout, policy)
         text = encode_frame(message)
         excluded = _excluded(exclude)
         remote = await self.backend.publish_room(room, text, excluded)
@@ -522,6 +702,172 @@ class WebSocketConnectionManager:
             )
         return Delivery(len(targets), delivered, queued, counts[DROPPED], failed, remote)
 
+    # -- room history ---------------------------------------------------------------------
+
+    async def _broadcast_kept(
+        self,
+        room: str,
+        message: Any,
+        exclude: Iterable[str],
+        timeout: float | None,
+        policy: RoomPolicy,
+    ) -> Delivery:
+        """Broadcast to a history room: positioned, kept, carried in one step."""
+        head, tail = split_object(
+            message, self.room_policies.position_field, self._position_key, room
+        )
+        excluded = _excluded(exclude)
+        backend = self.backend
+        position, frame, remote = await backend.publish_history(
+            room, head, tail, excluded, policy, self._epoch
+        )
+        self._used(position.epoch)
+        members = self._rooms.get(room)
+        if backend.history_echo:
+            # NOTE: the backend delivers to this process's members too, from
+            #   the one ordered stream of the room, so that every member sees
+            #   the offsets in order (a reply to this process's command and
+            #   another process's publish may arrive in either order).
+            n = sum(1 for cid in members if cid not in excluded) if members else 0
+            return Delivery(recipients=n, pending=n, remote=remote)
+        if self._holding:
+            self._hold(room, position, frame, excluded)
+        if not members:
+            return Delivery(remote=remote)
+        if excluded:
+            targets: Collection[Connection] = [
+                c for cid, c in members.items() if cid not in excluded
+            ]
+        else:
+            targets = list(members.values())
+        return await self._fanout(targets, frame, timeout, remote)
+
+    def _used(self, epoch: str | None) -> None:
+        if epoch == self._epoch:  # a new history took it: the next one is fresh
+            self._epoch = secrets.token_hex(6)
+
+    def _hold(
+        self, room: str, position: Position, frame: str | bytes, exclude: Collection[str]
+    ) -> None:
+        held = self._holding.get(room)
+        if held:
+            for cid, holder in held.items():
+                if cid not in exclude:
+                    holder.frames.append((position, frame))
+
+    async def _join_recovering(
+        self, c: Connection, room: str, since: str | None, last: int | None, notify: bool
+    ) -> Recovery:
+        resource = c.resource
+        tag_field = getattr(resource, "tag_field", "type")
+        wire = getattr(resource, "wire", "flat")
+        if room in c.rooms:
+            return self._tell(c, Recovery(room, False, reason="member"), notify, tag_field, wire)
+        policy = self.room_policies.lookup(room)
+        wanted: Position | None = None
+        reason: str | None = None
+        if not policy.history:
+            reason = "no_history"
+        elif since is not None:
+            try:
+                wanted = Position.parse(since)
+            except ValueError:
+                reason = "malformed"
+        elif isinstance(last, bool) or not isinstance(last, int):
+            reason = "malformed"
+        if reason is not None:
+            await self._join(c, room)
+            return self._tell(c, Recovery(room, False, reason=reason), notify, tag_field, wire)
+        # Hold the room's live frames for this connection from now on, read
+        # the history, send it, then the held frames not in it: no gap, no
+        # duplicate whatever arrives meanwhile.
+        holder = _Holder(c)
+        held = self._holding.get(room)
+        if held is None:
+            held = self._holding[room] = {}
+        held[c.id] = holder
+        if isinstance(c.rooms, set):
+            c.rooms.add(room)
+        else:
+            c.rooms = {room}
+        backend = self.backend
+        first = room not in self._rooms and len(held) == 1
+        try:
+            await backend.join(room, c.id, first)
+            await backend.subscribed(room)
+            read = await backend.read_history(
+                room,
+                None if wanted is None else wanted.offset,
+                None if wanted is not None else max(0, min(last or 0, policy.history)),
+                policy,
+                self._epoch,
+            )
+            self._used(read.epoch)
+        except BaseException:
+            self._unhold(room, c)
+            c.rooms.discard(room)
+            await backend.leave(room, c.id, room not in self._rooms and room not in self._holding)
+            raise
+        outcome, entries = _verdict(room, wanted, read)
+        self._tell(c, outcome, notify, tag_field, wire)
+        for _, frame in entries:
+            fan_out((c,), frame, None)
+        # PERF: from here to the end, no await: the held frames are flushed
+        #   and the connection becomes a member in one step.
+        self._unhold(room, c)
+        upto = read.offset
+        for position, live in holder.frames:
+            if position.epoch != read.epoch or position.offset > upto:
+                fan_out((c,), live, None)
+        if c.outbox is not None and not c.outbox.dead:
+            members = self._rooms.get(room)
+            if members is None:
+                members = self._rooms[room] = {}
+            members[c.id] = c
+        return outcome
+
+    def _unhold(self, room: str, c: Connection) -> None:
+        held = self._holding.get(room)
+        if held is not None and held.pop(c.id, None) is not None and not held:
+            del self._holding[room]
+
+    def _tell(
+        self, c: Connection, outcome: Recovery, notify: bool, tag_field: str, wire: str
+    ) -> Recovery:
+        if notify:
+            fan_out((c,), encode(outcome.to_message(tag_field, wire)).decode(), None)
+        if self.observer is not None:
+            self.observer.recovery(c, outcome.recovered)
+        return outcome
+
+    async def history(
+        self, room: str, *, since: str | None = None, last: int | None = None
+    ) -> tuple[Recovery, list[str]]:
+        """Read a history room's kept broadcasts without joining (server code).
+
+        Returns the outcome (as for a join with ``since``/``last``) and the
+        frames (JSON text, each with its position).
+        """
+        policy = self.room_policies.lookup(room)
+        if not policy.history:
+            return Recovery(room, False, reason="no_history"), []
+        wanted = None
+        if since is not None:
+            try:
+                wanted = Position.parse(since)
+            except ValueError:
+                return Recovery(room, False, reason="malformed"), []
+        read = await self.backend.read_history(
+            room,
+            None if wanted is None else wanted.offset,
+            None if wanted is not None else max(0, min(last or 0, policy.history)),
+            policy,
+            self._epoch,
+        )
+        self._used(read.epoch)
+        outcome, entries = _verdict(room, wanted, read)
+        return outcome, [frame for _, frame in entries]
+
     # -- iteration ----------------------------------------------------------------------
 
     async def connections(self, room: str | None = None) -> AsyncIterator[Connection]:
@@ -547,7 +893,13 @@ class WebSocketConnectionManager:
         """User → ids of its local connections."""
         return {user: list(conns) for user, conns in self._users.items()}
 
-    def deliver_room(self, room: str, text: str | bytes, exclude: Collection[str]) -> None:
+    def deliver_room(
+        self,
+        room: str,
+        text: str | bytes,
+        exclude: Collection[str],
+        position: Position | None = None,
+    ) -> None:
         """Write a frame from another process to the local members of ``room``."""
         members = self._rooms.get(room)
         if members:
@@ -555,6 +907,8 @@ class WebSocketConnectionManager:
                 self._deliver([c for cid, c in members.items() if cid not in exclude], text)
             else:
                 self._deliver(list(members.values()), text)
+        if position is not None and self._holding:
+            self._hold(room, position, text, exclude)
 
     def deliver_user(self, user_id: str, text: str | bytes) -> None:
         """Write a frame from another process to the local connections of a user."""

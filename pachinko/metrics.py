@@ -496,8 +496,8 @@ class Metrics(Observer):
         if restarting:
             self.worker_restarts.labels(name).inc()
 
-    def recovery(self, state: _Route, hit: bool) -> None:
-        self.recoveries.labels(state.label, "hit" if hit else "miss").inc()
+    def recovery(self, conn: Connection, hit: bool) -> None:
+        self.recoveries.labels(conn.route, "hit" if hit else "miss").inc()
 
 
 def _counting(

@@ -146,8 +146,8 @@ class Observer:
     def worker_crashed(self, name: str, restarting: bool) -> None:
         """Worker ``name`` crashed; ``restarting``: its restart policy restarts it."""
 
-    def recovery(self, state: Any, hit: bool) -> None:
-        """A client asked to recover missed messages: found (hit) or too old (miss)."""
+    def recovery(self, conn: Connection, hit: bool) -> None:
+        """A join asked to recover missed messages: all recovered (hit) or not (miss)."""
 
 
 class Observers(Observer):
@@ -251,9 +251,9 @@ class Observers(Observer):
         for obs in self.observers:
             obs.worker_crashed(name, restarting)
 
-    def recovery(self, state: Any, hit: bool) -> None:
-        for obs, own in zip(self.observers, state, strict=True):
-            obs.recovery(own, hit)
+    def recovery(self, conn: Connection, hit: bool) -> None:
+        for obs in self.observers:
+            obs.recovery(conn, hit)
 
 
 def message_type(resource_class: type, key: Any) -> str:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from .connection import Connection
     from .manager import Delivery, WebSocketConnectionManager
+    from .rooms import Recovery
 
 __all__ = ["MessageError", "WebSocketResource", "handles_message"]
 
@@ -227,9 +228,20 @@ class WebSocketResource:
             send_text = self.connection.ws.send_text  # raises the "not bound" error
         return send_text(text)
 
-    async def join_room(self, room: str) -> None:
-        """Add this connection to ``room``."""
-        await self.manager.join_room(self.connection, room)
+    async def join_room(
+        self, room: str, *, since: str | None = None, last: int | None = None
+    ) -> Recovery | None:
+        """Add this connection to ``room``.
+
+        ``since``: the position (``"epoch:offset"``) of the last message the
+        client got from this history room: it first gets what it missed,
+        then the live stream. ``last``: the last N kept messages first.
+        Either way a ``recovery`` message (in this resource's wire shape)
+        tells the client the outcome first, and it is returned (see
+        :meth:`WebSocketConnectionManager.join_room`); ``None`` for a plain
+        join.
+        """
+        return await self.manager.join_room(self.connection, room, since=since, last=last)
 
     async def leave_room(self, room: str) -> None:
         """Remove this connection from ``room``."""

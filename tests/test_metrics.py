@@ -355,3 +355,27 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
         defined.update(family.name + suffix for suffix in kinds.get(family.type, ("",)))
     assert len(panels) == 12
     assert used <= defined, used - defined
+
+
+async def test_recovery_hits_and_misses_are_counted() -> None:
+    from tests.apps.history import ROOMS, History
+
+    metrics = Metrics(None)
+    router = WebSocketRouter()
+    router.add_route("/history", History)
+    app = falcon.asgi.App()
+    pachinko.mount(app, "/ws", router, rooms=ROOMS, metrics=metrics)
+    route = "/ws/history"
+    async with AppClient(app, timeout=5.0) as client, client.websocket(route) as ws:
+        await ws.send_json({"type": "join", "room": "feed:r"})
+        await ws.expect(type="joined", room="feed:r")
+        await ws.send_json({"type": "say", "room": "feed:r", "n": 1})
+        position = (await ws.expect(type="said", n=1))["_pos"]
+        async with client.websocket(route) as phone:
+            await phone.send_json({"type": "join", "room": "feed:r", "since": position})
+            assert (await phone.expect(type="recovery"))["recovered"] is True
+        async with client.websocket(route) as phone:
+            await phone.send_json({"type": "join", "room": "feed:r", "since": "nonsense"})
+            assert (await phone.expect(type="recovery"))["recovered"] is False
+    assert value(metrics, "pachinko_recoveries_total", route=route, result="hit") == 1
+    assert value(metrics, "pachinko_recoveries_total", route=route, result="miss") == 1

@@ -11,10 +11,16 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
-from .base import BackendHost, ConnectionBackend
+from .base import BackendHost, ConnectionBackend, HistoryRead
 from .inprocess import InProcessBackend
 
-__all__ = ["BackendHost", "ConnectionBackend", "InProcessBackend", "backend_from_url"]
+__all__ = [
+    "BackendHost",
+    "ConnectionBackend",
+    "HistoryRead",
+    "InProcessBackend",
+    "backend_from_url",
+]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 

@@ -10,12 +10,35 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from ..errors import PachinkoError
+from ..rooms import Position, RoomPolicy
 
 if TYPE_CHECKING:
     from ..observe import Observer
 
-__all__ = ["BackendHost", "ConnectionBackend"]
+__all__ = ["BackendHost", "ConnectionBackend", "HistoryRead"]
+
+
+@dataclass(slots=True)
+class HistoryRead:
+    """A snapshot of a room's history (:meth:`ConnectionBackend.read_history`).
+
+    Attributes:
+        epoch: The history's epoch (``None``: the room has no history yet).
+        offset: The offset of the room's last broadcast (0: none yet).
+        entries: ``(offset, frame)`` pairs, oldest first: every kept
+            broadcast after ``since`` (or the last ``last`` ones).
+        complete: ``entries`` starts right after ``since``: nothing between
+            was trimmed or expired (always ``True`` for ``last``).
+    """
+
+    epoch: str | None
+    offset: int
+    entries: list[tuple[int, str]] = field(default_factory=list)
+    complete: bool = True
 
 
 class BackendHost(Protocol):
@@ -34,8 +57,18 @@ class BackendHost(Protocol):
         """User id → ids of the local connections of that user."""
         ...
 
-    def deliver_room(self, room: str, text: str | bytes, exclude: Collection[str]) -> None:
-        """Queue ``text`` for the local members of ``room``."""
+    def deliver_room(
+        self,
+        room: str,
+        text: str | bytes,
+        exclude: Collection[str],
+        position: Position | None = None,
+    ) -> None:
+        """Queue ``text`` for the local members of ``room``.
+
+        ``position``: the position of a broadcast to a history room (its
+        frames must be delivered in the order of their offsets).
+        """
         ...
 
     def deliver_user(self, user_id: str, text: str | bytes) -> None:
@@ -62,12 +95,22 @@ class ConnectionBackend(abc.ABC):
     manager's job. A frame is a ``str`` (sent as a text frame) or ``bytes``
     (a binary frame); a backend must hand it back with the same type.
 
+    Room history (rooms whose :class:`~pachinko.rooms.RoomPolicy` keeps
+    some) is the backend's too: :meth:`publish_history` stores and carries a
+    broadcast, :meth:`read_history` reads what was kept. A backend without
+    history leaves both as they are (they raise).
+
     Attributes:
         observer: Set by the manager (:meth:`~pachinko.WebSocketConnectionManager.observe`):
             a backend that can lose its connection reports outages to it
             (``backend_down`` / ``backend_up``), and may carry its
             ``carrier()`` with a publish (trace context). ``None``: off.
     """
+
+    #: The backend delivers history frames to this process's members itself
+    #: (through :meth:`BackendHost.deliver_room`, in offset order), instead
+    #: of the manager delivering its own broadcasts locally.
+    history_echo: bool = False
 
     observer: Observer | None = None
 
@@ -146,3 +189,50 @@ class ConnectionBackend(abc.ABC):
     @abc.abstractmethod
     async def publish_all(self, text: str | bytes, exclude: Collection[str]) -> int:
         """Carry a broadcast to every other process."""
+
+    # -- room history --------------------------------------------------------------------
+
+    async def publish_history(
+        self,
+        room: str,
+        head: str,
+        tail: str,
+        exclude: Collection[str],
+        policy: RoomPolicy,
+        epoch: str,
+    ) -> tuple[Position, str, int]:
+        """Give a broadcast to a history room its position, keep it, carry it.
+
+        The frame is ``head + str(position) + tail``; it is kept (at most
+        ``policy.history`` of them, for ``policy.history_ttl`` seconds) and
+        carried to other processes in one atomic step, so that positions
+        and live delivery agree. ``epoch`` is the epoch to start if the room
+        has none (a new history).
+
+        Returns:
+            The position, the frame, and how many other processes got it.
+        """
+        raise PachinkoError(f"{type(self).__name__} keeps no room history")
+
+    async def read_history(
+        self, room: str, since: int | None, last: int | None, policy: RoomPolicy, epoch: str
+    ) -> HistoryRead:
+        """Read what ``room`` kept after offset ``since`` (or its ``last`` broadcasts).
+
+        Broadcasts older than ``policy.history_ttl`` are not returned. A room
+        without history yet gets one (epoch ``epoch``, offset 0), so that a
+        client always learns a position it can recover from. Called after
+        :meth:`subscribed`: what is published after the read reaches this
+        process.
+        """
+        raise PachinkoError(f"{type(self).__name__} keeps no room history")
+
+    async def subscribed(self, room: str) -> None:
+        """Return once broadcasts to ``room`` published from now on reach this process.
+
+        Called after :meth:`join`, before :meth:`read_history`.
+
+        Raises:
+            BackendUnavailable: The backend could not confirm it in time.
+        """
+        return  # in one process, a join is effective at once

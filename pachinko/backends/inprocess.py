@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection
+from time import monotonic
 
 from ..errors import PachinkoError
-from .base import BackendHost, ConnectionBackend
+from ..rooms import Position, RoomPolicy
+from .base import BackendHost, ConnectionBackend, HistoryRead
 
 __all__ = ["InProcessBackend"]
+
+
+class _Kept:
+    """The history of one room: its epoch, last offset and kept frames."""
+
+    __slots__ = ("entries", "epoch", "offset")
+
+    def __init__(self, epoch: str, size: int) -> None:
+        self.epoch = epoch
+        self.offset = 0
+        self.entries: deque[tuple[int, float, str]] = deque(maxlen=size)
 
 
 class InProcessBackend(ConnectionBackend):
@@ -16,10 +30,15 @@ class InProcessBackend(ConnectionBackend):
     Membership is the manager's local index; nothing leaves the process.
     Use :class:`~pachinko.backends.redis.RedisBackend` to serve with several
     worker processes.
+
+    Room history is kept in this process's memory (a bounded deque per room
+    that was broadcast to); it is lost with the process, and a restarted
+    process starts new epochs.
     """
 
     def __init__(self) -> None:
         self._host: BackendHost | None = None
+        self._kept: dict[str, _Kept] = {}
 
     @property
     def host(self) -> BackendHost:
@@ -67,3 +86,51 @@ class InProcessBackend(ConnectionBackend):
 
     async def publish_all(self, text: str | bytes, exclude: Collection[str]) -> int:
         return 0
+
+    # PERF: neither method awaits: a join that reads the history and a
+    #   broadcast that appends to it never interleave in one process.
+    async def publish_history(
+        self,
+        room: str,
+        head: str,
+        tail: str,
+        exclude: Collection[str],
+        policy: RoomPolicy,
+        epoch: str,
+    ) -> tuple[Position, str, int]:
+        kept = self._kept.get(room)
+        if kept is None or kept.entries.maxlen != policy.history:
+            kept = self._renew(room, kept, epoch, policy.history)
+        offset = kept.offset = kept.offset + 1
+        position = Position(kept.epoch, offset)
+        frame = f"{head}{kept.epoch}:{offset}{tail}"
+        kept.entries.append((offset, monotonic(), frame))
+        return position, frame, 0
+
+    def _renew(self, room: str, kept: _Kept | None, epoch: str, size: int) -> _Kept:
+        fresh = _Kept(epoch if kept is None else kept.epoch, size)
+        if kept is not None:  # the policy changed (a reload): keep what fits
+            fresh.offset = kept.offset
+            fresh.entries.extend(kept.entries)
+        self._kept[room] = fresh
+        return fresh
+
+    async def read_history(
+        self, room: str, since: int | None, last: int | None, policy: RoomPolicy, epoch: str
+    ) -> HistoryRead:
+        kept = self._kept.get(room)
+        if kept is None or kept.entries.maxlen != policy.history:
+            kept = self._renew(room, kept, epoch, policy.history)
+        entries = kept.entries
+        ttl = policy.history_ttl
+        if ttl is not None:
+            cutoff = monotonic() - ttl
+            while entries and entries[0][1] < cutoff:
+                entries.popleft()
+        if since is not None:
+            found = [(o, f) for o, _, f in entries if o > since]
+            complete = since >= kept.offset or (bool(found) and found[0][0] == since + 1)
+            return HistoryRead(kept.epoch, kept.offset, found, complete)
+        count = min(last or 0, len(entries))
+        tail = [(o, f) for o, _, f in list(entries)[len(entries) - count :]] if count else []
+        return HistoryRead(kept.epoch, kept.offset, tail, True)

@@ -19,6 +19,19 @@ of ``presence_ttl``. Entries of nodes whose key expired are ignored and
 cleaned up when read: the members of a process that died vanish within
 ``presence_ttl`` seconds.
 
+Room history (rooms whose policy keeps some): each room has a hash
+``{prefix}:hist:{room}`` (``e``: its epoch, ``o``: its last offset) and a
+stream ``{prefix}:stream:{room}`` whose entry IDs are ``0-<offset>`` (so an
+XRANGE by offset is exact and a trimmed entry is seen missing), each entry
+holding the frame (``f``) and, for rooms with a TTL, Redis's time in ms
+(``t``). One script per broadcast (EVALSHA: one round trip) takes the next
+offset, starts a new epoch if the hash is gone (Redis flushed or expired:
+the stream is dropped with it), XADDs with ``MAXLEN`` and PUBLISHes the
+positioned frame (kind ``p<epoch>:<offset>``): the stream and live delivery
+agree, and a broadcast either did all of it or nothing. Every process,
+this one included, delivers positioned frames from its subscription, in the
+one order Redis published them.
+
 Delivery is at-most-once: Pub/Sub does not store frames, so a process that
 is disconnected from Redis misses what was published meanwhile. A publish
 while Redis is unreachable raises :class:`~pachinko.errors.BackendUnavailable`.
@@ -38,7 +51,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import BackendUnavailable, ConfigError, PachinkoError
-from .base import BackendHost, ConnectionBackend
+from ..rooms import Position, RoomPolicy
+from .base import BackendHost, ConnectionBackend, HistoryRead
 
 __all__ = ["RedisBackend"]
 
@@ -77,6 +91,62 @@ return 1
 """
 
 
+# Give a broadcast to a history room its position, keep it, publish it (atomic).
+# KEYS[1]: the room's hash (e: epoch, o: offset); KEYS[2]: its stream.
+# ARGV: 1 epoch if new, 2 maxlen, 3 ttl ms (0: none), 4 hash ttl ms,
+# 5 channel, 6 header before the kind (node \n extra), 7 head, 8 tail.
+_PUBLISH_KEPT = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local position = epoch .. ':' .. offset
+local frame = ARGV[7] .. position .. ARGV[8]
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. offset, 'f', frame, 't', ms)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. offset, 'f', frame)
+end
+local receivers = redis.call('PUBLISH', ARGV[5], ARGV[6] .. '\\np' .. position .. '\\n' .. frame)
+return {epoch, offset, receivers}
+"""
+
+# Read a history room's offset and kept entries (one snapshot); start its
+# history if it has none, so the client learns a position (atomic).
+# KEYS as above; ARGV: 1 epoch if new, 2 's' (since) or 'l' (last), 3 the
+# offset or count, 4 hash ttl ms (0: none).
+_READ_KEPT = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+end
+local offset = redis.call('HGET', KEYS[1], 'o')
+local entries
+if ARGV[2] == 's' then
+  entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[3], '+')
+else
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+end
+local now = redis.call('TIME')
+return {epoch, offset, entries, now[1], now[2]}
+"""
+
+# A history room whose last broadcast is older than its TTL keeps its epoch
+# and offset this much longer (a client that missed nothing still recovers).
+_EPOCH_GRACE_MS = 86_400_000
+
+
 def _require_redis() -> Any:
     try:
         import redis.asyncio
@@ -91,6 +161,8 @@ def _require_redis() -> Any:
 
 class RedisBackend(ConnectionBackend):
     """Share rooms, users and broadcasts between processes through Redis.
+
+    Room history is kept in Redis Streams (see the module's docstring).
 
     Args:
         url: Redis URL (``redis://``, ``rediss://`` or ``unix://``).
@@ -109,6 +181,8 @@ class RedisBackend(ConnectionBackend):
     Raises:
         ConfigError: The ``redis`` package is missing, or a bad option.
     """
+
+    history_echo = True
 
     def __init__(
         self,
@@ -148,6 +222,10 @@ class RedisBackend(ConnectionBackend):
         self._tasks: list[asyncio.Task[None]] = []
         self._leave_script: Any = None
         self._claim_script: Any = None
+        self._kept_script: Any = None
+        self._read_script: Any = None
+        # Channels subscribed to, not yet confirmed by Redis → set when confirmed.
+        self._confirm: dict[str, asyncio.Future[None]] = {}
         # Removals that failed while Redis was unreachable, retried by _restore().
         self._stale: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -214,6 +292,8 @@ class RedisBackend(ConnectionBackend):
         )
         self._leave_script = self._redis.register_script(_LEAVE)
         self._claim_script = self._redis.register_script(_CLAIM)
+        self._kept_script = self._redis.register_script(_PUBLISH_KEPT)
+        self._read_script = self._redis.register_script(_READ_KEPT)
         self._wanted = {self._channel("node", self._node), self._channel("all")}
         try:
             await self._restore()
@@ -248,12 +328,33 @@ class RedisBackend(ConnectionBackend):
         self.available = False
 
     async def _subscribe_all(self) -> Any:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._redis.pubsub()
         async with self._sub_lock:
             channels = sorted(self._wanted)
+            for channel in channels:
+                self._expect(channel)
             await pubsub.subscribe(*channels)
             self._subscribed = set(channels)
         return pubsub
+
+    def _expect(self, channel: str) -> None:
+        """Note that ``channel``'s subscription awaits Redis's confirmation."""
+        if channel not in self._confirm:
+            self._confirm[channel] = asyncio.get_running_loop().create_future()
+
+    def _confirmed(self, channel: str) -> None:
+        waiter = self._confirm.pop(channel, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail_confirmations(self, ex: BaseException) -> None:
+        confirm, self._confirm = self._confirm, {}
+        for waiter in confirm.values():
+            if not waiter.done():
+                waiter.set_exception(
+                    BackendUnavailable(f"Redis at {self.url} is unreachable: {ex}")
+                )
+                waiter.exception()  # retrieved: no "never retrieved" warning
 
     async def _restore(self) -> None:
         """Write this process's presence and local memberships (start, after a restart).
@@ -317,9 +418,7 @@ class RedisBackend(ConnectionBackend):
                         self.url,
                         len(self._subscribed),
                     )
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=1.0
-                )
+                message = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as ex:  # NOTE: not only RedisError: a dead transport
@@ -343,6 +442,7 @@ class RedisBackend(ConnectionBackend):
                         delay,
                     )
                 self.available = False
+                self._fail_confirmations(ex)
                 pubsub, self._pubsub = self._pubsub, None
                 self._subscribed.clear()
                 if pubsub is not None:
@@ -351,11 +451,16 @@ class RedisBackend(ConnectionBackend):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue
-            if message is not None and message.get("type") == "message":
+            if message is None:
+                continue
+            kind = message.get("type")
+            if kind == "message":
                 try:
                     self._on_message(message["channel"], message["data"])
                 except Exception:
                     logger.exception("RedisBackend %s: bad message ignored", self.url)
+            elif kind == "subscribe":
+                self._confirmed(message["channel"])
 
     async def _beat(self) -> None:
         key = self._key("alive", self._node)
@@ -376,18 +481,29 @@ class RedisBackend(ConnectionBackend):
     def _on_message(self, channel: str, data: str) -> None:
         origin, extra, kind_of_frame, body = data.split("\n", 3)
         origin, _, carrier = origin.partition(" ")
-        if origin == self._node:
-            return
-        text: str | bytes = body if kind_of_frame == "t" else base64.b64decode(body)
         kind, _, name = channel[len(self.prefix) + 4 :].partition(":")
         if carrier and self.observer is not None:
             with self.observer.delivering(carrier, f"{kind}:{name}"):
-                self._deliver(kind, name, extra, text)
+                self._deliver(origin, kind, name, extra, kind_of_frame, body)
         else:
-            self._deliver(kind, name, extra, text)
+            self._deliver(origin, kind, name, extra, kind_of_frame, body)
 
-    def _deliver(self, kind: str, name: str, extra: str, text: str | bytes) -> None:
+    def _deliver(
+        self, origin: str, kind: str, name: str, extra: str, kind_of_frame: str, body: str
+    ) -> None:
         host = self.host
+        if kind_of_frame[:1] == "p":  # a history room's frame: this process's too
+            epoch, _, offset = kind_of_frame[1:].rpartition(":")
+            host.deliver_room(
+                name,
+                body,
+                frozenset(extra.split(",")) if extra else (),
+                Position(epoch, int(offset)),
+            )
+            return
+        if origin == self._node:
+            return
+        text: str | bytes = body if kind_of_frame == "t" else base64.b64decode(body)
         if kind == "room":
             host.deliver_room(name, text, frozenset(extra.split(",")) if extra else ())
         elif kind == "user":
@@ -408,6 +524,7 @@ class RedisBackend(ConnectionBackend):
                 return
             try:
                 if want:
+                    self._expect(channel)
                     await pubsub.subscribe(channel)
                     self._subscribed.add(channel)
                 else:
@@ -625,3 +742,99 @@ class RedisBackend(ConnectionBackend):
         return await self._publish(
             self._channel("all"), ",".join(exclude), text, "broadcast to all"
         )
+
+    # -- room history --------------------------------------------------------------------
+
+    async def publish_history(
+        self,
+        room: str,
+        head: str,
+        tail: str,
+        exclude: Collection[str],
+        policy: RoomPolicy,
+        epoch: str,
+    ) -> tuple[Position, str, int]:
+        script = self._kept_script
+        if script is None:
+            raise BackendUnavailable(f"RedisBackend is not started: broadcast to {room!r} not sent")
+        ttl = policy.history_ttl
+        ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
+        try:
+            found, offset, receivers = await script(
+                keys=[self._key("hist", room), self._key("stream", room)],
+                args=[
+                    epoch,
+                    policy.history,
+                    ttl_ms,
+                    ttl_ms + _EPOCH_GRACE_MS,
+                    self._channel("room", room),
+                    f"{self._node}\n{','.join(exclude)}",
+                    head,
+                    tail,
+                ],
+            )
+        except Exception as ex:
+            raise BackendUnavailable(
+                f"Redis at {self.url} is unreachable: broadcast to room {room!r} not sent ({ex})"
+            ) from ex
+        # PUBLISH counts this process too when it listens on the channel.
+        channel = self._channel("room", room)
+        return (
+            Position(found, offset),
+            f"{head}{found}:{offset}{tail}",
+            receivers - (channel in self._subscribed),
+        )
+
+    async def subscribed(self, room: str) -> None:
+        channel = self._channel("room", room)
+        waiter = self._confirm.get(channel)
+        if waiter is None:
+            if channel in self._subscribed:
+                return
+            raise BackendUnavailable(
+                f"Redis at {self.url} is unreachable: not subscribed to room {room!r}"
+            )
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                await asyncio.shield(waiter)
+        except TimeoutError:
+            raise BackendUnavailable(
+                f"Redis at {self.url}: subscription to room {room!r} not confirmed "
+                f"within {self.socket_timeout:g} s"
+            ) from None
+
+    async def read_history(
+        self, room: str, since: int | None, last: int | None, policy: RoomPolicy, epoch: str
+    ) -> HistoryRead:
+        script = self._read_script
+        if script is None:
+            raise BackendUnavailable(f"RedisBackend is not started: history of {room!r} not read")
+        ttl = policy.history_ttl
+        ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
+        try:
+            found, offset, raw, seconds, micros = await script(
+                keys=[self._key("hist", room), self._key("stream", room)],
+                args=[
+                    epoch,
+                    "s" if since is not None else "l",
+                    since if since is not None else max(1, last or 0),
+                    ttl_ms + _EPOCH_GRACE_MS if ttl_ms else 0,
+                ],
+            )
+        except Exception as ex:
+            raise BackendUnavailable(
+                f"Redis at {self.url} is unreachable: history of room {room!r} not read ({ex})"
+            ) from ex
+        if since is None:
+            raw = list(reversed(raw))[-last:] if last else []
+        cutoff = -1 if not ttl_ms else int(seconds) * 1000 + int(micros) // 1000 - ttl_ms
+        entries = []
+        for entry_id, pairs in raw:
+            fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            if cutoff < 0 or int(fields.get("t", 0)) >= cutoff:
+                entries.append((int(entry_id.partition("-")[2]), fields["f"]))
+        last_offset = int(offset)
+        complete = True
+        if since is not None:
+            complete = since >= last_offset or (bool(entries) and entries[0][0] == since + 1)
+        return HistoryRead(found, last_offset, entries, complete)

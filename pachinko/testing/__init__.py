@@ -28,6 +28,7 @@ from ._stream import (
 )
 from .inprocess import AppClient, InProcessWebSocket
 from .live import LiveServer, LiveWebSocket, ServerProcess, connect
+from .recovery import RoomFollower
 from .simulator import Probe, ResourceHarness, WebSocketSimulator
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Probe",
     "ReceiveTimeout",
     "ResourceHarness",
+    "RoomFollower",
     "ServerProcess",
     "WebSocketClosed",
     "WebSocketSimulator",
@@ -59,6 +61,7 @@ for _name in (
     "Probe",
     "ReceiveTimeout",
     "ResourceHarness",
+    "RoomFollower",
     "ServerProcess",
     "WebSocketClosed",
     "WebSocketSimulator",
