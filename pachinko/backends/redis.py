@@ -481,16 +481,16 @@ class RedisBackend(ConnectionBackend):
     def _on_message(self, channel: str, data: str) -> None:
         origin, extra, kind_of_frame, body = data.split("\n", 3)
         origin, _, carrier = origin.partition(" ")
+        if origin == self._node and kind_of_frame[:1] != "p":
+            return  # delivered locally already (history frames excepted)
         kind, _, name = channel[len(self.prefix) + 4 :].partition(":")
         if carrier and self.observer is not None:
             with self.observer.delivering(carrier, f"{kind}:{name}"):
-                self._deliver(origin, kind, name, extra, kind_of_frame, body)
+                self._deliver(kind, name, extra, kind_of_frame, body)
         else:
-            self._deliver(origin, kind, name, extra, kind_of_frame, body)
+            self._deliver(kind, name, extra, kind_of_frame, body)
 
-    def _deliver(
-        self, origin: str, kind: str, name: str, extra: str, kind_of_frame: str, body: str
-    ) -> None:
+    def _deliver(self, kind: str, name: str, extra: str, kind_of_frame: str, body: str) -> None:
         host = self.host
         if kind_of_frame[:1] == "p":  # a history room's frame: this process's too
             epoch, _, offset = kind_of_frame[1:].rpartition(":")
@@ -500,8 +500,6 @@ class RedisBackend(ConnectionBackend):
                 frozenset(extra.split(",")) if extra else (),
                 Position(epoch, int(offset)),
             )
-            return
-        if origin == self._node:
             return
         text: str | bytes = body if kind_of_frame == "t" else base64.b64decode(body)
         if kind == "room":
