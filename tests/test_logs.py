@@ -16,8 +16,7 @@ import pachinko
 from pachinko import WebSocketResource, WebSocketRouter, handles_message
 from pachinko.logs import ConnectionFilter, JsonFormatter
 from pachinko.server import log_config
-
-from .conftest import eventually, recv_json
+from tests.helpers import eventually, recv_json
 
 app_logger = logging.getLogger("tests.app")
 
@@ -144,8 +143,7 @@ async def test_a_slow_consumer_closed_by_a_broadcaster_is_named_in_the_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from pachinko.testing import AppClient
-
-    from .test_slow_consumer import StalledClient
+    from tests.helpers import StalledClient
 
     class Room(WebSocketResource):
         async def after_connect(self, ws: Any) -> None:

@@ -19,9 +19,7 @@ from pachinko.errors import ConfigError
 from pachinko.metrics import Metrics, close_code_label
 from pachinko.observe import Observer, message_type
 from pachinko.testing import AppClient
-
-from .conftest import eventually, expect_close, recv_json
-from .test_slow_consumer import StalledClient
+from tests.helpers import StalledClient, eventually, expect_close, recv_json
 
 ROUTE = "/ws/rooms/{room}"
 

@@ -18,9 +18,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pachinko.testing import ServerProcess
-from tests.redis_server import redis_url
-
-__all__ = ["redis_url"]  # the fixture, for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

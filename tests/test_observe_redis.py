@@ -24,11 +24,8 @@ from pachinko.backends.redis import RedisBackend
 from pachinko.metrics import Metrics
 from pachinko.testing import AppClient
 from pachinko.tracing import Tracing
-from tests.redis_server import RedisServer, redis_server, unique_prefix
-
-from .conftest import eventually
-
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+from tests.helpers import eventually
+from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.redis
 
