@@ -10,11 +10,15 @@ Each configuration runs ``--rounds`` times; the best round is reported.
 Falcon's buffered receiver (``ws_options.max_receive_queue``, default 4) is
 measured on and off for both apps. The ``on_{tag}`` row serves the same
 messages with convention handlers annotated with untagged Structs (no
-schema). The last rows observe the pachinko app: ``metrics`` with
-``pachinko.metrics.Metrics`` (prometheus-client: a counter and a histogram
-per message), ``tracing`` with ``pachinko.tracing.Tracing`` on an
-OpenTelemetry SDK ``TracerProvider`` without exporter (a recorded span per
-message; exporting is the exporter's own cost), ``both`` with the two.
+schema). The ``replies`` row measures acknowledgements on: every message
+carries a correlation id and each handler returns its reply (``-> Ack``),
+which pachinko sends with the id; the hand-written loop decodes the same id
+into its Structs and encodes it into the same reply. The ``metrics``,
+``tracing`` and ``both`` rows observe the pachinko app: with
+``pachinko.metrics.Metrics`` (prometheus-client), with
+``pachinko.tracing.Tracing`` on an OpenTelemetry SDK ``TracerProvider``
+without exporter (a recorded span per message; exporting is the exporter's
+own cost), and with the two.
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ FRAMES = [
     '{"type": "say", "room": "lobby", "text": "hello there, how are you?"}',
     '{"type": "typing", "room": "lobby", "active": true}',
 ]
+#: The same messages as requests, with a correlation id each.
+REQUEST_FRAMES = [
+    '{"type": "join", "id": 17, "room": "lobby", "name": "ada"}',
+    '{"type": "say", "id": 18, "room": "lobby", "text": "hello there, how are you?"}',
+    '{"type": "typing", "id": 19, "room": "lobby", "active": true}',
+]
 
 
 # -- (a) hand-written Falcon loop ----------------------------------------------
@@ -87,11 +97,60 @@ class HandWritten:
                     await ws.send_text(encode(Ack(room, 3)).decode())
 
 
-def handwritten_app(queue: int) -> falcon.asgi.App:
+def handwritten_app(queue: int, replies: bool = False) -> falcon.asgi.App:
     app = falcon.asgi.App()
     app.ws_options.max_receive_queue = queue
-    app.add_route("/ws/chat", HandWritten())
+    app.add_route("/ws/chat", HandWrittenReplies() if replies else HandWritten())
     return app
+
+
+class JoinR(msgspec.Struct, tag="join", forbid_unknown_fields=True):
+    room: str
+    name: str
+    id: int | str | None = None
+
+
+class SayR(msgspec.Struct, tag="say", forbid_unknown_fields=True):
+    room: str
+    text: str
+    id: int | str | None = None
+
+
+class TypingR(msgspec.Struct, tag="typing", forbid_unknown_fields=True):
+    room: str
+    active: bool
+    id: int | str | None = None
+
+
+class AckR(msgspec.Struct, tag="ack", omit_defaults=True):
+    room: str
+    n: int
+    id: int | str | None = None
+
+
+class HandWrittenReplies:
+    """The hand-written loop with correlation ids: read from the message, echoed in the reply."""
+
+    decoder = msgspec.json.Decoder(JoinR | SayR | TypingR)
+    encoder = msgspec.json.Encoder()
+
+    async def on_websocket(self, req: Any, ws: Any) -> None:
+        await ws.accept()
+        decode = self.decoder.decode
+        encode = self.encoder.encode
+        while True:
+            try:
+                text = await ws.receive_text()
+            except WebSocketDisconnected:
+                return
+            msg = decode(text)
+            match msg:
+                case JoinR(room=room, id=rid):
+                    await ws.send_text(encode(AckR(room, 1, rid)).decode())
+                case SayR(room=room, id=rid):
+                    await ws.send_text(encode(AckR(room, 2, rid)).decode())
+                case TypingR(room=room, id=rid):
+                    await ws.send_text(encode(AckR(room, 3, rid)).decode())
 
 
 # -- (b) the same app with pachinko ----------------------------------------------
@@ -108,6 +167,21 @@ class Chat(WebSocketResource):
 
     async def on_typing(self, ws: Any, msg: Typing) -> None:
         await self.send(Ack(msg.room, 3))
+
+
+class ChatReplies(WebSocketResource):
+    """The same handlers declaring their reply: the return value is sent with the id."""
+
+    schema = Message
+
+    async def on_join(self, ws: Any, msg: Join) -> Ack:
+        return Ack(msg.room, 1)
+
+    async def on_say(self, ws: Any, msg: Say) -> Ack:
+        return Ack(msg.room, 2)
+
+    async def on_typing(self, ws: Any, msg: Typing) -> Ack:
+        return Ack(msg.room, 3)
 
 
 class JoinBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -189,10 +263,10 @@ SCOPE = {
 }
 
 
-async def drive(app: falcon.asgi.App, messages: int) -> float:
+async def drive(app: falcon.asgi.App, messages: int, frames: list[str] = FRAMES) -> float:
     """Run one connection of ``messages`` messages; return seconds."""
     events: list[dict[str, Any]] = [{"type": "websocket.connect"}]
-    events += [{"type": "websocket.receive", "text": FRAMES[i % 3]} for i in range(messages)]
+    events += [{"type": "websocket.receive", "text": frames[i % 3]} for i in range(messages)]
     feed = iter(events)
     sent = 0
     replied = asyncio.Event()
@@ -254,6 +328,7 @@ async def measure(
     rounds: int,
     rate_limited: bool = False,
     resource: type[WebSocketResource] = Chat,
+    replies: bool = False,
     observe: str = "",
 ) -> tuple[float, float]:
     """Best µs/message of (hand-written, pachinko), rounds interleaved A/B.
@@ -261,18 +336,19 @@ async def measure(
     NOTE: interleaving cancels drift from other load on the machine; the
     best round is the least disturbed one.
     """
-    hand_app = handwritten_app(queue)
+    hand_app = handwritten_app(queue, replies)
     our_app = pachinko_app(queue, rate_limited, resource, observe)
+    frames = REQUEST_FRAMES if replies else FRAMES
     hand: list[float] = []
     ours: list[float] = []
     async with Lifespan(hand_app), Lifespan(our_app):
-        await drive(hand_app, 2000)  # warm up
-        await drive(our_app, 2000)
+        await drive(hand_app, 2000, frames)  # warm up
+        await drive(our_app, 2000, frames)
         for _ in range(rounds):
             gc.collect()
-            hand.append(await drive(hand_app, messages) / messages * 1e6)
+            hand.append(await drive(hand_app, messages, frames) / messages * 1e6)
             gc.collect()
-            ours.append(await drive(our_app, messages) / messages * 1e6)
+            ours.append(await drive(our_app, messages, frames) / messages * 1e6)
     return min(hand), min(ours)
 
 
@@ -307,6 +383,8 @@ async def main() -> None:
     print(f"{'0 + rate limit':>14} {hand:>13.2f} {ours:>9.2f} {ours / hand:>6.3f}")
     hand, ours = await measure(0, args.messages, args.rounds, resource=ChatByName)
     print(f"{'0 + on_{tag}':>14} {hand:>13.2f} {ours:>9.2f} {ours / hand:>6.3f}")
+    hand, ours = await measure(0, args.messages, args.rounds, resource=ChatReplies, replies=True)
+    print(f"{'0 + replies':>14} {hand:>13.2f} {ours:>9.2f} {ours / hand:>6.3f}")
     print(
         f"pachinko default (queue 0) vs a hand-written loop on Falcon's default (queue 4): "
         f"{results[0][1] / results[4][0]:.3f}"

@@ -63,6 +63,8 @@ class Connection:
         outbox: The outgoing queue (owned by the manager).
         mount: The mount (what :func:`~pachinko.mount` returns) that served the handshake
             (``None`` in the in-memory test harness).
+        receiver: The receive loop's dispatch (it keeps the server's requests
+            awaiting an answer); ``None`` until the connection is accepted.
     """
 
     __slots__ = (
@@ -73,6 +75,7 @@ class Connection:
         "outbox",
         "params",
         "path",
+        "receiver",
         "resource",
         "rooms",
         "route",
@@ -105,6 +108,8 @@ class Connection:
         self.state: MutableMapping[str, Any] = {}
         self.outbox: Any = None
         self.mount: UrlBuilder | None = None
+        # NOTE: Any: the serve loop's Receiver (a floor above this one).
+        self.receiver: Any = None
 
     @property
     def user_id(self) -> str | None:

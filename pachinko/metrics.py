@@ -442,6 +442,7 @@ class Metrics(Observer):
         ws: Any,
         payload: Any,
     ) -> Awaitable[Any]:
+        # NOTE: the slow path's handlers (tags only known per message).
         # PERF: a plain int per route and type, flushed into the counter by
         #   sample(): prometheus-client's inc() takes a lock (~200 ns); and
         #   one message in `latency_every` is timed (two clock reads and a
@@ -514,10 +515,10 @@ def _counting(
     return counting
 
 
-async def _timed(histogram: Any, handling: Awaitable[Any]) -> None:
+async def _timed(histogram: Any, handling: Awaitable[Any]) -> Any:
     start = perf_counter()
     try:
-        await handling
+        return await handling  # a request handler's reply
     finally:
         histogram.observe(perf_counter() - start)
 

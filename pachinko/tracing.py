@@ -124,7 +124,7 @@ class Tracing(Observer):
         resource: Any,
         ws: Any,
         payload: Any,
-    ) -> None:
+    ) -> Any:
         name, tag = state.name_of(key)
         with self.tracer.start_as_current_span(
             name,
@@ -137,7 +137,7 @@ class Tracing(Observer):
                 "pachinko.connection.id": state.conn_id,
             },
         ):
-            await handler(resource, ws, payload)
+            return await handler(resource, ws, payload)  # a request handler's reply
 
     def carrier(self) -> str | None:
         if not trace.get_current_span().get_span_context().is_valid:

@@ -377,3 +377,31 @@ async def test_recovery_hits_and_misses_are_counted() -> None:
             assert (await phone.expect(type="recovery"))["recovered"] is False
     assert value(metrics, "pachinko_recoveries_total", route=route, result="hit") == 1
     assert value(metrics, "pachinko_recoveries_total", route=route, result="miss") == 1
+
+
+async def test_a_request_handlers_reply_goes_through_the_counting_wrapper(
+    conductor_for: Any,
+) -> None:
+    class Ping(msgspec.Struct, tag="ping"):
+        n: int
+
+    class Pong(msgspec.Struct, tag="pong"):
+        n: int
+
+    class Replying(WebSocketResource):
+        schema = Ping
+
+        async def on_ping(self, ws: Any, msg: Ping) -> Pong:
+            return Pong(msg.n)
+
+    metrics = Metrics(latency_every=1)  # every call through the timing coroutine too
+    app = falcon.asgi.App()
+    router = WebSocketRouter()
+    router.add_route("/ping", Replying)
+    pachinko.mount(app, "/ws", router, metrics=metrics)
+    conductor = await conductor_for(app)
+    async with conductor.simulate_ws("/ws/ping") as ws:
+        await ws.send_text('{"type": "ping", "n": 7, "id": 1}')
+        reply = await recv_json(ws)
+    assert reply["n"] == 7
+    assert value(metrics, "pachinko_messages_total", route="/ws/ping", type="ping") == 1

@@ -161,11 +161,16 @@ class HandlerConfig(_Table):
             message is validated into it. Omitted: the handler's own
             annotation decides (raw JSON value if it has none).
         strict: Reject unknown fields at every depth.
+        reply: Name of a declared type, or an import path to a Struct: the
+            message type is a request, the handler's return value is sent as
+            its reply with the request's correlation id (``id``). Omitted:
+            the handler's own return annotation decides.
     """
 
     handler: ImportPath
     payload: str | None = None
     strict: bool = True
+    reply: str | None = None
 
 
 class RouteConfig(_Table):
