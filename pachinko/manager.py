@@ -229,6 +229,10 @@ class WebSocketConnectionManager:
         self._position_key = ""
         # Connections recovering a room: room → id → frames held meanwhile.
         self._holding: dict[str, dict[str, _Holder]] = {}
+        # Connections that recovered a room from a backend that echoes history
+        # (Redis): room → id → (epoch, last offset replayed). Live frames up to
+        # that offset may still come in on the subscription: they are skipped.
+        self._floors: dict[str, dict[str, tuple[str, int]]] = {}
         self._epoch = secrets.token_hex(6)  # the next new history's epoch
         self.set_room_policies(rooms)
         self._node_id = secrets.token_hex(8)
@@ -417,6 +421,7 @@ class WebSocketConnectionManager:
                 held = holding.get(room)
                 if held is not None and held.pop(cid, None) is not None and not held:
                     del holding[room]
+            self._drop_floor(room, cid)
         user = conn.user_id
         if user is not None:
             conns = self._users.get(user)
@@ -524,6 +529,7 @@ class WebSocketConnectionManager:
         members = self._rooms.get(room)
         if members is not None and members.pop(c.id, None) is not None and not members:
             del self._rooms[room]
+        self._drop_floor(room, c.id)
         await self.backend.leave(room, c.id, room not in self._rooms)
 
     async def members(self, room: str) -> set[str]:
@@ -824,7 +830,37 @@ class WebSocketConnectionManager:
             if members is None:
                 members = self._rooms[room] = {}
             members[c.id] = c
+            if backend.history_echo and read.epoch is not None:
+                # NOTE: the subscription and the history read are two Redis
+                #   connections: a broadcast published after the SUBSCRIBE but
+                #   before the read is in the replay and may reach the listener
+                #   only now. It is skipped up to the offset replayed; the
+                #   subscription keeps publish order, so the first newer frame
+                #   retires the floor.
+                self._floors.setdefault(room, {})[c.id] = (read.epoch, upto)
         return outcome
+
+    def _drop_floor(self, room: str, cid: str) -> None:
+        floors = self._floors.get(room)
+        if floors is not None and floors.pop(cid, None) is not None and not floors:
+            del self._floors[room]
+
+    def _past_floors(
+        self, room: str, position: Position, exclude: Collection[str]
+    ) -> Collection[str]:
+        """``exclude`` plus the recovered members that already have ``position``."""
+        floors = self._floors.get(room)
+        if not floors:
+            return exclude
+        skip = set(exclude)
+        for cid, (epoch, upto) in list(floors.items()):
+            if epoch == position.epoch and position.offset <= upto:
+                skip.add(cid)
+            else:
+                del floors[cid]
+        if not floors:
+            del self._floors[room]
+        return skip
 
     def _unhold(self, room: str, c: Connection) -> None:
         held = self._holding.get(room)
@@ -902,6 +938,8 @@ class WebSocketConnectionManager:
     ) -> None:
         """Write a frame from another process to the local members of ``room``."""
         members = self._rooms.get(room)
+        if position is not None and self._floors:
+            exclude = self._past_floors(room, position, exclude)
         if members:
             if exclude:
                 self._deliver([c for cid, c in members.items() if cid not in exclude], text)
