@@ -8,12 +8,17 @@ by the same minimal driver (a ``receive`` that returns prepared events and a
 receive, decode a msgspec tagged union, dispatch, encode and send a reply.
 Each configuration runs ``--rounds`` times; the best round is reported.
 Falcon's buffered receiver (``ws_options.max_receive_queue``, default 4) is
-measured on and off for both apps. The last row serves the same messages with
-``on_{tag}`` convention handlers annotated with untagged Structs (no schema).
-The ``replies`` row measures acknowledgements on: every message carries a
-correlation id and each handler returns its reply (``-> Ack``), which
-pachinko sends with the id; the hand-written loop decodes the same id into
-its Structs and encodes it into the same reply.
+measured on and off for both apps. The ``on_{tag}`` row serves the same
+messages with convention handlers annotated with untagged Structs (no
+schema). The ``replies`` row measures acknowledgements on: every message
+carries a correlation id and each handler returns its reply (``-> Ack``),
+which pachinko sends with the id; the hand-written loop decodes the same id
+into its Structs and encodes it into the same reply. The ``metrics``,
+``tracing`` and ``both`` rows observe the pachinko app: with
+``pachinko.metrics.Metrics`` (prometheus-client), with
+``pachinko.tracing.Tracing`` on an OpenTelemetry SDK ``TracerProvider``
+without exporter (a recorded span per message; exporting is the exporter's
+own cost), and with the two.
 """
 
 from __future__ import annotations
@@ -207,8 +212,27 @@ class ChatByName(WebSocketResource):
         await self.send(Ack(msg.room, 3))
 
 
+def observers(observe: str) -> dict[str, Any]:
+    """``install()`` options for ``observe``: "", "metrics", "tracing" or "both"."""
+    options: dict[str, Any] = {}
+    if observe in ("metrics", "both"):
+        from pachinko.metrics import Metrics
+
+        options["metrics"] = Metrics()
+    if observe in ("tracing", "both"):
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from pachinko.tracing import Tracing
+
+        options["tracing"] = Tracing(TracerProvider())
+    return options
+
+
 def pachinko_app(
-    queue: int, rate_limited: bool = False, resource: type[WebSocketResource] = Chat
+    queue: int,
+    rate_limited: bool = False,
+    resource: type[WebSocketResource] = Chat,
+    observe: str = "",
 ) -> falcon.asgi.App:
     app = falcon.asgi.App()
     router = WebSocketRouter()
@@ -217,7 +241,7 @@ def pachinko_app(
     #   figure turns it off (the hand-written loop has none), the last row
     #   measures its cost with a rate high enough never to trigger.
     settings = pachinko.Settings(receive_queue=queue, rate_limit=1e12 if rate_limited else None)
-    pachinko.mount(app, "/ws", router, settings=settings)
+    pachinko.mount(app, "/ws", router, settings=settings, **observers(observe))
     return app
 
 
@@ -305,6 +329,7 @@ async def measure(
     rate_limited: bool = False,
     resource: type[WebSocketResource] = Chat,
     replies: bool = False,
+    observe: str = "",
 ) -> tuple[float, float]:
     """Best µs/message of (hand-written, pachinko), rounds interleaved A/B.
 
@@ -312,7 +337,7 @@ async def measure(
     best round is the least disturbed one.
     """
     hand_app = handwritten_app(queue, replies)
-    our_app = pachinko_app(queue, rate_limited, resource)
+    our_app = pachinko_app(queue, rate_limited, resource, observe)
     frames = REQUEST_FRAMES if replies else FRAMES
     hand: list[float] = []
     ours: list[float] = []
@@ -331,14 +356,29 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument(
+        "--observe-only", action="store_true", help="Only the rows of metrics and tracing."
+    )
     args = parser.parse_args()
     print(f"{args.messages} messages x {args.rounds} rounds (interleaved), best round, µs/message")
     print(f"{'receive queue':>14} {'hand-written':>13} {'pachinko':>9} {'ratio':>6}")
     results = {}
     for queue in (4, 0):
+        if args.observe_only and queue == 4:
+            continue
         hand, ours = await measure(queue, args.messages, args.rounds)
         results[queue] = (hand, ours)
         print(f"{queue:>14} {hand:>13.2f} {ours:>9.2f} {ours / hand:>6.3f}")
+    off = results[0][1] / results[0][0]
+    for observe in ("metrics", "tracing", "both"):
+        hand, ours = await measure(0, args.messages, args.rounds, observe=observe)
+        ratio = ours / hand
+        print(
+            f"{'0 + ' + observe:>14} {hand:>13.2f} {ours:>9.2f} {ratio:>6.3f}"
+            f"   ({ratio / off - 1:+.1%} vs off)"
+        )
+    if args.observe_only:
+        return
     hand, ours = await measure(0, args.messages, args.rounds, rate_limited=True)
     print(f"{'0 + rate limit':>14} {hand:>13.2f} {ours:>9.2f} {ours / hand:>6.3f}")
     hand, ours = await measure(0, args.messages, args.rounds, resource=ChatByName)

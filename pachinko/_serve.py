@@ -33,12 +33,14 @@ from .connection import Connection, User
 from .errors import (
     AuthenticationFailed,
     BackendUnavailable,
+    ConnectionLimitExceeded,
     JoinRefused,
     PachinkoError,
     Refuse,
     RequestAborted,
     RequestTimeout,
 )
+from .observe import current_connection
 from .resource import WebSocketResource
 from .router import join_paths
 
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from falcon.asgi import Request, Response, WebSocket
 
     from .manager import WebSocketConnectionManager
+    from .observe import Observer
     from .router import RouteInfo, WebSocketRouter
     from .settings import Settings
 
@@ -91,7 +94,7 @@ class Mount:
     atomically: connections already open keep the resources they have.
     """
 
-    __slots__ = ("outages", "prefix", "router", "runtime")
+    __slots__ = ("_routes", "outages", "prefix", "router", "runtime")
 
     # NOTE: the prefix lives here, per mount: one router mounted on two apps
     #   (or twice on one) builds each app's URLs with that app's prefix.
@@ -101,6 +104,7 @@ class Mount:
         self.prefix = prefix
         self.router = router
         self.outages = OutageLog()
+        self._routes: dict[str, str] = {}
         router.root._mounted(prefix)
 
     @property
@@ -117,6 +121,13 @@ class Mount:
             RouteError: No such route, or a field value is missing.
         """
         return join_paths(self.prefix, self.router._path_for(name, params))
+
+    def route_of(self, template: str) -> str:
+        """The route template ``template`` with this mount's prefix (cached)."""
+        found = self._routes.get(template)
+        if found is None:
+            found = self._routes[template] = join_paths(self.prefix, template)
+        return found
 
     def swap(self, router: WebSocketRouter) -> WebSocketRouter:
         """Serve new connections with ``router``; return the previous one."""
@@ -216,7 +227,9 @@ async def serve(
     connection keeps; everything only the handshake needs lives in
     :func:`_handshake`'s, gone once it returns.
     """
-    rx = await _handshake(runtime, router, req, ws, path, mount)
+    obs = runtime.manager.observer
+    handshake = _handshake(runtime, router, req, ws, path, mount)
+    rx = await (handshake if obs is None else obs.handshake(req.path, handshake))
     if rx is None:
         return
     conn = rx.leaf.connection
@@ -229,6 +242,8 @@ async def serve(
         if ws.unaccepted:
             await ws.accept(subprotocol=_token_carrier(req) if conn._user is not None else None)
         manager.opened(conn)
+        if obs is not None:
+            obs.opened(rx.observed)
         for hook in hook_list(rx.router, rx.chain, rx.leaf, "after_connect", reverse=True):
             try:
                 await hook(ws)
@@ -248,6 +263,8 @@ async def serve(
         await run_disconnect(rx.router, rx.chain, rx.leaf, ws, close_code, mount.outages, manager)
         await manager.disconnect(conn)
         runtime.serving.discard(task)
+        if obs is not None:
+            obs.closed(rx.observed, close_code)
 
 
 async def _handshake(
@@ -263,11 +280,16 @@ async def _handshake(
     Returns the connection's :class:`Receiver`, or ``None`` when the
     handshake was refused (and the socket closed).
     """
+    obs = runtime.manager.observer
     if not runtime.accepting:
+        if obs is not None:
+            obs.refused("shutting_down")
         await ws.close(CLOSE_GOING_AWAY, "Server shutting down")
         return None
     found = router.match(path)
     if found is None:
+        if obs is not None:
+            obs.refused("not_found")
         await ws.close(CLOSE_NOT_FOUND)
         return None
     info, params = found
@@ -275,12 +297,16 @@ async def _handshake(
         logger.warning(
             "refused WebSocket %s: Origin %r is not allowed", req.path, req.get_header("Origin")
         )
+        if obs is not None:
+            obs.refused("origin")
         await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
         return None
     conn = Connection(ws, path, params, runtime.manager)
     conn.mount = mount
+    conn.route = mount.route_of(info.template)
+    current_connection.set(conn)  # log lines of this task name the connection
     if runtime.authenticate is not None:
-        user = await _authenticate(runtime.authenticate, req, ws)
+        user = await _authenticate(runtime, runtime.authenticate, req, ws)
         if user is None:
             return None
         conn._user = user
@@ -333,8 +359,10 @@ async def _build_chain(
                 await own(req, ws, params)
             accepted = await resource.on_connect(req, ws, **params)
             if not ws.unaccepted and ws.closed:
+                _refused(runtime, "refused")
                 return None  # the resource closed the handshake itself
             if not accepted:
+                _refused(runtime, "refused")
                 await ws.close(CLOSE_FORBIDDEN)
                 return None
             if len(chain) < len(levels):
@@ -343,18 +371,23 @@ async def _build_chain(
         conn.authorizers = hook_list(info.router, chain, chain[-1], "authorize_join")
         await runtime.manager.connect(conn)
     except Refuse as refusal:
+        _refused(runtime, "limit" if isinstance(refusal, ConnectionLimitExceeded) else "refused")
         await _refuse(ws, refusal)
         return None
     except WebSocketDisconnected:
+        _refused(runtime, "disconnected")
         return None
     except Exception:
+        _refused(runtime, "error")
         logger.exception("WebSocket handshake for %s failed", req.path)
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
         return None
     return tuple(chain)
 
 
-async def _authenticate(authenticate: Authenticate, req: Request, ws: WebSocket) -> User | None:
+async def _authenticate(
+    runtime: Host, authenticate: Authenticate, req: Request, ws: WebSocket
+) -> User | None:
     """Run the app's ``authenticate``; return the user, or ``None`` once refused."""
     try:
         user = await _maybe_await(authenticate(req))
@@ -366,6 +399,7 @@ async def _authenticate(authenticate: Authenticate, req: Request, ws: WebSocket)
                 "expected a pachinko.User or None"
             )
     except AuthenticationFailed as refusal:
+        _refused(runtime, "unauthenticated")
         logger.info("refused WebSocket %s: %s", req.path, refusal.reason)
         if refusal.code == CLOSE_UNAUTHORIZED:
             await _deny(req, ws, refusal.code, refusal.reason)
@@ -373,11 +407,14 @@ async def _authenticate(authenticate: Authenticate, req: Request, ws: WebSocket)
             await _refuse(ws, refusal)
         return None
     except Refuse as refusal:
+        _refused(runtime, "refused")
         await _refuse(ws, refusal)
         return None
     except WebSocketDisconnected:
+        _refused(runtime, "disconnected")
         return None
     except Exception:
+        _refused(runtime, "error")
         logger.exception("authenticate failed for WebSocket %s", req.path)
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
         return None
@@ -436,6 +473,12 @@ def _token_carrier(req: Request) -> str | None:
         if not item.startswith(TOKEN_SUBPROTOCOL):
             return item
     return None
+
+
+def _refused(runtime: Host, cause: str) -> None:
+    obs = runtime.manager.observer
+    if obs is not None:
+        obs.refused(cause)
 
 
 def hook_list(
@@ -516,10 +559,13 @@ class Receiver:
     __slots__ = (
         "after",
         "before",
+        "by_type",
         "chain",
         "error_hooks",
         "leaf",
         "manager",
+        "observed",
+        "observer",
         "outages",
         "pending",
         "router",
@@ -549,6 +595,14 @@ class Receiver:
         if not settings.error_replies and type(leaf).on_unhandled is _base_unhandled:
             unhandled = _ignore_unhandled
         self.unhandled = unhandled
+        obs: Observer | None = manager.observer
+        self.observer = obs
+        # The observer's state for this connection (labels, a span to link to).
+        self.observed = None if obs is None else obs.connection(leaf.connection, type(leaf))
+        by_type = type(leaf).__pachinko_table__.by_type
+        # PERF: observed handlers (counted, traced) are wrapped once per
+        #   connection: the loop's fast path is the same with or without.
+        self.by_type = by_type if obs is None else obs.handlers(self.observed, by_type)
         # The server's requests awaiting the client's answer, by id (created on
         # the first request; _ABORTED once the connection ended).
         self.pending: dict[str | int, asyncio.Future[str]] | None = None
@@ -572,6 +626,8 @@ class Receiver:
         where = f"handler of {type(self.leaf).__qualname__}"
         if isinstance(exc, BackendUnavailable):
             self.outages.report(exc, self.manager.backend, where)
+            if self.observer is not None:
+                self.observer.error_reply(self.observed, "unavailable")
             try:
                 await self.unhandled(
                     ws, MessageError("unavailable", UNAVAILABLE_DETAIL, None, text)
@@ -778,7 +834,7 @@ async def receive_loop(
     unhandled = rx.unhandled
     table = type(leaf).__pachinko_table__
     decoder = table.decoder
-    by_type = table.by_type
+    by_type = rx.by_type
     as_decoded, envelope, raw_dict = AS_DECODED, ENVELOPE, RAW_DICT
     reply: Any = table.reply
     if reply is not None:
@@ -798,6 +854,8 @@ async def receive_loop(
     tokens = burst
     last = monotonic()
     outbox = leaf.connection.outbox
+    obs = rx.observer
+    observed = rx.observed
 
     while True:
         try:
@@ -904,15 +962,19 @@ async def receive_loop(
                     continue
             outcome = table.dispatch_slow(text)
             if isinstance(outcome, MessageError):
+                if obs is not None:
+                    obs.error_reply(observed, outcome.reason)
                 await unhandled(ws, outcome)
                 continue
             handler, payload, rid = outcome
-            if rid is None:
-                await handler(leaf, ws, payload)
-            else:
+            if rid is not None:
                 code = await rx.run_request(ws, handler, payload, rid, text)
                 if code is not None:
                     return code
+            elif obs is None:
+                await handler(leaf, ws, payload)
+            else:
+                await obs.handle(observed, handler, handler, leaf, ws, payload)
             for hook in after:
                 await hook(ws, text)
         except WebSocketDisconnected:

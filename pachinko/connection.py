@@ -88,6 +88,8 @@ class Connection:
             and a counter (``"9f2c41d0e8a7b3c6.1a"``).
         ws: The Falcon WebSocket.
         path: The request path below the mount prefix.
+        route: The matched route's template, mount prefix included
+            (``"/ws/rooms/{room}"``): what metrics and logs name it by.
         params: Values of the route template's fields.
         resource: The resource that handles this connection's messages.
         user: The :class:`~pachinko.auth.User` this connection belongs to
@@ -121,6 +123,7 @@ class Connection:
         "receiver",
         "resource",
         "rooms",
+        "route",
         "state",
         "ws",
     )
@@ -137,6 +140,7 @@ class Connection:
         self.ws = ws
         self.path = path
         self.params = params
+        self.route = ""
         self.manager = manager
         # NOTE: Any: the resource is the app's own subclass (and this floor
         #   does not import the resource module).

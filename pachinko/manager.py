@@ -36,6 +36,7 @@ from .rooms import Position, PresenceEvent, Recovery, RoomPolicies, RoomPolicy
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .observe import Observer
     from .settings import Settings
 
 __all__ = ["Delivery", "WebSocketConnectionManager"]
@@ -258,6 +259,19 @@ class WebSocketConnectionManager:
         self._busy: set[Outbox] = set()
         self._on_dead = self._evict  # one bound method for every outbox
         self._watchdog: asyncio.Task[None] | None = None
+        #: Sees connections, messages and deliveries (metrics, tracing); see
+        #: :meth:`observe`. ``None``: nothing is observed (and nothing costs).
+        self.observer: Observer | None = None
+
+    def observe(self, observer: Observer | None) -> None:
+        """Report to ``observer`` from now on (``install(metrics=..., tracing=...)``)."""
+        self.observer = observer
+        self.backend.observer = observer
+
+    def outbox_stats(self) -> tuple[int, int]:
+        """Connections with a send under way, and the frames queued behind them."""
+        busy = list(self._busy)
+        return len(busy), sum(len(outbox.queue) for outbox in busy)
 
     def set_room_policies(self, rooms: Mapping[str, RoomPolicy] | RoomPolicies | None) -> None:
         """Replace the room policies (``install(rooms=...)`` sets them).
@@ -444,6 +458,8 @@ class WebSocketConnectionManager:
         # The outbox died (send failed, slow consumer): no more deliveries. The
         # backend learns it in disconnect(), when the connection's loop ends.
         self._unindex(conn)
+        if self.observer is not None:
+            self.observer.evicted(conn, getattr(conn.outbox, "closed_with", None) is not None)
 
     async def close_all(self, code: int = 1001, reason: str = "Server shutting down") -> None:
         """Close every local connection with ``code`` (shutdown: 1001).
@@ -825,6 +841,10 @@ class WebSocketConnectionManager:
             delivered += ticket.delivered
             failed += ticket.failed
             queued -= ticket.delivered + ticket.failed
+        if self.observer is not None:
+            self.observer.sent(
+                "local", len(targets), delivered + queued, counts[DROPPED], failed, remote
+            )
         return Delivery(len(targets), delivered, queued, counts[DROPPED], failed, remote)
 
     # -- room history ---------------------------------------------------------------------
@@ -995,6 +1015,8 @@ class WebSocketConnectionManager:
     ) -> Recovery:
         if notify:
             fan_out((c,), encode(outcome.to_message(tag_field, wire)).decode(), None)
+        if self.observer is not None:
+            self.observer.recovery(c, outcome.recovered)
         return outcome
 
     async def history(
@@ -1063,9 +1085,9 @@ class WebSocketConnectionManager:
             exclude = self._past_floors(room, position, exclude)
         if members:
             if exclude:
-                fan_out([c for cid, c in members.items() if cid not in exclude], text, None)
+                self._deliver([c for cid, c in members.items() if cid not in exclude], text)
             else:
-                fan_out(list(members.values()), text, None)
+                self._deliver(list(members.values()), text)
         if position is not None and self._holding:
             self._hold(room, position, text, exclude)
 
@@ -1073,17 +1095,23 @@ class WebSocketConnectionManager:
         """Write a frame from another process to the local connections of a user."""
         conns = self._users.get(user_id)
         if conns:
-            fan_out(list(conns.values()), text, None)
+            self._deliver(list(conns.values()), text)
 
     def deliver_connection(self, conn_id: str, text: str | bytes) -> None:
         """Write a frame from another process to one local connection."""
         conn = self._connections.get(conn_id)
         if conn is not None:
-            fan_out((conn,), text, None)
+            self._deliver((conn,), text)
 
     def deliver_all(self, text: str | bytes, exclude: Collection[str]) -> None:
         """Write a frame from another process to every local connection."""
-        fan_out([c for cid, c in self._connections.items() if cid not in exclude], text, None)
+        self._deliver([c for cid, c in self._connections.items() if cid not in exclude], text)
+
+    def _deliver(self, targets: Collection[Connection], text: str | bytes) -> None:
+        counts = fan_out(targets, text, None)
+        if self.observer is not None:
+            delivered = counts[SENT] + counts[QUEUED]
+            self.observer.sent("remote", len(targets), delivered, counts[DROPPED], counts[DEAD], 0)
 
     def local_presence(self) -> list[PresenceEntry]:
         """Every local connection with a user in a presence room."""

@@ -54,12 +54,15 @@ class AppConfig(_Table):
             run at every handshake: returns the ``pachinko.User`` or refuses
             (``None`` or ``AuthenticationFailed``: 3401, HTTP 401). See
             ``pachinko.auth`` for signed tokens.
+        metrics: Path of a Prometheus endpoint on the app (``"/metrics"``;
+            needs the ``metrics`` extra, see docs/observability.md).
     """
 
     prefix: str = "/ws"
     setup: list[ImportPath] = []
     reload: bool = False
     authenticate: ImportPath | None = None
+    metrics: str | None = None
 
 
 class HooksConfig(_Table):
