@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pachinko.testing import ServerProcess
+from tests.helpers import chat_login
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -50,9 +51,12 @@ def sample(found: dict[tuple[str, Any], float], name: str, **labels: str) -> flo
 
 async def scripted_run(server: ServerProcess) -> None:
     """Two clients: joins, three messages, an unknown type, invalid JSON; then both leave."""
-    async with server.websocket(ROUTE) as ann, server.websocket(ROUTE) as bob:
-        for ws, name in ((ann, "ann"), (bob, "bob")):
-            await ws.send_json({"type": "join", "room": "lobby", "name": name})
+    async with (
+        server.websocket(ROUTE, **chat_login("ann")) as ann,
+        server.websocket(ROUTE, **chat_login("bob")) as bob,
+    ):
+        for ws in (ann, bob):
+            await ws.send_json({"type": "join", "room": "lobby"})
             await ws.expect(type="joined")
         for n in range(3):
             await ann.send_json({"type": "say", "room": "lobby", "text": f"m{n}"})
