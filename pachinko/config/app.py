@@ -1,8 +1,8 @@
 """Entry points: ``create_app(path)`` and ``configure(app, path)``.
 
 Both load and compile the file first (every error at once, before anything
-touches the app), then install pachinko with the file's settings, services
-and workers, mount the router under ``[app].prefix`` and run the
+touches the app), then install pachinko with the file's settings, room
+policies, services and workers, mount the router under ``[app].prefix`` and run the
 ``[app].setup`` callables with the app.
 """
 
@@ -100,7 +100,7 @@ def configure(
 ) -> Configured:
     """Serve a routes.toml on an existing Falcon app, next to its HTTP routes.
 
-    Installs pachinko on ``app`` (the file's settings, services and workers),
+    Installs pachinko on ``app`` (the file's settings, rooms, services and workers),
     mounts the router under ``[app].prefix`` and runs ``[app].setup``.
 
     Raises:
@@ -114,6 +114,7 @@ def configure(
         compiled.prefix,
         compiled.router,
         settings=compiled.settings,
+        rooms=compiled.rooms,
         workers=[worker_callable(plan) for plan in compiled.workers.values()],
         services=service_factories(compiled.services, lambda: runtime_of(app).services),
     )

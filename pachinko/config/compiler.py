@@ -2,14 +2,14 @@
 
 Everything happens here, once: imports, handler checks, ``defstruct``
 schemas, resource classes (``type(...)`` with ``handles_message``), the
-``WebSocketRouter`` tree, service and worker plans. The result holds no
+``WebSocketRouter`` tree, service and worker plans, room policies. The result holds no
 TOML-specific object on the per-message path: the serve loop sees a plain
 router and plain resource classes.
 
 The work is split by what it makes: :mod:`._types` (declared types),
-:mod:`._plans` (services and workers), :mod:`._routes` (route trees),
-:mod:`._resources` (resource classes); :mod:`._checks` imports and checks
-what the file names for all of them.
+:mod:`._plans` (services and workers), :mod:`._rooms` (room policies),
+:mod:`._routes` (route trees), :mod:`._resources` (resource classes);
+:mod:`._checks` imports and checks what the file names for all of them.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from typing import Any, Final
 
 import attrs
 
+from ..rooms import RoomPolicies
 from ..router import WebSocketRouter
 from ..settings import Settings
 from ._checks import Call, Checker
 from ._plans import ServiceBox, ServicePlan, WorkerPlan, service_plans, worker_plans
 from ._resources import ResourceClasses
+from ._rooms import room_policies
 from ._routes import RouteTrees
 from ._types import declared_structs
 from .loader import Loaded, Report, load, load_text
@@ -51,6 +53,7 @@ class Compiled:
         router: The root router (mounted at ``prefix``).
         prefix: Mount prefix.
         settings: The app's settings.
+        rooms: The room policies (``[rooms]``, ``[app] position_field``).
         structs: Declared type name → Struct.
         services: Service plans, in declaration order.
         workers: Worker plans by name.
@@ -62,6 +65,7 @@ class Compiled:
     router: WebSocketRouter
     prefix: str
     settings: Settings
+    rooms: RoomPolicies
     structs: dict[str, Any]
     services: dict[str, ServicePlan]
     workers: dict[str, WorkerPlan]
@@ -88,13 +92,16 @@ def compile_loaded(
     services = service_plans(checker)
     workers = worker_plans(checker)
     _check_prefix(checker)
+    rooms = room_policies(checker)
     setup = _setup_callables(checker)
     trees = RouteTrees(checker, ResourceClasses(checker, structs), box)
     router = trees.router("", loaded.routes, loaded.routers, loaded.hooks)
     checker.report_broken_modules()
     checker.report.raise_if_any()
     prefix = loaded.app.prefix
-    return Compiled(loaded, router, prefix, loaded.settings, structs, services, workers, setup, box)
+    return Compiled(
+        loaded, router, prefix, loaded.settings, rooms, structs, services, workers, setup, box
+    )
 
 
 def load_config(

@@ -25,6 +25,7 @@ from .._tree import Received, RouterView, RouteView, router_tree
 from ..errors import PachinkoError
 from ..hooks import HOOK_EVENTS
 from ..resource import WebSocketResource
+from ..rooms import POSITION_FIELD, RoomPolicies
 from ..router import WebSocketRouter
 from ..settings import Settings
 from ._checks import parameter_names
@@ -97,10 +98,11 @@ def export_document(
 def export_app(app: falcon.asgi.App[Any, Any], *, prefix: str | None = None) -> str:
     """Return a Falcon app's pachinko part as a routes.toml document.
 
-    The app's one mounted router, its prefix and settings, and its services
-    and workers. An app configured from a routes.toml is written from its
-    declarations (``[app] setup`` included); HTTP routes and middleware that
-    Python code added to the app are not pachinko's and are not written.
+    The app's one mounted router, its prefix and settings, its room
+    policies (``[rooms]``), and its services and workers. An app configured
+    from a routes.toml is written from its declarations (``[app] setup``
+    included); HTTP routes and middleware that Python code added to the app
+    are not pachinko's and are not written.
 
     Args:
         app: An app with pachinko installed and one router mounted.
@@ -139,7 +141,14 @@ def export_app_document(
     workers = exporter.workers(runtime.declared_workers)
     body = exporter.router(router_tree(mount.router.root))
     exporter.raise_if_any()
-    doc = _document(exporter, body, {"prefix": prefix or mount.prefix}, runtime.settings)
+    policies = runtime.manager.room_policies
+    app_table: dict[str, Any] = {"prefix": prefix or mount.prefix}
+    if policies.position_field != POSITION_FIELD:
+        app_table["position_field"] = policies.position_field
+    doc = _document(exporter, body, app_table, runtime.settings)
+    rooms = _rooms(policies)
+    if rooms:
+        doc["rooms"] = rooms
     if services:
         doc["services"] = services
     if workers:
@@ -172,8 +181,21 @@ def _settings(settings: Settings) -> dict[str, Any]:
     return {k: False if v is None else v for k, v in values.items() if defaults.get(k, v) != v}
 
 
+def _rooms(policies: RoomPolicies) -> dict[str, Any]:
+    """``[rooms]`` tables: each declared policy's values that differ from the defaults."""
+    out: dict[str, Any] = {}
+    for pattern, policy in policies.items():
+        table: dict[str, Any] = {}
+        if policy.history:
+            table["history"] = policy.history
+        if policy.history_ttl is not None:
+            table["history_ttl"] = policy.history_ttl
+        out[pattern] = table
+    return out
+
+
 #: Top-level tables in the order a person writes them.
-_ORDER = ("include", "app", "settings", "types", "services", "workers", "hooks")
+_ORDER = ("include", "app", "settings", "rooms", "types", "services", "workers", "hooks")
 
 
 def _ordered(doc: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +212,7 @@ def _declared(compiled: Compiled, prefix: str | None) -> dict[str, Any]:
     changed = _settings(loaded.settings)
     if changed:
         doc["settings"] = changed
-    for section in ("types", "services", "workers"):
+    for section in ("rooms", "types", "services", "workers"):
         items = getattr(loaded, section)
         if items:
             doc[section] = {name: msgspec.to_builtins(decl) for name, (_, decl) in items.items()}

@@ -22,6 +22,7 @@ __all__ = [
     "HandlerConfig",
     "HooksConfig",
     "ResourceHooksConfig",
+    "RoomConfig",
     "RouteConfig",
     "RouterConfig",
     "ServiceConfig",
@@ -49,11 +50,15 @@ class AppConfig(_Table):
             when the app is created (add HTTP routes, middleware, ...).
         reload: Watch this file and the files it includes, and swap the
             routes in when they change (development only).
+        position_field: Name of the field that carries the position of each
+            broadcast to a room with history (see ``[rooms]``); reserved in
+            messages broadcast to such rooms.
     """
 
     prefix: str = "/ws"
     setup: list[ImportPath] = []
     reload: bool = False
+    position_field: Annotated[str, msgspec.Meta(min_length=1)] = "_pos"
 
 
 class HooksConfig(_Table):
@@ -263,6 +268,25 @@ class WorkerConfig(_Table):
     restart: RestartPolicy | None = None
 
 
+class RoomConfig(_Table):
+    """``[rooms."PATTERN"]``: what a room, or every room of a pattern, keeps.
+
+    The key is a room name (``lobby``) or a pattern ending in ``*``
+    (``"auction:*"``; ``"*"`` is every room). The most specific declaration
+    wins, whole: an exact name, then the longest pattern. Compiled into
+    ``pachinko.RoomPolicy`` (``install(rooms=...)``).
+
+    Attributes:
+        history: Broadcasts kept per room, for clients that reconnect with
+            their position (``since``) and late joiners (``last``); 0: none.
+        history_ttl: Seconds a kept broadcast lives (omitted: until newer
+            ones push it out); needs ``history``.
+    """
+
+    history: Annotated[int, msgspec.Meta(ge=0)] = 0
+    history_ttl: _PositiveInt | _PositiveFloat | None = None
+
+
 class ConfigFile(_Table):
     """A routes.toml file (the root file, or one it includes).
 
@@ -271,6 +295,7 @@ class ConfigFile(_Table):
         app: How the file is wired into the Falcon app (root file only).
         settings: Limits, security and backend: the fields of
             ``pachinko.Settings`` (root file only).
+        rooms: Room policies by room name or pattern (history).
         types: Message types by name.
         services: Services by name.
         workers: Workers by name.
@@ -282,6 +307,7 @@ class ConfigFile(_Table):
     include: list[str] = []
     app: AppConfig | None = None
     settings: Settings | None = None
+    rooms: dict[str, RoomConfig] = {}
     types: dict[str, TypeConfig] = {}
     services: dict[str, ServiceConfig] = {}
     workers: dict[str, WorkerConfig] = {}
