@@ -420,6 +420,7 @@ def asyncapi(
             title=title or Path(config).stem,
             version=api_version,
             server=server,
+            rooms=compiled.rooms,
         )
     except ValueError as ex:
         _fail(f"Error: {ex}", 2)
