@@ -14,6 +14,7 @@ import pytest
 
 from examples.chat import app_python
 from pachinko.config import create_app
+from pachinko.rooms import Position
 from tests.conftest import recv_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,12 @@ SCRIPT: list[tuple[str, Any, dict[str, int]]] = [
     ("ann", {"type": "say", "room": "lobby", "text": "hi", "extra": 1}, {"ann": 1}),
     ("ann", {"type": "say", "room": "elsewhere", "text": "hi"}, {"ann": 1}),
     ("ann", {"type": "typing", "room": "lobby"}, {"ann": 1}),
-    ("cat", {"type": "join", "room": "lobby", "name": "Cat"}, {"cat": 1, "ann": 1, "bob": 1}),
+    # a late joiner asks for the kept messages: joined, recovery, 3 kept (two joins, hello)
+    (
+        "cat",
+        {"type": "join", "room": "lobby", "name": "Cat", "last": 50},
+        {"cat": 5, "ann": 1, "bob": 1},
+    ),
     ("bob", "<close>", {"ann": 1, "cat": 1}),
     ("ann", {"type": "leave", "room": "lobby"}, {"cat": 1}),
     ("cat", {"type": "say", "room": "lobby", "text": "alone"}, {"cat": 1}),
@@ -41,13 +47,15 @@ SCRIPT: list[tuple[str, Any, dict[str, int]]] = [
 
 
 def _normalize(message: Any) -> Any:
-    """Replace timestamps (checked to be RFC 3339) by a placeholder."""
+    """Replace timestamps (checked to be RFC 3339) and positions by placeholders."""
     if isinstance(message, dict):
         out = {}
         for key, value in message.items():
             if key == "at":
                 datetime.datetime.fromisoformat(value)
                 out[key] = "<at>"
+            elif key in ("_pos", "position") and value is not None:
+                out[key] = f"<epoch>:{Position.parse(value).offset}"
             else:
                 out[key] = _normalize(value)
         return out
@@ -90,17 +98,11 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
     assert len(by_step) == sum(sum(e.values()) for _, _, e in SCRIPT)
     assert from_toml[0] == (
         "ann",
-        {"type": "joined", "room": "lobby", "name": "Ann", "members": ["Ann"], "history": []},
+        {"type": "joined", "room": "lobby", "name": "Ann", "members": ["Ann"]},
     )
     assert from_toml[2] == (
         "bob",
-        {
-            "type": "joined",
-            "room": "lobby",
-            "name": "Bob",
-            "members": ["Ann", "Bob"],
-            "history": [],
-        },
+        {"type": "joined", "room": "lobby", "name": "Bob", "members": ["Ann", "Bob"]},
     )
     assert from_toml[6] == (
         "bob",
@@ -120,8 +122,24 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
             "path": "$.type",
         },
     ) in from_toml
-    joined_cat = next(m for n, m in from_toml if n == "cat" and m["type"] == "joined")
-    assert joined_cat["history"] == [{"name": "Ann", "text": "hello", "at": "<at>"}]
+    cat = [m for n, m in from_toml if n == "cat"]
+    assert [m["type"] for m in cat[:5]] == ["joined", "recovery", "presence", "presence", "message"]
+    assert cat[1] == {
+        "type": "recovery",
+        "room": "lobby",
+        "recovered": True,
+        "missed": 3,
+        "position": "<epoch>:3",
+        "reason": None,
+    }
+    assert cat[4] == {
+        "type": "message",
+        "room": "lobby",
+        "name": "Ann",
+        "text": "hello",
+        "at": "<at>",
+        "_pos": "<epoch>:3",
+    }
     assert (
         "ann",
         {
@@ -130,8 +148,11 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
             "name": "Bob",
             "event": "leave",
             "members": ["Ann", "Cat"],
+            "_pos": "<epoch>:5",
         },
     ) in from_toml
+    # typing notices go to a room that keeps nothing: no position
+    assert ("bob", {"type": "typing", "room": "lobby", "name": "Ann", "active": True}) in from_toml
 
 
 async def test_heartbeat_worker_reaches_every_client(conductor_for: Any, tmp_path: Path) -> None:
@@ -165,9 +186,13 @@ async def test_the_python_app_exported_to_toml_answers_identically(
     assert 'base = "examples.chat.app_python:ChatResource"' in text
     assert 'handler = "examples.chat.app_python:ChatResource.join"' in text
     assert "[types.Join.fields.room]" in text
-    # The router does not know the app's services and workers: declare them.
+    # The router does not know the app's services, workers and rooms: declare them.
     config = tmp_path / "routes.toml"
-    config.write_text(text + '\n[services.chat]\nfactory = "examples.chat.handlers:ChatRooms"\n')
+    config.write_text(
+        text
+        + '\n[services.chat]\nfactory = "examples.chat.handlers:ChatRooms"\n'
+        + '\n[rooms."*"]\nhistory = 50\nhistory_ttl = 600\n\n[rooms."typing:*"]\n'
+    )
     from_export = await converse(create_app(config), conductor_for)
     assert from_export == await converse(app_python.create_app(page=False), conductor_for)
 
@@ -177,15 +202,19 @@ def _both_apps() -> list[falcon.asgi.App]:
 
 
 @pytest.mark.parametrize("which", ["toml", "python"])
-async def test_a_room_and_its_history_end_with_its_last_member(
-    conductor_for: Any, which: str
+async def test_a_room_ends_with_its_last_member_and_its_history_with_its_ttl(
+    conductor_for: Any, which: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Joining ever new rooms does not grow the server (before: ~1.8 KB kept per room)."""
+    """Joining ever new rooms does not grow the server: members go with the last
+    one, the kept messages (50 per room) 600 s after the room's last broadcast."""
     from pachinko import runtime_of
 
+    now = [1000.0]
+    monkeypatch.setattr("pachinko.backends.inprocess.monotonic", lambda: now[0])
     app = _both_apps()[which == "python"]
     conductor = await conductor_for(app)
-    chat = runtime_of(app).services["chat"]
+    runtime = runtime_of(app)
+    chat = runtime.services["chat"]
     async with conductor.simulate_ws("/ws/chat") as ann, conductor.simulate_ws("/ws/chat") as bob:
         for n in range(12):  # 37 messages: within the example's rate burst of 40
             room = f"room-{n}"
@@ -198,10 +227,16 @@ async def test_a_room_and_its_history_end_with_its_last_member(
         # after every leave was handled
         await ann.send_text(json.dumps({"type": "say", "room": "room-11", "text": "?"}))
         assert (await recv_json(ann))["reason"] == "not_joined"
-        assert (chat.members, chat.history) == ({}, {})
+        assert chat.members == {}
+        kept = runtime.manager.backend._kept  # type: ignore[attr-defined]
+        assert len(kept) == 12  # within their TTL, the rooms keep their messages
         await bob.send_text(json.dumps({"type": "join", "room": "room-0", "name": "Bob"}))
-        joined = await recv_json(bob)
-        assert (joined["members"], joined["history"]) == (["Bob"], [])
+        assert (await recv_json(bob))["members"] == ["Bob"]
+        now[0] += 601
+        await bob.send_text(json.dumps({"type": "say", "room": "room-0", "text": "later"}))
+        # room-0's 5th broadcast (ann joined, said, left; bob joined): the same history
+        assert (await recv_json(bob))["_pos"].endswith(":5")
+        assert sorted(kept) == ["room-0"]  # the others were forgotten
 
 
 @pytest.mark.parametrize("which", ["toml", "python"])

@@ -21,6 +21,7 @@ from examples.chat import handlers
 from examples.chat.page import add_page
 from pachinko import (
     RestartPolicy,
+    RoomPolicy,
     Settings,
     WebSocketResource,
     WebSocketRouter,
@@ -43,6 +44,8 @@ class _Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Join(_Message):
     room: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9_-]+$")]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    since: str | None = None
+    last: int | None = None
 
 
 class Leave(_Message):
@@ -62,17 +65,10 @@ class Typing(_Message):
 # -- server -> client ------------------------------------------------------------
 
 
-class HistoryEntry(_Message):
-    name: str
-    text: str
-    at: datetime.datetime
-
-
 class Joined(_Message, tag="joined"):
     room: str
     name: str
     members: list[str]
-    history: list[HistoryEntry]
 
 
 class Presence(_Message, tag="presence"):
@@ -138,7 +134,7 @@ class ChatResource(WebSocketResource):
 
 
 def create_app(*, heartbeat: float = 10.0, page: bool = True) -> falcon.asgi.App:
-    """Build the chat app: the same routes, schemas, services and worker as the TOML file."""
+    """Build the chat app: the same routes, schemas, rooms, services and worker as the TOML file."""
     app = falcon.asgi.App()
     settings = Settings(
         backend=os.environ.get("PACHINKO_BACKEND", "memory://"),
@@ -164,7 +160,8 @@ def create_app(*, heartbeat: float = 10.0, page: bool = True) -> falcon.asgi.App
         router,
         settings=settings,
         workers=[beat],
-        services={"chat": functools.partial(handlers.ChatRooms, history=50, rooms_per_member=10)},
+        services={"chat": functools.partial(handlers.ChatRooms, rooms_per_member=10)},
+        rooms={"*": RoomPolicy(history=50, history_ttl=600), "typing:*": RoomPolicy()},
     )
     if page:
         add_page(app)

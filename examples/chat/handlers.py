@@ -2,19 +2,20 @@
 
 Plain async functions: each receives the per-connection resource, the
 Falcon WebSocket and the validated payload. The ``chat`` service (one per
-app, created at startup) keeps room members and the last N messages of each
-room while it has members; the resource gets it as ``resource.chat``.
+app, created at startup) keeps room members; the resource gets it as
+``resource.chat``. Message history is the library's (``[rooms."*"]`` in
+routes.example.toml): every broadcast to a room carries its position, and a
+join with ``since`` (a page that reconnects) or ``last`` (a first join)
+gets the kept messages after a ``recovery`` message.
 
-NOTE: members and history live in the process: with several server
-processes (a Redis backend) each keeps its own. Broadcasts still cross
-processes.
+NOTE: members live in the process: with several server processes (a Redis
+backend) each keeps its own. Broadcasts and history cross processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-from collections import deque
 from typing import Any
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "on_disconnect",
     "say",
     "typing",
+    "typing_room",
 ]
 
 
@@ -34,22 +36,21 @@ def _now() -> datetime.datetime:
 
 
 class ChatRooms:
-    """Room members (connection id → name) and message history per room.
+    """Room members (connection id → name).
 
-    Memory is bounded: a room and its history are forgotten when its last
-    member leaves (a client joining ever new rooms cannot grow the server),
-    and a connection is a member of ``rooms_per_member`` rooms at most.
+    Memory is bounded: a room is forgotten when its last member leaves (a
+    client joining ever new rooms cannot grow the server), and a connection
+    is a member of ``rooms_per_member`` rooms at most. (The library bounds
+    the rooms' history: ``history`` messages per room, forgotten
+    ``history_ttl`` seconds after the last one.)
 
     Args:
-        history: Messages kept per room.
         rooms_per_member: Rooms a connection may be in at once.
     """
 
-    def __init__(self, history: int = 50, rooms_per_member: int = 10) -> None:
-        self.history_size = history
+    def __init__(self, rooms_per_member: int = 10) -> None:
         self.rooms_per_member = rooms_per_member
         self.members: dict[str, dict[str, str]] = {}
-        self.history: dict[str, deque[dict[str, Any]]] = {}
 
     def add(self, room: str, conn_id: str, name: str) -> list[str]:
         """Add a member; return the room's member names."""
@@ -61,23 +62,12 @@ class ChatRooms:
         members = self.members.get(room, {})
         name = members.pop(conn_id, None)
         if not members:
-            # the room ends with its last member, and its history with it
-            self.members.pop(room, None)
-            self.history.pop(room, None)
+            self.members.pop(room, None)  # the room ends with its last member
         return name
 
     def names(self, room: str) -> list[str]:
         """Member names of ``room``, sorted."""
         return sorted(self.members.get(room, {}).values())
-
-    def record(self, room: str, entry: dict[str, Any]) -> None:
-        """Keep ``entry`` in the history of a room with members (the last N only)."""
-        if room in self.members:
-            self.history.setdefault(room, deque(maxlen=self.history_size)).append(entry)
-
-    def recent(self, room: str) -> list[dict[str, Any]]:
-        """The room's history, oldest first."""
-        return list(self.history.get(room, ()))
 
 
 async def on_connect(resource: Any, req: Any, ws: Any, **params: Any) -> bool:
@@ -92,8 +82,15 @@ async def on_disconnect(resource: Any, ws: Any, close_code: int) -> None:
         await _leave(resource, room)
 
 
+def typing_room(room: str) -> str:
+    """Where typing notices of ``room`` go: a room that keeps no history."""
+    return f"typing:{room}"
+
+
 async def join(resource: Any, ws: Any, payload: Any) -> None:
-    """Join a room: ``joined`` to the joiner, ``presence`` to the others."""
+    """Join a room: ``joined`` to the joiner, then ``recovery`` and what it
+    missed (with ``since``) or the last kept messages (with ``last``), and
+    ``presence`` to the others."""
     rooms: dict[str, str] = resource.state["rooms"]
     room, name = payload.room, payload.name
     if room in rooms:
@@ -110,15 +107,12 @@ async def join(resource: Any, ws: Any, payload: Any) -> None:
         return
     rooms[room] = name
     members = resource.chat.add(room, resource.connection.id, name)
-    await resource.join_room(room)
-    await resource.send(
-        {
-            "type": "joined",
-            "room": room,
-            "name": name,
-            "members": members,
-            "history": resource.chat.recent(room),
-        }
+    await resource.send({"type": "joined", "room": room, "name": name, "members": members})
+    await resource.join_room(typing_room(room))
+    # NOTE: with since or last, the connection gets a "recovery" message and
+    #   the kept messages, then the live stream: nothing lost, nothing twice.
+    await resource.join_room(
+        room, since=payload.since, last=payload.last if payload.since is None else None
     )
     await resource.broadcast_to_room(
         room,
@@ -139,7 +133,7 @@ async def leave(resource: Any, ws: Any, payload: Any) -> None:
 
 
 async def say(resource: Any, ws: Any, payload: Any) -> None:
-    """Send a message to a room, the sender included; keep it in the history."""
+    """Send a message to a room, the sender included (the room keeps it)."""
     name = resource.state["rooms"].get(payload.room)
     if name is None:
         await resource.send(
@@ -151,19 +145,16 @@ async def say(resource: Any, ws: Any, payload: Any) -> None:
             }
         )
         return
-    entry = {"name": name, "text": payload.text, "at": _now()}
-    resource.chat.record(payload.room, entry)
-    await resource.broadcast_to_room(
-        payload.room, {"type": "message", "room": payload.room, **entry}, exclude_self=False
-    )
+    message = {"type": "message", "room": payload.room, "name": name, "text": payload.text}
+    await resource.broadcast_to_room(payload.room, {**message, "at": _now()}, exclude_self=False)
 
 
 async def typing(resource: Any, ws: Any, payload: Any) -> None:
-    """Tell the others in a room that this member is (not) typing."""
+    """Tell the others in a room that this member is (not) typing (not kept)."""
     name = resource.state["rooms"].get(payload.room)
     if name is not None:
         await resource.broadcast_to_room(
-            payload.room,
+            typing_room(payload.room),
             {
                 "type": "typing",
                 "room": payload.room,
@@ -177,6 +168,7 @@ async def _leave(resource: Any, room: str) -> None:
     name = resource.state["rooms"].pop(room, None)
     resource.chat.remove(room, resource.connection.id)
     await resource.leave_room(room)
+    await resource.leave_room(typing_room(room))
     if name is not None:
         await resource.broadcast_to_room(
             room,
