@@ -21,12 +21,16 @@ from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from ._dispatch import (
     AS_DECODED,
     ENVELOPE,
+    FROZEN,
+    ID_ATTR,
     MARK,
     RAW_DICT,
+    REQUEST,
     RESERVED,
     DispatchTable,
     Handler,
@@ -34,13 +38,20 @@ from ._dispatch import (
     check_handler,
 )
 from ._naming import handler_name
+from ._wire import ReplyEncoder
 from .errors import HandlerDefinitionError
 
 __all__ = ["build_table"]
 
 Decoder = msgspec.json.Decoder[Any]
-#: Tag → (handler method name, strict, payload Struct or None): the tags known ahead.
-Plan = dict[str, tuple[str, bool, "type[msgspec.Struct] | None"]]
+#: Tag → (handler method name, strict, payload Struct or None, reply type or None):
+#: the tags known ahead.
+Plan = dict[str, tuple[str, bool, "type[msgspec.Struct] | None", Any]]
+
+#: The type of a correlation id on the wire.
+ID_TYPE: Any = Union[str, int, UnsetType]  # noqa: UP007
+#: Return annotations that declare no reply.
+_NO_REPLY: Any = (None, type(None), Any, object, typing.NoReturn)
 
 
 def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTable:
@@ -56,7 +67,10 @@ def build_table(cls: type, frame_locals: Mapping[str, Any] | None) -> DispatchTa
     decorated = _collect_decorated(cls)
     named = builder.named_handlers()
     plan = builder.plan(decorated, named)
-    by_name = {method: (fn, builder.named_decoder(method)) for method, fn in named.items()}
+    by_name = {
+        method: (fn, builder.named_decoder(method), builder.reply_type(method) is not None)
+        for method, fn in named.items()
+    }
     return builder.compile(plan, by_name)
 
 
@@ -77,15 +91,58 @@ class _Builder:
             raise HandlerDefinitionError(
                 f"{self.name}.tag_field must be a non-empty str, got {self.tag_field!r}"
             )
+        self.id_field = getattr(cls, "id_field", "id")
+        if not isinstance(self.id_field, str) or not self.id_field:
+            raise HandlerDefinitionError(
+                f"{self.name}.id_field must be a non-empty str, got {self.id_field!r}"
+            )
+        if self.id_field in (self.tag_field, "payload"):
+            raise HandlerDefinitionError(
+                f"{self.name}.id_field is {self.id_field!r}, a field the message already "
+                "has; choose another name (id_field = 'id' by default)"
+            )
         # (Struct, strict) -> its variant, shared by every handler of the class
         self.variants: dict[tuple[type, bool], Any] = {}
         self._payload_types: dict[str, type[msgspec.Struct] | None] = {}
+        self._reply_types: dict[str, Any] = {}
 
     def payload_type(self, method: str) -> type[msgspec.Struct] | None:
         """The Struct a handler's ``payload`` is annotated with (resolved once)."""
         if method not in self._payload_types:
             self._payload_types[method] = _payload_type(self.cls, method, self.frame_locals)
         return self._payload_types[method]
+
+    def reply_type(self, method: str, declared: Any = None) -> Any:
+        """A handler's reply type: ``declared`` (``reply=``), else its return annotation."""
+        if declared is not None:
+            return self._check_reply(method, declared)
+        if method not in self._reply_types:
+            found = _return_type(self.cls, method, self.frame_locals)
+            self._reply_types[method] = None if found is None else self._check_reply(method, found)
+        return self._reply_types[method]
+
+    def _check_reply(self, method: str, tp: Any) -> Any:
+        """A reply Struct must not have a field where the correlation id goes."""
+        for struct in _structs_of(tp):
+            if _has_field(struct, self.id_field):
+                raise HandlerDefinitionError(
+                    f"{self.name}.{method}: the reply type {struct.__qualname__} has a field "
+                    f"{self.id_field!r}, where the reply's correlation id goes; rename the "
+                    f"field (msgspec.field(name=...)) or set {self.name}.id_field"
+                )
+        return tp
+
+    def _check_request(self, tag: str, method: str, payload: type[msgspec.Struct] | None) -> None:
+        """A request's payload must leave the correlation id field free (flat shape)."""
+        if payload is None or self.wire != "flat":
+            return
+        if _has_field(payload, self.id_field) or ID_ATTR in payload.__struct_fields__:
+            raise HandlerDefinitionError(
+                f"{self.name}.{method}: {tag!r} is a request (its handler declares a reply), "
+                f"and its payload type {payload.__qualname__} has a field {self.id_field!r}, "
+                f"where the correlation id goes; rename the field "
+                f"(msgspec.field(name=...)) or set {self.name}.id_field"
+            )
 
     # -- collecting and planning ---------------------------------------------
 
@@ -102,11 +159,13 @@ class _Builder:
             named[attr] = fn
         return named
 
-    def plan(self, decorated: dict[str, tuple[str, bool]], named: Mapping[str, Handler]) -> Plan:
+    def plan(
+        self, decorated: dict[str, tuple[str, bool, Any]], named: Mapping[str, Handler]
+    ) -> Plan:
         """The tags known ahead: decorated, then the schema's, then typed ``on_*``."""
         plan: Plan = {}
-        for tag, (method, strict) in decorated.items():
-            plan[tag] = (method, strict, self.payload_type(method))
+        for tag, (method, strict, reply) in decorated.items():
+            plan[tag] = (method, strict, self.payload_type(method), self.reply_type(method, reply))
         for struct in _schema_members(self.cls):
             tag, entry = self._schema_entry(struct, plan, named)
             plan[tag] = entry
@@ -119,12 +178,15 @@ class _Builder:
             found = self._named_tag(method)
             if found is not None and found[0] not in plan:
                 tag, declared = found
-                plan[tag] = (method, True, declared)
+                plan[tag] = (method, True, declared, self.reply_type(method))
+        for tag, (method, _, payload, reply) in plan.items():
+            if reply is not None:
+                self._check_request(tag, method, payload)
         return plan
 
     def _schema_entry(
         self, struct: type[msgspec.Struct], plan: Plan, named: Mapping[str, Handler]
-    ) -> tuple[str, tuple[str, bool, type[msgspec.Struct]]]:
+    ) -> tuple[str, tuple[str, bool, type[msgspec.Struct], Any]]:
         """The plan entry of one ``schema`` member: its tag, handler and type."""
         name = self.name
         tag = _struct_tag(struct, name)
@@ -135,7 +197,7 @@ class _Builder:
                 f"but {name}.tag_field is {self.tag_field!r}"
             )
         if tag in plan:
-            method, strict, declared = plan[tag]
+            method, strict, declared, reply = plan[tag]
         else:
             method = handler_name(tag)
             if method not in named:
@@ -145,12 +207,13 @@ class _Builder:
                     f"async def {method}(self, ws, payload)"
                 )
             strict, declared = True, self.payload_type(method)
+            reply = self.reply_type(method)
         if declared is not None and not issubclass(struct, declared):
             raise HandlerDefinitionError(
                 f"{name}.{method}: payload is annotated {declared.__qualname__}, but the schema "
                 f"type for {tag!r} is {struct.__qualname__}"
             )
-        return tag, (method, strict, struct)
+        return tag, (method, strict, struct, reply)
 
     def _named_tag(self, method: str) -> tuple[str, type[msgspec.Struct]] | None:
         """The tag a typed ``on_*`` handler declares, with its Struct, if any."""
@@ -170,55 +233,112 @@ class _Builder:
         declared = self.payload_type(method)
         if declared is None:
             return None
+        request = self.reply_type(method) is not None
+        if request:
+            self._check_request(method[3:], method, declared)
         inner = _variant(declared, True, self.variants)
-        if self.wire == "flat" and inner.__struct_config__.tag is not None:
+        if self.wire == "flat" and inner.__struct_config__.tag is not None and not request:
             return msgspec.json.Decoder(inner)
         if self.wire == "flat":
             # NOTE: the tag is only known per message, so the tag field is an
             #   ordinary str field of this variant.
+            fields: list[Any] = []
+            if inner.__struct_config__.tag is None:
+                fields.append((self.tag_field, str))
+            if request:
+                fields.append(self._id_spec())
             return msgspec.json.Decoder(
                 msgspec.defstruct(
                     inner.__name__,
-                    [(self.tag_field, str)],
+                    fields,
                     bases=(inner,),
                     module=inner.__module__,
                     forbid_unknown_fields=True,
                     kw_only=True,
+                    rename=self._id_rename() if request else None,
                 )
             )
         return msgspec.json.Decoder(
             msgspec.defstruct(
                 f"{self.name}.{method}:envelope",
-                [(self.tag_field, str), ("payload", inner)],
+                [
+                    (self.tag_field, str),
+                    ("payload", inner),
+                    *([self._id_spec()] if request else []),
+                ],
                 forbid_unknown_fields=True,
+                rename=self._id_rename() if request else None,
             )
         )
 
+    def _id_specs(self, request: bool) -> list[tuple[str, Any, Any]]:
+        return [self._id_spec()] if request else []
+
+    def _id_spec(self) -> tuple[str, Any, Any]:
+        """The correlation id field a request's union member gets: absent is UNSET."""
+        return (ID_ATTR, ID_TYPE, UNSET)
+
+    def _id_rename(self) -> dict[str, str]:
+        return {ID_ATTR: self.id_field}
+
     def compile(
-        self, plan: Plan, by_name: dict[str, tuple[Handler, Decoder | None]]
+        self, plan: Plan, by_name: dict[str, tuple[Handler, Decoder | None, bool]]
     ) -> DispatchTable:
         """Build the union's members, their decoders and the table."""
         specs: dict[str, HandlerSpec] = {}
         by_type: dict[type, tuple[Handler, int]] = {}
-        by_tag: dict[str, tuple[Handler, Decoder | None]] = {}
+        by_tag: dict[str, tuple[Handler, Decoder | None, bool]] = {}
         members: list[type] = []
-        for tag, (method, strict, payload) in plan.items():
+        for tag, (method, strict, payload, reply) in plan.items():
             fn = getattr(self.cls, method)
-            specs[tag] = HandlerSpec(tag, method, payload, strict)
-            member, kind = self._member(tag, method, strict, payload)
+            specs[tag] = HandlerSpec(tag, method, payload, strict, reply)
+            member, kind = self._member(tag, method, strict, payload, reply is not None)
             by_type[member] = (fn, kind)
-            by_tag[tag] = (fn, None if kind == RAW_DICT else msgspec.json.Decoder(member))
+            decoder_of: Decoder | None = None
+            if kind & ~(REQUEST | FROZEN) != RAW_DICT:
+                decoder_of = msgspec.json.Decoder(member)
+            by_tag[tag] = (fn, decoder_of, reply is not None)
             members.append(member)
         decoder: Decoder | None = None
         if members:
             union: Any = members[0] if len(members) == 1 else Union[tuple(members)]  # noqa: UP007
             decoder = msgspec.json.Decoder(union)
-        return DispatchTable(decoder, by_type, specs, by_tag, by_name, self.wire, self.tag_field)
+        requests = any(s.reply_type is not None for s in specs.values()) or any(
+            request for _, _, request in by_name.values()
+        )
+        fast = {s for spec in specs.values() for s in _structs_of(spec.reply_type)}
+        reply = ReplyEncoder.build(self.wire, self.tag_field, self.id_field, fast)
+        return DispatchTable(
+            decoder,
+            by_type,
+            specs,
+            by_tag,
+            by_name,
+            self.wire,
+            self.tag_field,
+            self.id_field,
+            requests,
+            ReplyEncoder.build(self.wire, self.tag_field, self.id_field, fast)
+            if requests
+            else None,
+        )
 
     def _member(
-        self, tag: str, method: str, strict: bool, payload: type[msgspec.Struct] | None
+        self,
+        tag: str,
+        method: str,
+        strict: bool,
+        payload: type[msgspec.Struct] | None,
+        request: bool,
     ) -> tuple[type, int]:
-        """The tagged union member of one planned tag, and what the handler gets."""
+        """The tagged union member of one planned tag, and what the handler gets.
+
+        A request's member has one more field, the correlation id (UNSET when
+        the message has none), so the id is read in the same single decode.
+        """
+        extra: list[Any] = [self._id_spec()] if request else []
+        rename = self._id_rename() if request else None
+        flag = REQUEST if request else 0
         if self.wire == "envelope":
             payload_tp: Any = Any if payload is None else _variant(payload, strict, self.variants)
             fields: list[Any] = (
@@ -226,36 +346,53 @@ class _Builder:
             )
             member = msgspec.defstruct(
                 f"{self.name}.{method}:envelope",
-                fields,
+                [*fields, *extra],
                 tag=tag,
                 tag_field=self.tag_field,
                 forbid_unknown_fields=strict,
+                rename=rename,
             )
-            return member, ENVELOPE
+            return member, ENVELOPE | flag
         if payload is None:
             raw = msgspec.defstruct(
                 f"{self.name}.{method}:raw",
-                [],
+                extra,
                 tag=tag,
                 tag_field=self.tag_field,
                 forbid_unknown_fields=False,
+                rename=rename,
             )
-            return raw, RAW_DICT
+            return raw, RAW_DICT | flag
         variant = _variant(payload, strict, self.variants, tag=tag, tag_field=self.tag_field)
-        return variant, AS_DECODED
+        if request:
+            config = variant.__struct_config__
+            variant = msgspec.defstruct(
+                payload.__name__,
+                extra,
+                bases=(variant,),
+                module=payload.__module__,
+                tag=tag,
+                tag_field=self.tag_field,
+                forbid_unknown_fields=config.forbid_unknown_fields,
+                kw_only=True,
+                rename=rename,
+            )
+            if config.frozen:
+                flag |= FROZEN
+        return variant, AS_DECODED | flag
 
 
 def _has_field(struct: type[msgspec.Struct], encoded_name: str) -> bool:
     return any(f.encode_name == encoded_name for f in msgspec.structs.fields(struct))
 
 
-def _collect_decorated(cls: type) -> dict[str, tuple[str, bool]]:
-    """Tag → (method name, strict) from @handles_message, subclasses winning."""
-    found: dict[str, tuple[str, bool]] = {}
+def _collect_decorated(cls: type) -> dict[str, tuple[str, bool, Any]]:
+    """Tag → (method name, strict, reply=) from @handles_message, subclasses winning."""
+    found: dict[str, tuple[str, bool, Any]] = {}
     for klass in reversed(cls.__mro__):
         local: dict[str, str] = {}
         for attr, value in vars(klass).items():
-            for tag, strict in getattr(value, MARK, ()):
+            for tag, strict, reply in getattr(value, MARK, ()):
                 if tag in local:
                     raise HandlerDefinitionError(
                         f"{klass.__qualname__}: message type {tag!r} has two handlers: "
@@ -267,9 +404,9 @@ def _collect_decorated(cls: type) -> dict[str, tuple[str, bool]]:
                         f"message type {tag!r}"
                     )
                 local[tag] = attr
-                found[tag] = (attr, strict)
+                found[tag] = (attr, strict, reply)
     # a subclass may override a decorated method by name; validate what is there now
-    for tag, (attr, _) in found.items():
+    for tag, (attr, _, _) in found.items():
         check_handler(getattr(cls, attr), f"{cls.__qualname__}.{attr} (handler of {tag!r})")
     return found
 
@@ -313,25 +450,65 @@ def _payload_type(
     annotation = params[2].annotation if len(params) >= 3 else inspect.Parameter.empty
     if annotation is inspect.Parameter.empty:
         return None
-    if isinstance(annotation, str):
-        # NOTE: the function's own globals (its module's, or an exec() namespace).
-        module = sys.modules.get(getattr(fn, "__module__", None) or "")
-        namespace: dict[str, Any] = dict(
-            getattr(fn, "__globals__", None) or (vars(module) if module else {})
-        )
-        namespace.update(frame_locals or {})
-        namespace.update(vars(cls))
-        try:
-            annotation = eval(annotation, namespace)
-        except Exception as ex:
-            raise HandlerDefinitionError(
-                f"{cls.__qualname__}.{method}: cannot resolve the payload annotation "
-                f"{params[2].annotation!r}: {ex}; define it before the class, at module "
-                "level or in the function that defines the class"
-            ) from ex
+    annotation = _resolve(cls, method, fn, annotation, frame_locals, "payload")
     if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
         return annotation
     return None
+
+
+def _return_type(cls: type, method: str, frame_locals: Mapping[str, Any] | None) -> Any:
+    """The reply type a handler's return annotation declares, or ``None``.
+
+    No annotation, ``None``, ``Any``, ``object`` and ``NoReturn`` declare no
+    reply; ``X | None`` declares ``X`` (returning ``None`` sends nothing).
+    """
+    fn = getattr(cls, method)
+    annotation = inspect.signature(fn).return_annotation
+    if annotation is inspect.Signature.empty or annotation in ("None", "Any", "typing.Any"):
+        return None
+    annotation = _resolve(cls, method, fn, annotation, frame_locals, "return")
+    if _is_union(annotation):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if not args:
+            return None
+        annotation = args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
+    if any(annotation is no for no in _NO_REPLY):
+        return None
+    return annotation
+
+
+def _resolve(
+    cls: type,
+    method: str,
+    fn: Any,
+    annotation: Any,
+    frame_locals: Mapping[str, Any] | None,
+    what: str,
+) -> Any:
+    """Evaluate a string annotation in the handler's namespace."""
+    if not isinstance(annotation, str):
+        return annotation
+    # NOTE: the function's own globals (its module's, or an exec() namespace).
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    namespace: dict[str, Any] = dict(
+        getattr(fn, "__globals__", None) or (vars(module) if module else {})
+    )
+    namespace.update(frame_locals or {})
+    namespace.update(vars(cls))
+    try:
+        return eval(annotation, namespace)
+    except Exception as ex:
+        raise HandlerDefinitionError(
+            f"{cls.__qualname__}.{method}: cannot resolve the {what} annotation "
+            f"{annotation!r}: {ex}; define it before the class, at module "
+            "level or in the function that defines the class"
+        ) from ex
+
+
+def _structs_of(tp: Any) -> list[type[msgspec.Struct]]:
+    """The Structs a reply type names (itself, or the members of a union)."""
+    members = typing.get_args(tp) if _is_union(tp) else (tp,)
+    return [m for m in members if isinstance(m, type) and issubclass(m, msgspec.Struct)]
 
 
 def _variant(

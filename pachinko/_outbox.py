@@ -45,6 +45,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from .observe import CONNECTION_EXTRA
+
 if TYPE_CHECKING:
     from falcon.asgi import WebSocket
 
@@ -480,7 +482,12 @@ class Outbox:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
         if code is not None:
-            logger.warning("closing a slow consumer with %d: %s", code, reason)
+            logger.warning(
+                "closing a slow consumer with %d: %s",
+                code,
+                reason,
+                extra={CONNECTION_EXTRA: self.owner},
+            )
             self.closed_with = code
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.send_timeout
@@ -496,6 +503,7 @@ class Outbox:
             logger.warning(
                 "slow consumer did not take its close frame within %g s: connection reset",
                 self.send_timeout,
+                extra={CONNECTION_EXTRA: self.owner},
             )
 
     async def aclose(self, code: int, reason: str) -> None:

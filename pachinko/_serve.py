@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -21,10 +22,21 @@ from urllib.parse import urlsplit
 import falcon
 import msgspec
 from falcon.errors import PayloadTypeError, WebSocketDisconnected
+from msgspec import UNSET
 
-from ._dispatch import AS_DECODED, ENVELOPE, MessageError
+from ._dispatch import AS_DECODED, ENVELOPE, ID_ATTR, RAW_DICT, REQUEST, Handler, MessageError
+from ._dispatch_build import ID_TYPE
+from ._wire import encode, encode_reply
 from .connection import Connection
-from .errors import BackendUnavailable, Refuse
+from .errors import (
+    BackendUnavailable,
+    ConnectionLimitExceeded,
+    PachinkoError,
+    Refuse,
+    RequestAborted,
+    RequestTimeout,
+)
+from .observe import current_connection
 from .resource import WebSocketResource
 from .router import join_paths
 
@@ -32,6 +44,7 @@ if TYPE_CHECKING:
     from falcon.asgi import Request, Response, WebSocket
 
     from .manager import WebSocketConnectionManager
+    from .observe import Observer
     from .router import RouteInfo, WebSocketRouter
     from .settings import Settings
 
@@ -75,7 +88,7 @@ class Mount:
     atomically: connections already open keep the resources they have.
     """
 
-    __slots__ = ("outages", "prefix", "router", "runtime")
+    __slots__ = ("_routes", "outages", "prefix", "router", "runtime")
 
     # NOTE: the prefix lives here, per mount: one router mounted on two apps
     #   (or twice on one) builds each app's URLs with that app's prefix.
@@ -85,6 +98,7 @@ class Mount:
         self.prefix = prefix
         self.router = router
         self.outages = OutageLog()
+        self._routes: dict[str, str] = {}
         router.root._mounted(prefix)
 
     @property
@@ -101,6 +115,13 @@ class Mount:
             RouteError: No such route, or a field value is missing.
         """
         return join_paths(self.prefix, self.router._path_for(name, params))
+
+    def route_of(self, template: str) -> str:
+        """The route template ``template`` with this mount's prefix (cached)."""
+        found = self._routes.get(template)
+        if found is None:
+            found = self._routes[template] = join_paths(self.prefix, template)
+        return found
 
     def swap(self, router: WebSocketRouter) -> WebSocketRouter:
         """Serve new connections with ``router``; return the previous one."""
@@ -200,7 +221,9 @@ async def serve(
     connection keeps; everything only the handshake needs lives in
     :func:`_handshake`'s, gone once it returns.
     """
-    rx = await _handshake(runtime, router, req, ws, path, mount)
+    obs = runtime.manager.observer
+    handshake = _handshake(runtime, router, req, ws, path, mount)
+    rx = await (handshake if obs is None else obs.handshake(req.path, handshake))
     if rx is None:
         return
     conn = rx.leaf.connection
@@ -213,6 +236,8 @@ async def serve(
         if ws.unaccepted:
             await ws.accept()
         manager.opened(conn)
+        if obs is not None:
+            obs.opened(rx.observed)
         for hook in hook_list(rx.router, rx.chain, rx.leaf, "after_connect", reverse=True):
             await hook(ws)
         close_code = await receive_loop(rx, runtime.settings, ws, ws.receive_text) or close_code
@@ -225,9 +250,12 @@ async def serve(
         close_code = CLOSE_INTERNAL_ERROR
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
     finally:
+        rx.abort_requests(close_code)
         await run_disconnect(rx.router, rx.chain, rx.leaf, ws, close_code, mount.outages, manager)
         await manager.disconnect(conn)
         runtime.serving.discard(task)
+        if obs is not None:
+            obs.closed(rx.observed, close_code)
 
 
 async def _handshake(
@@ -243,11 +271,16 @@ async def _handshake(
     Returns the connection's :class:`Receiver`, or ``None`` when the
     handshake was refused (and the socket closed).
     """
+    obs = runtime.manager.observer
     if not runtime.accepting:
+        if obs is not None:
+            obs.refused("shutting_down")
         await ws.close(CLOSE_GOING_AWAY, "Server shutting down")
         return None
     found = router.match(path)
     if found is None:
+        if obs is not None:
+            obs.refused("not_found")
         await ws.close(CLOSE_NOT_FOUND)
         return None
     info, params = found
@@ -255,14 +288,20 @@ async def _handshake(
         logger.warning(
             "refused WebSocket %s: Origin %r is not allowed", req.path, req.get_header("Origin")
         )
+        if obs is not None:
+            obs.refused("origin")
         await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
         return None
     conn = Connection(ws, path, params, runtime.manager)
     conn.mount = mount
+    conn.route = mount.route_of(info.template)
+    current_connection.set(conn)  # log lines of this task name the connection
     chain = await _build_chain(runtime, info, conn, req, ws, params)
     if chain is None:
         return None
-    return Receiver(chain[-1], runtime.settings, runtime.manager, mount.outages, info.router, chain)
+    rx = Receiver(chain[-1], runtime.settings, runtime.manager, mount.outages, info.router, chain)
+    conn.receiver = rx
+    return rx
 
 
 async def _build_chain(
@@ -306,8 +345,10 @@ async def _build_chain(
                 await own(req, ws, params)
             accepted = await resource.on_connect(req, ws, **params)
             if not ws.unaccepted and ws.closed:
+                _refused(runtime, "refused")
                 return None  # the resource closed the handshake itself
             if not accepted:
+                _refused(runtime, "refused")
                 await ws.close(CLOSE_FORBIDDEN)
                 return None
             if len(chain) < len(levels):
@@ -315,6 +356,7 @@ async def _build_chain(
         conn.state = state
         await runtime.manager.connect(conn)
     except Refuse as refusal:
+        _refused(runtime, "limit" if isinstance(refusal, ConnectionLimitExceeded) else "refused")
         # NOTE: a close before accept reaches real clients as HTTP 403 only;
         #   to let them read the resource's own code and reason, accept and
         #   close at once. Without a code of its own it is a plain denial.
@@ -323,12 +365,20 @@ async def _build_chain(
         await ws.close(refusal.code, refusal.reason or None)
         return None
     except WebSocketDisconnected:
+        _refused(runtime, "disconnected")
         return None
     except Exception:
+        _refused(runtime, "error")
         logger.exception("WebSocket handshake for %s failed", req.path)
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
         return None
     return tuple(chain)
+
+
+def _refused(runtime: Host, cause: str) -> None:
+    obs = runtime.manager.observer
+    if obs is not None:
+        obs.refused(cause)
 
 
 def hook_list(
@@ -409,12 +459,17 @@ class Receiver:
     __slots__ = (
         "after",
         "before",
+        "by_type",
         "chain",
         "error_hooks",
         "leaf",
         "manager",
+        "observed",
+        "observer",
         "outages",
+        "pending",
         "router",
+        "task",
         "unhandled",
     )
 
@@ -440,6 +495,19 @@ class Receiver:
         if not settings.error_replies and type(leaf).on_unhandled is _base_unhandled:
             unhandled = _ignore_unhandled
         self.unhandled = unhandled
+        obs: Observer | None = manager.observer
+        self.observer = obs
+        # The observer's state for this connection (labels, a span to link to).
+        self.observed = None if obs is None else obs.connection(leaf.connection, type(leaf))
+        by_type = type(leaf).__pachinko_table__.by_type
+        # PERF: observed handlers (counted, traced) are wrapped once per
+        #   connection: the loop's fast path is the same with or without.
+        self.by_type = by_type if obs is None else obs.handlers(self.observed, by_type)
+        # The server's requests awaiting the client's answer, by id (created on
+        # the first request; _ABORTED once the connection ended).
+        self.pending: dict[str | int, asyncio.Future[str]] | None = None
+        # The task running this connection's receive loop (the handshake's).
+        self.task = asyncio.current_task()
 
     async def failed(self, ws: WebSocket, text: str, exc: Exception) -> int | None:
         """Handle an exception of a hook or handler; return a close code, or None.
@@ -455,6 +523,8 @@ class Receiver:
         where = f"handler of {type(self.leaf).__qualname__}"
         if isinstance(exc, BackendUnavailable):
             self.outages.report(exc, self.manager.backend, where)
+            if self.observer is not None:
+                self.observer.error_reply(self.observed, "unavailable")
             try:
                 await self.unhandled(
                     ws, MessageError("unavailable", UNAVAILABLE_DETAIL, None, text)
@@ -470,6 +540,163 @@ class Receiver:
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
         return CLOSE_INTERNAL_ERROR
 
+    # -- requests from the client (a handler that declares a reply) -----------
+
+    async def run_request(
+        self, ws: WebSocket, handler: Handler, payload: Any, rid: Any, text: str
+    ) -> int | None:
+        """Run a request's handler; send its return value as the reply, with the id.
+
+        A handler exception for a message with an id becomes an error reply
+        with that id (``handler_error``, or ``unavailable`` for a backend
+        outage) after the error hooks, and the connection stays open; without
+        an id it is handled as any handler's (:meth:`failed`). Returns a close
+        code, or ``None``.
+        """
+        leaf = self.leaf
+        try:
+            result = await handler(leaf, ws, payload)
+            if result is None:
+                return None
+            frame = type(leaf).__pachinko_table__.reply(result, rid)  # type: ignore[misc]
+        except WebSocketDisconnected:
+            raise
+        except Exception as exc:
+            if rid is UNSET:
+                raise
+            return await self.request_failed(ws, text, exc, rid)
+        await ws.send_text(frame)
+        return None
+
+    async def request_failed(
+        self, ws: WebSocket, text: str, exc: Exception, rid: str | int
+    ) -> int | None:
+        if await _run_error_hooks(self.error_hooks, ws, exc):
+            return None
+        where = f"handler of {type(self.leaf).__qualname__}"
+        if isinstance(exc, BackendUnavailable):
+            self.outages.report(exc, self.manager.backend, where)
+            error = MessageError("unavailable", UNAVAILABLE_DETAIL, None, text, rid)
+        else:
+            logger.error(
+                "%s raised for request %r; error reply 'handler_error'", where, rid, exc_info=exc
+            )
+            error = MessageError("handler_error", HANDLER_ERROR_DETAIL, None, text, rid)
+        try:
+            await self.unhandled(ws, error)
+        except WebSocketDisconnected:
+            raise
+        except Exception as ex:
+            logger.error(
+                "%s.on_unhandled raised; closing with 1011",
+                type(self.leaf).__qualname__,
+                exc_info=ex,
+            )
+            await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
+            return CLOSE_INTERNAL_ERROR
+        return None
+
+    # -- requests from the server (resource.request()) -------------------------
+
+    async def request(self, message: Any, timeout: float) -> Any:
+        """Send ``message`` with a new correlation id; return the client's answer.
+
+        Raises:
+            RequestTimeout: No answer within ``timeout`` seconds.
+            RequestAborted: The connection closed first (or had closed).
+            PachinkoError: Awaited by this connection's own receive loop (a
+                handler of this connection), which could never read the answer.
+        """
+        name = type(self.leaf).__qualname__
+        if not (isinstance(timeout, int | float) and timeout > 0):
+            raise ValueError(f"{name}.request(): timeout must be a number > 0, got {timeout!r}")
+        pending = self.pending
+        if pending is _ABORTED:
+            raise RequestAborted(f"{name}.request(): the connection is closed")
+        if asyncio.current_task() is self.task:
+            raise PachinkoError(
+                f"{name}.request() awaited by a handler of the same connection: its receive "
+                "loop waits for the handler, so it could never read the answer; run it in a "
+                "task of its own (asyncio.create_task(self.request(...)))"
+            )
+        if pending is None:
+            pending = self.pending = {}
+        rid = f"{SERVER_ID_PREFIX}{next(_request_ids)}"
+        leaf = self.leaf
+        frame = encode_reply(message, rid, leaf.wire, leaf.tag_field, leaf.id_field)
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        pending[rid] = answer
+        try:
+            try:
+                await leaf.connection.ws.send_text(frame)
+            except WebSocketDisconnected as ex:
+                raise RequestAborted(
+                    f"{name}.request() {rid!r}: the connection closed before it was sent"
+                ) from ex
+            try:
+                text = await asyncio.wait_for(answer, timeout)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"{name}.request() {rid!r}: no answer from the client within {timeout:g} s"
+                ) from None
+        finally:
+            if pending.get(rid) is answer:
+                del pending[rid]
+        return msgspec.json.decode(text)
+
+    def take_answer(self, text: str) -> bool:
+        """Whether ``text`` answers a pending request (which then gets it)."""
+        pending = self.pending
+        if not pending:
+            return False
+        try:
+            rid = _answer_decoder(self.leaf.id_field).decode(text).pachinko_id
+        except (msgspec.DecodeError, RecursionError):
+            return False
+        answer = pending.get(rid) if rid is not UNSET else None
+        if answer is None or answer.done():
+            return False
+        answer.set_result(text)
+        return True
+
+    def abort_requests(self, close_code: int) -> None:
+        """Fail the requests still awaiting an answer: the connection ended."""
+        pending, self.pending = self.pending, _ABORTED
+        if not pending:
+            return
+        for rid, answer in list(pending.items()):
+            if not answer.done():
+                answer.set_exception(
+                    RequestAborted(
+                        f"{type(self.leaf).__qualname__}.request() {rid!r}: the connection "
+                        f"closed (code {close_code}) before the client answered"
+                    )
+                )
+
+
+#: Prefix of the correlation ids of the server's requests to clients (clients
+#: number their own requests otherwise).
+SERVER_ID_PREFIX: Final = "srv-"
+_request_ids = itertools.count(1)
+#: ``Receiver.pending`` once the connection ended.
+_ABORTED: Final[dict[str | int, asyncio.Future[str]]] = {}
+_ANSWER_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {}
+
+
+def _answer_decoder(id_field: str) -> msgspec.json.Decoder[Any]:
+    """Reads only the correlation id of a message (skipping everything else)."""
+    decoder = _ANSWER_DECODERS.get(id_field)
+    if decoder is None:
+        answer = msgspec.defstruct(
+            "Answer", [(ID_ATTR, ID_TYPE, UNSET)], rename={ID_ATTR: id_field}
+        )
+        decoder = _ANSWER_DECODERS[id_field] = msgspec.json.Decoder(answer)
+    return decoder
+
+
+#: The error reply's ``detail`` when the handler of a request raised. It says
+#: nothing of the exception (the log has the traceback).
+HANDLER_ERROR_DETAIL: Final = "The server failed to handle this message"
 
 #: The error reply's ``detail`` when a handler hit a backend outage. It says
 #: nothing of the backend itself (its URL may hold credentials).
@@ -498,9 +725,17 @@ async def receive_loop(
     unhandled = rx.unhandled
     table = type(leaf).__pachinko_table__
     decoder = table.decoder
-    by_type = table.by_type
-    as_decoded, envelope = AS_DECODED, ENVELOPE
+    by_type = rx.by_type
+    as_decoded, envelope, raw_dict = AS_DECODED, ENVELOPE, RAW_DICT
+    reply: Any = table.reply
+    if reply is not None:
+        quick, head, comma, join = reply.quick, reply.head, b",", b"".join
+    unset = UNSET
+    decoded_request = AS_DECODED | REQUEST
+    envelope_request = ENVELOPE | REQUEST
+    raw_request = RAW_DICT | REQUEST
     decode_any = msgspec.json.decode
+    force_setattr = msgspec.structs.force_setattr
     max_size = settings.max_message_size
     # NOTE: a str of n code points is at most 4n UTF-8 bytes, so the exact
     #   byte count is only computed for messages longer than a quarter of the limit.
@@ -510,6 +745,8 @@ async def receive_loop(
     tokens = burst
     last = monotonic()
     outbox = leaf.connection.outbox
+    obs = rx.observer
+    observed = rx.observed
 
     while True:
         try:
@@ -540,11 +777,14 @@ async def receive_loop(
                 if tokens < 0.0:
                     await ws.close(CLOSE_POLICY_VIOLATION, "Message rate limit exceeded")
                     return CLOSE_POLICY_VIOLATION
+        if rx.pending and rx.take_answer(text):
+            continue  # the client's answer to a server request: no handler, no hooks
         try:
             if before:
                 for hook in before:
                     await hook(ws, text)
             payload: Any
+            handler: Any
             if decoder is not None:
                 # NOTE: msgspec raises RecursionError for deep nesting (from
                 #   ~1000 levels on 3.11), even while skipping a value: the slow
@@ -556,22 +796,76 @@ async def receive_loop(
                         payload = msg
                     elif kind == envelope:
                         payload = msg.payload
-                    else:
+                    elif kind == raw_dict:
                         payload = decode_any(text)
+                    else:
+                        # a request: below, off the plain path
+                        request, handler = handler, None
                 except _UNDECODABLE:
                     handler = None
+                    kind = 0
                 if handler is not None:
                     await handler(leaf, ws, payload)
                     if after:
                         for hook in after:
                             await hook(ws, text)
                     continue
+                if kind & REQUEST:
+                    # PERF: inline, no coroutine of its own (bench_dispatch.py, replies row)
+                    rid = msg.pachinko_id
+                    if kind == decoded_request:
+                        payload = msg
+                        if rid is not unset:
+                            # the id is the message's, not the payload's: re-encoding
+                            # the handler's Struct never carries it on
+                            msg.pachinko_id = unset
+                    elif kind == envelope_request:
+                        payload = msg.payload
+                    elif kind == raw_request:
+                        payload = decode_any(text)
+                    else:  # a frozen Struct
+                        payload = msg
+                        if rid is not unset:
+                            force_setattr(msg, ID_ATTR, unset)
+                    frame = None
+                    try:
+                        result = await request(leaf, ws, payload)
+                        if result is not None:
+                            if type(result) in quick and rid is not unset:
+                                frame = join(
+                                    (head, encode(rid), comma, encode(result)[1:])
+                                ).decode()
+                            else:
+                                frame = reply(result, rid)
+                    except WebSocketDisconnected:
+                        raise
+                    except Exception as exc:
+                        if rid is unset:
+                            raise
+                        code = await rx.request_failed(ws, text, exc, rid)
+                        if code is not None:
+                            return code
+                    if frame is not None:
+                        await ws.send_text(frame)
+                    if after:
+                        for hook in after:
+                            await hook(ws, text)
+                    continue
             outcome = table.dispatch_slow(text)
             if isinstance(outcome, MessageError):
+                if obs is not None:
+                    obs.error_reply(observed, outcome.reason)
                 await unhandled(ws, outcome)
                 continue
-            handler, payload = outcome
-            await handler(leaf, ws, payload)
+            handler, payload, rid = outcome
+            if rid is not None:
+                code = await rx.run_request(ws, handler, payload, rid, text)
+                if code is not None:
+                    return code
+            elif obs is None:
+                await handler(leaf, ws, payload)
+            else:
+                await obs.handle(observed, handler, handler, leaf, ws, payload)
             for hook in after:
                 await hook(ws, text)
         except WebSocketDisconnected:

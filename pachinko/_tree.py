@@ -29,6 +29,8 @@ class Received:
         handler: The handler (the class attribute).
         payload: The payload Struct, or ``None``.
         strict: Whether unknown fields are refused.
+        reply: The reply type when the handler declares one (a request), or
+            ``None``.
     """
 
     tag: str
@@ -36,6 +38,7 @@ class Received:
     handler: Callable[..., Any]
     payload: Any
     strict: bool
+    reply: Any = None
 
 
 @attrs.frozen
@@ -128,7 +131,9 @@ def sent(cls: type | None) -> tuple[Sent, ...]:
 
 def _received(cls: type, tag: str, spec: Any) -> Received:
     method = spec.method_name
-    return Received(tag, method, getattr(cls, method), spec.payload_type, spec.strict)
+    return Received(
+        tag, method, getattr(cls, method), spec.payload_type, spec.strict, spec.reply_type
+    )
 
 
 def _view(path: str, info: RouteInfo, children: tuple[RouteView, ...] = ()) -> RouteView:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ._serve import Mount
 from .errors import ConfigError, PachinkoError, RouteError
 from .manager import WebSocketConnectionManager
+from .observe import Observer, Observers
 from .router import WebSocketRouter
 from .settings import Settings
 from .workers import WorkerController, shutdown_server
@@ -99,6 +100,8 @@ class Runtime:
         """Start the backend, create services, start workers (ASGI lifespan startup)."""
         _check_service_names(self.service_factories)
         await self.manager.start()
+        if self.manager.observer is not None:
+            self.manager.observer.started(self.manager)
         try:
             for name, factory in self.service_factories.items():
                 service = factory()
@@ -173,6 +176,8 @@ class Runtime:
                     await self._close_services()
                 finally:
                     await self.manager.close()
+                    if self.manager.observer is not None:
+                        self.manager.observer.stopped(self.manager)
         self._closed_connections = False
 
 
@@ -236,6 +241,8 @@ def install(
     services: Mapping[str, Callable[[], Any]] | None = None,
     on_worker_crash: Callable[[str, BaseException], Any] | None = None,
     rooms: Mapping[str, RoomPolicy] | RoomPolicies | None = None,
+    metrics: Observer | None = None,
+    tracing: Observer | None = None,
 ) -> WebSocketConnectionManager:
     """Install pachinko on a Falcon ASGI app; return its connection manager.
 
@@ -258,6 +265,9 @@ def install(
         rooms: Room policies by room name or pattern (``"auction:*"``):
             history kept for recovery, ... (see :class:`~pachinko.RoomPolicy`
             and docs/connections.md).
+        metrics: A :class:`pachinko.metrics.Metrics` (its ``/metrics`` route
+            is added to ``app``), or any :class:`~pachinko.observe.Observer`.
+        tracing: A :class:`pachinko.tracing.Tracing`, or any observer.
 
     Raises:
         ConfigError: Already installed with different options, or a
@@ -273,10 +283,12 @@ def install(
             or services
             or on_worker_crash
             or rooms is not None
+            or metrics is not None
+            or tracing is not None
         ):
             raise ConfigError(
                 "install(): pachinko is already installed on this app; pass settings, backend, "
-                "workers, services and rooms to the first install() call"
+                "workers, services, rooms, metrics and tracing to the first install() call"
             )
         return existing.manager
     settings = settings or Settings()
@@ -285,6 +297,14 @@ def install(
     if settings.receive_queue is not None:
         app.ws_options.max_receive_queue = settings.receive_queue
     app.add_middleware(_Lifespan(runtime))
+    observers = [obs for obs in (tracing, metrics) if obs is not None]
+    if observers:
+        # NOTE: tracing first: its span around a handler contains the
+        #   metrics' timing of it.
+        observer = observers[0] if len(observers) == 1 else Observers(observers)
+        manager.observe(observer)
+        runtime.workers.observer = observer
+        observer.installed(app)
     return manager
 
 

@@ -4,9 +4,11 @@ One channel per route (its address is the full path, mount prefix included;
 template fields become channel parameters). Messages come from the resource
 classes: what a resource handles is the application's ``receive`` operation
 (client → server), its ``sends`` are the ``send`` operation (server →
-client). Payload schemas are msgspec's JSON Schema
-(:func:`msgspec.json.schema_components`), adjusted to the JSON Schema draft 07
-dialect that AsyncAPI 3.0 schemas use.
+client). A message type whose handler declares a reply is a request: an
+operation of its own with an AsyncAPI 3.0 ``reply`` (the reply message), and
+both messages name their correlation id (``correlationId``). Payload schemas
+are msgspec's JSON Schema (:func:`msgspec.json.schema_components`),
+adjusted to the JSON Schema draft 07 dialect that AsyncAPI 3.0 schemas use.
 
 Usable without TOML::
 
@@ -225,21 +227,47 @@ class _Builder:
         messages: dict[str, Any] = {}
         receive: list[dict[str, str]] = []
         send: list[dict[str, str]] = []
+        requests: list[tuple[str, str, str]] = []
         if cls is not None and hasattr(cls, "message_types"):
             tag_field: str = getattr(cls, "tag_field", "type")
             wire: str = getattr(cls, "wire", "flat")
+            id_field: str = getattr(cls, "id_field", "id")
             for received in route.received:
                 tag = received.tag
+                reply_type = received.reply
                 msg_id = self._unique(messages, _key(f"receive.{tag}"))
+                payload = self._inbound(
+                    received.payload,
+                    tag,
+                    tag_field,
+                    wire,
+                    received.strict,
+                    None if reply_type is None else id_field,
+                )
+                if reply_type is not None:
+                    payload["correlationId"] = _correlation(id_field)
                 ref = self._message(
                     f"{cls.__qualname__}.receive.{tag}",
                     tag,
-                    self._inbound(received.payload, tag, tag_field, wire, received.strict),
+                    payload,
                     f"Client → server `{tag}`, handled by `{qualified_name(received.handler)}`.",
                     _description(received.payload),
                 )
                 messages[msg_id] = ref
-                receive.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
+                if reply_type is None:
+                    receive.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
+                    continue
+                reply_id = self._unique(messages, _key(f"reply.{tag}"))
+                reply_tag = _tag_of(reply_type) or f"{tag} reply"
+                messages[reply_id] = self._message(
+                    f"{cls.__qualname__}.reply.{tag}",
+                    reply_tag,
+                    self._reply(reply_type, tag_field, wire, id_field),
+                    f"Server → client reply to `{tag}`: the handler's return value, with the "
+                    f"request's `{id_field}`.",
+                    _description(reply_type),
+                )
+                requests.append((tag, msg_id, reply_id))
             for sent in route.sent:
                 tp = sent.payload
                 tag = sent.tag or str(getattr(tp, "__name__", "message"))
@@ -260,6 +288,18 @@ class _Builder:
                 send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
         channel["messages"] = messages
         self.channels[channel_id] = channel
+        for tag, msg_id, reply_id in requests:
+            key = self._unique(self.operations, _key(f"{channel_id}.request.{tag}"))
+            self.operations[key] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{channel_id}"},
+                "summary": f"Request `{tag}`: the server answers with a reply",
+                "messages": [{"$ref": f"#/channels/{channel_id}/messages/{msg_id}"}],
+                "reply": {
+                    "channel": {"$ref": f"#/channels/{channel_id}"},
+                    "messages": [{"$ref": f"#/channels/{channel_id}/messages/{reply_id}"}],
+                },
+            }
         for action, refs in (("receive", receive), ("send", send)):
             if refs:
                 self.operations[self._unique(self.operations, f"{channel_id}.{action}")] = {
@@ -357,6 +397,25 @@ class _Builder:
             }
         return {"$ref": f"#/components/messages/{key}"}
 
+    def _reply(self, tp: Any, tag_field: str, wire: str, id_field: str) -> dict[str, Any]:
+        """The ``payload`` entry of a reply: what ``send()`` writes, plus the id."""
+        tag = _tag_of(tp)
+        if wire == "envelope" and tag is not None:
+            payload = self._outbound(Sent(tp, tag), tag_field, wire)
+            _add_id(payload["payload"], id_field, "the request's")  # next to the tag
+        else:
+            # NOTE: the reply's schema inlined, with the id (an allOf of a closed
+            #   schema and the id would accept no reply at all).
+            payload = {}
+            self._use(
+                tp,
+                payload,
+                "payload",
+                transform=lambda schema, components: _with_id(schema, components, id_field),
+            )
+        payload["correlationId"] = _correlation(id_field)
+        return payload
+
     def _inbound(
         self,
         payload_type: Any,
@@ -364,8 +423,9 @@ class _Builder:
         tag_field: str,
         wire: str,
         strict: bool,
+        id_field: str | None = None,
     ) -> dict[str, Any]:
-        """The ``payload`` entry of a client → server message."""
+        """The ``payload`` entry of a client → server message (a request: with ``id_field``)."""
         tag_schema = {"type": "string", "const": tag}
         if wire == "envelope":
             properties: dict[str, Any] = {tag_field: tag_schema, "payload": {}}
@@ -379,15 +439,18 @@ class _Builder:
                 self._use(payload_type, properties, "payload")
             if strict:
                 envelope["additionalProperties"] = False
+            if id_field is not None:
+                _add_id(envelope, id_field, _REQUEST_ID)
             return {"payload": envelope}
         if payload_type is None:
-            return {
-                "payload": {
-                    "type": "object",
-                    "properties": {tag_field: tag_schema},
-                    "required": [tag_field],
-                }
+            untyped: dict[str, Any] = {
+                "type": "object",
+                "properties": {tag_field: tag_schema},
+                "required": [tag_field],
             }
+            if id_field is not None:
+                _add_id(untyped, id_field, _REQUEST_ID)
+            return {"payload": untyped}
         # NOTE: flat messages are the Struct's fields next to the tag field, with
         #   the handler's strictness: the schema is inlined (its nested types stay
         #   references), since an allOf of a closed schema and the tag would
@@ -398,7 +461,7 @@ class _Builder:
             holder,
             "payload",
             transform=lambda schema, components: _flat(
-                schema, components, tag_field, tag_schema, strict
+                schema, components, tag_field, tag_schema, strict, id_field
             ),
         )
         return holder
@@ -417,8 +480,9 @@ def _flat(
     tag_field: str,
     tag_schema: dict[str, Any],
     strict: bool,
+    id_field: str | None = None,
 ) -> dict[str, Any]:
-    """A flat message: the Struct's schema with the tag field, inlined."""
+    """A flat message: the Struct's schema with the tag field (and the id), inlined."""
     target = ref.get("$ref", "")
     base = schemas.get(target[len(_SCHEMAS) :], {}) if target.startswith(_SCHEMAS) else ref
     base = copy.deepcopy(base)  # NOTE: shared objects would become YAML anchors
@@ -433,6 +497,42 @@ def _flat(
         schema["additionalProperties"] = False
     else:
         schema.pop("additionalProperties", None)
+    if id_field is not None:
+        _add_id(schema, id_field, _REQUEST_ID)
+    return schema
+
+
+_REQUEST_ID: Final = "the reply carries it"
+
+
+def _tag_of(tp: Any) -> str | None:
+    tag = getattr(getattr(tp, "__struct_config__", None), "tag", None)
+    return tag if isinstance(tag, str) else None
+
+
+def _correlation(id_field: str) -> dict[str, str]:
+    return {
+        "description": f"The correlation id: the request's `{id_field}`, echoed by its reply.",
+        "location": f"$message.payload#/{id_field}",
+    }
+
+
+def _add_id(schema: dict[str, Any], id_field: str, note: str) -> None:
+    """Add the optional correlation id property to an object schema (in place)."""
+    properties = schema.setdefault("properties", {})
+    properties[id_field] = {
+        "type": ["string", "integer"],
+        "description": f"Optional correlation id ({note}).",
+    }
+
+
+def _with_id(ref: dict[str, Any], schemas: dict[str, Any], id_field: str) -> dict[str, Any]:
+    """A reply's schema, inlined, with the correlation id property."""
+    target = ref.get("$ref", "")
+    base = schemas.get(target[len(_SCHEMAS) :], {}) if target.startswith(_SCHEMAS) else ref
+    schema = copy.deepcopy(base)  # NOTE: shared objects would become YAML anchors
+    if schema.get("type") == "object" or "properties" in schema:
+        _add_id(schema, id_field, "the request's")
     return schema
 
 

@@ -13,7 +13,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import urlsplit
@@ -225,6 +226,24 @@ def main() -> None:
     "replaces pachinko's.",
 )
 @click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="text: uvicorn's format; json: one JSON object per line. Lines about a "
+    "connection name its id, route and user either way.",
+)
+@click.option(
+    "--metrics",
+    "metrics",
+    is_flag=False,
+    flag_value="/metrics",
+    default=None,
+    metavar="[PATH]",
+    help="Serve Prometheus metrics at PATH (default /metrics; overrides [app] metrics). "
+    "Needs pachinko[metrics]; with --workers N every process answers for all.",
+)
+@click.option(
     "--forwarded-allow-ips",
     default=None,
     metavar="IPS",
@@ -242,6 +261,8 @@ def serve(
     reload: bool,
     log_level: str,
     log_config: str | None,
+    log_format: str,
+    metrics: str | None,
     forwarded_allow_ips: str | None,
     root_path: str,
 ) -> None:
@@ -275,7 +296,18 @@ def serve(
         )
     if workers > 1 and reload:
         _fail("Error: --reload runs one process; it cannot be combined with --workers > 1", 2)
-    logging_config = log_config or default_log_config(log_level)
+    if metrics is not None and not metrics.startswith("/"):
+        _fail(f"Error: --metrics expects a path starting with '/', got {metrics!r}", 2)
+    metrics = metrics or compiled.loaded.app.metrics
+    if metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            _fail(
+                "Error: metrics need the module 'prometheus_client', which is not installed: "
+                "install the metrics extra with pip install 'pachinko[metrics]'"
+            )
+    logging_config = log_config or default_log_config(log_level, log_format)
     configure_logging(logging_config, log_level)  # the app may log while it is built
     options = uvicorn_options(
         settings,
@@ -293,26 +325,59 @@ def serve(
         f"backend {scheme or 'memory'}://, max message {settings.max_message_size} bytes",
         err=True,
     )
+    if metrics is not None:
+        click.echo(f"pachinko: metrics at {metrics}", err=True)
     if workers == 1 and not reload:
         from .config import create_app
 
         try:
-            app: Any = create_app(config)
+            app: Any = create_app(config, metrics=metrics or "")
         except PachinkoError as ex:
             _fail(str(ex))
         _run(serve_with_uvicorn, app, options)
         return
     # NOTE: several processes (or the reloader's child) import the app: they
     #   build it from the file named in the environment.
-    from .config._env import ASGI_APP, CONFIG_ENV, RELOAD_ENV
+    from .config._env import ASGI_APP, CONFIG_ENV, METRICS_ENV, RELOAD_ENV
 
     os.environ[CONFIG_ENV] = str(Path(config).resolve())
+    if metrics is not None:
+        os.environ[METRICS_ENV] = metrics
     if reload:
         os.environ[RELOAD_ENV] = "1"  # TOML edits are swapped in without a restart
         options.update(reload=True, reload_dirs=[str(Path(config).resolve().parent)])
-    else:
-        options["workers"] = workers
-    _run(serve_with_uvicorn, ASGI_APP, options)
+        _run(serve_with_uvicorn, ASGI_APP, options)
+        return
+    options["workers"] = workers
+    with _multiprocess_metrics(metrics is not None):
+        _run(serve_with_uvicorn, ASGI_APP, options)
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics(enabled: bool) -> Iterator[None]:
+    """prometheus-client's multiprocess directory for the worker processes.
+
+    ``$PROMETHEUS_MULTIPROC_DIR`` if set (created if missing, emptied of a
+    previous run's files), else a temporary directory removed at exit. Set
+    before uvicorn starts the processes: prometheus-client reads it when it
+    is imported.
+    """
+    if not enabled:
+        yield
+        return
+    from .metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        prepare_multiprocess_dir(given)
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="pachinko-metrics-") as directory:
+        os.environ[MULTIPROC_ENV] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_ENV]
 
 
 def _run(runner: Any, app: Any, options: dict[str, Any]) -> None:

@@ -50,6 +50,8 @@ class Connection:
             and a counter (``"9f2c41d0e8a7b3c6.1a"``).
         ws: The Falcon WebSocket.
         path: The request path below the mount prefix.
+        route: The matched route's template, mount prefix included
+            (``"/ws/rooms/{room}"``): what metrics and logs name it by.
         params: Values of the route template's fields.
         resource: The resource that handles this connection's messages.
         user_id: The user this connection belongs to, if the app set one.
@@ -61,6 +63,8 @@ class Connection:
         outbox: The outgoing queue (owned by the manager).
         mount: The mount (what :func:`~pachinko.mount` returns) that served the handshake
             (``None`` in the in-memory test harness).
+        receiver: The receive loop's dispatch (it keeps the server's requests
+            awaiting an answer); ``None`` until the connection is accepted.
     """
 
     __slots__ = (
@@ -71,8 +75,10 @@ class Connection:
         "outbox",
         "params",
         "path",
+        "receiver",
         "resource",
         "rooms",
+        "route",
         "state",
         "ws",
     )
@@ -89,6 +95,7 @@ class Connection:
         self.ws = ws
         self.path = path
         self.params = params
+        self.route = ""
         self.manager = manager
         # NOTE: Any: the resource is the app's own subclass (and this floor
         #   does not import the resource module).
@@ -101,6 +108,8 @@ class Connection:
         self.state: MutableMapping[str, Any] = {}
         self.outbox: Any = None
         self.mount: UrlBuilder | None = None
+        # NOTE: Any: the serve loop's Receiver (a floor above this one).
+        self.receiver: Any = None
 
     @property
     def user_id(self) -> str | None:

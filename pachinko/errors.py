@@ -15,6 +15,8 @@ __all__ = [
     "HandlerDefinitionError",
     "PachinkoError",
     "Refuse",
+    "RequestAborted",
+    "RequestTimeout",
     "RouteError",
     "WorkerError",
 ]
@@ -48,6 +50,14 @@ class ConfigError(PachinkoError, ValueError):
 
 class BackendUnavailable(PachinkoError, ConnectionError):
     """Raised when the connection backend (e.g. Redis) cannot be reached."""
+
+
+class RequestTimeout(PachinkoError, TimeoutError):
+    """Raised by ``resource.request()`` when the client's answer did not come in time."""
+
+
+class RequestAborted(PachinkoError, ConnectionError):
+    """Raised by ``resource.request()`` when the connection closed before the answer came."""
 
 
 class WorkerError(PachinkoError, RuntimeError):

@@ -33,6 +33,7 @@ from .rooms import Position, Recovery, RoomPolicies, RoomPolicy
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .observe import Observer
     from .settings import Settings
 
 __all__ = ["Delivery", "WebSocketConnectionManager"]
@@ -228,6 +229,10 @@ class WebSocketConnectionManager:
         self._position_key = ""
         # Connections recovering a room: room → id → frames held meanwhile.
         self._holding: dict[str, dict[str, _Holder]] = {}
+        # Connections that recovered a room from a backend that echoes history
+        # (Redis): room → id → (epoch, last offset replayed). Live frames up to
+        # that offset may still come in on the subscription: they are skipped.
+        self._floors: dict[str, dict[str, tuple[str, int]]] = {}
         self._epoch = secrets.token_hex(6)  # the next new history's epoch
         self.set_room_policies(rooms)
         self._node_id = secrets.token_hex(8)
@@ -239,6 +244,19 @@ class WebSocketConnectionManager:
         self._busy: set[Outbox] = set()
         self._on_dead = self._evict  # one bound method for every outbox
         self._watchdog: asyncio.Task[None] | None = None
+        #: Sees connections, messages and deliveries (metrics, tracing); see
+        #: :meth:`observe`. ``None``: nothing is observed (and nothing costs).
+        self.observer: Observer | None = None
+
+    def observe(self, observer: Observer | None) -> None:
+        """Report to ``observer`` from now on (``install(metrics=..., tracing=...)``)."""
+        self.observer = observer
+        self.backend.observer = observer
+
+    def outbox_stats(self) -> tuple[int, int]:
+        """Connections with a send under way, and the frames queued behind them."""
+        busy = list(self._busy)
+        return len(busy), sum(len(outbox.queue) for outbox in busy)
 
     def set_room_policies(self, rooms: Mapping[str, RoomPolicy] | RoomPolicies | None) -> None:
         """Replace the room policies (``install(rooms=...)`` sets them).
@@ -403,6 +421,7 @@ class WebSocketConnectionManager:
                 held = holding.get(room)
                 if held is not None and held.pop(cid, None) is not None and not held:
                     del holding[room]
+            self._drop_floor(room, cid)
         user = conn.user_id
         if user is not None:
             conns = self._users.get(user)
@@ -413,6 +432,8 @@ class WebSocketConnectionManager:
         # The outbox died (send failed, slow consumer): no more deliveries. The
         # backend learns it in disconnect(), when the connection's loop ends.
         self._unindex(conn)
+        if self.observer is not None:
+            self.observer.evicted(conn, getattr(conn.outbox, "closed_with", None) is not None)
 
     async def close_all(self, code: int = 1001, reason: str = "Server shutting down") -> None:
         """Close every local connection with ``code`` (shutdown: 1001).
@@ -508,6 +529,7 @@ class WebSocketConnectionManager:
         members = self._rooms.get(room)
         if members is not None and members.pop(c.id, None) is not None and not members:
             del self._rooms[room]
+        self._drop_floor(room, c.id)
         await self.backend.leave(room, c.id, room not in self._rooms)
 
     async def members(self, room: str) -> set[str]:
@@ -680,6 +702,10 @@ class WebSocketConnectionManager:
             delivered += ticket.delivered
             failed += ticket.failed
             queued -= ticket.delivered + ticket.failed
+        if self.observer is not None:
+            self.observer.sent(
+                "local", len(targets), delivered + queued, counts[DROPPED], failed, remote
+            )
         return Delivery(len(targets), delivered, queued, counts[DROPPED], failed, remote)
 
     # -- room history ---------------------------------------------------------------------
@@ -804,7 +830,37 @@ class WebSocketConnectionManager:
             if members is None:
                 members = self._rooms[room] = {}
             members[c.id] = c
+            if backend.history_echo and read.epoch is not None:
+                # NOTE: the subscription and the history read are two Redis
+                #   connections: a broadcast published after the SUBSCRIBE but
+                #   before the read is in the replay and may reach the listener
+                #   only now. It is skipped up to the offset replayed; the
+                #   subscription keeps publish order, so the first newer frame
+                #   retires the floor.
+                self._floors.setdefault(room, {})[c.id] = (read.epoch, upto)
         return outcome
+
+    def _drop_floor(self, room: str, cid: str) -> None:
+        floors = self._floors.get(room)
+        if floors is not None and floors.pop(cid, None) is not None and not floors:
+            del self._floors[room]
+
+    def _past_floors(
+        self, room: str, position: Position, exclude: Collection[str]
+    ) -> Collection[str]:
+        """``exclude`` plus the recovered members that already have ``position``."""
+        floors = self._floors.get(room)
+        if not floors:
+            return exclude
+        skip = set(exclude)
+        for cid, (epoch, upto) in list(floors.items()):
+            if epoch == position.epoch and position.offset <= upto:
+                skip.add(cid)
+            else:
+                del floors[cid]
+        if not floors:
+            del self._floors[room]
+        return skip
 
     def _unhold(self, room: str, c: Connection) -> None:
         held = self._holding.get(room)
@@ -816,6 +872,8 @@ class WebSocketConnectionManager:
     ) -> Recovery:
         if notify:
             fan_out((c,), encode(outcome.to_message(tag_field, wire)).decode(), None)
+        if self.observer is not None:
+            self.observer.recovery(c, outcome.recovered)
         return outcome
 
     async def history(
@@ -880,11 +938,13 @@ class WebSocketConnectionManager:
     ) -> None:
         """Write a frame from another process to the local members of ``room``."""
         members = self._rooms.get(room)
+        if position is not None and self._floors:
+            exclude = self._past_floors(room, position, exclude)
         if members:
             if exclude:
-                fan_out([c for cid, c in members.items() if cid not in exclude], text, None)
+                self._deliver([c for cid, c in members.items() if cid not in exclude], text)
             else:
-                fan_out(list(members.values()), text, None)
+                self._deliver(list(members.values()), text)
         if position is not None and self._holding:
             self._hold(room, position, text, exclude)
 
@@ -892,14 +952,20 @@ class WebSocketConnectionManager:
         """Write a frame from another process to the local connections of a user."""
         conns = self._users.get(user_id)
         if conns:
-            fan_out(list(conns.values()), text, None)
+            self._deliver(list(conns.values()), text)
 
     def deliver_connection(self, conn_id: str, text: str | bytes) -> None:
         """Write a frame from another process to one local connection."""
         conn = self._connections.get(conn_id)
         if conn is not None:
-            fan_out((conn,), text, None)
+            self._deliver((conn,), text)
 
     def deliver_all(self, text: str | bytes, exclude: Collection[str]) -> None:
         """Write a frame from another process to every local connection."""
-        fan_out([c for cid, c in self._connections.items() if cid not in exclude], text, None)
+        self._deliver([c for cid, c in self._connections.items() if cid not in exclude], text)
+
+    def _deliver(self, targets: Collection[Connection], text: str | bytes) -> None:
+        counts = fan_out(targets, text, None)
+        if self.observer is not None:
+            delivered = counts[SENT] + counts[QUEUED]
+            self.observer.sent("remote", len(targets), delivered, counts[DROPPED], counts[DEAD], 0)

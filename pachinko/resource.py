@@ -67,12 +67,15 @@ class WebSocketResource:
         wire: ``"flat"`` (``{"type": "join", "room": "a"}``) or
             ``"envelope"`` (``{"type": "join", "payload": {"room": "a"}}``).
         tag_field: Name of the field holding the message type.
+        id_field: Name of the field holding a correlation id (requests,
+            their replies and error replies, and :meth:`request`).
         sends: Server-to-client message types (documentation, AsyncAPI).
     """
 
     schema: ClassVar[Any] = None
     wire: ClassVar[str] = "flat"
     tag_field: ClassVar[str] = "type"
+    id_field: ClassVar[str] = "id"
     sends: ClassVar[tuple[type, ...]] = ()
     __pachinko_table__: ClassVar[DispatchTable]
     # Set by _pachinko_bind() when the router builds the resource for a handshake.
@@ -110,11 +113,11 @@ class WebSocketResource:
 
         The default sends the error reply ``{"type": "error", "reason": ...,
         "detail": ..., "path": ...}`` (for ``wire = "envelope"``: ``{"type":
-        "error", "payload": {"reason": ...}}``), unless
-        ``Settings.error_replies`` is off. Override to log, count or answer
-        differently.
+        "error", "payload": {"reason": ...}}``), with the message's correlation
+        id (``error.id``) if it carried one, unless ``Settings.error_replies``
+        is off. Override to log, count or answer differently.
         """
-        await ws.send_text(encode_text(error.to_message(self.tag_field, self.wire)))
+        await ws.send_text(encode_text(error.to_message(self.tag_field, self.wire, self.id_field)))
 
     def get_child_context(self) -> dict[str, Any]:
         """Return keyword arguments for the nested child resource.
@@ -227,6 +230,39 @@ class WebSocketResource:
         except AttributeError:
             send_text = self.connection.ws.send_text  # raises the "not bound" error
         return send_text(text)
+
+    async def request(self, message: Any, *, timeout: float = 10.0) -> Any:
+        """Send ``message`` to this connection's client and return its answer.
+
+        The message (a Struct or a dict, in this resource's wire shape) gets
+        a correlation id chosen by the server (``"srv-1"``, ``"srv-2"`` ...)
+        in :attr:`id_field`; the client's next message carrying that id is
+        the answer, returned decoded from JSON (a dict). It goes to no
+        handler and no hook.
+
+        Await it from anywhere but a handler of this same connection (whose
+        receive loop is busy with that handler and would never read the
+        answer): another connection's handler, a worker, or a task.
+
+        Args:
+            message: The request, a :class:`msgspec.Struct` or a dict.
+            timeout: Seconds to wait for the answer.
+
+        Raises:
+            RequestTimeout: No answer within ``timeout`` seconds.
+            RequestAborted: The connection closed before the answer came.
+            PachinkoError: Awaited by a handler of this same connection, or
+                the connection has no receive loop (a test probe).
+            TypeError: ``message`` is not a Struct or a dict, or has a field
+                named :attr:`id_field` itself.
+        """
+        receiver = self.connection.receiver
+        if receiver is None:
+            raise PachinkoError(
+                f"{type(self).__qualname__}.request(): this connection has no receive loop "
+                "to read the answer (it is not accepted yet, or it is a test probe)"
+            )
+        return await receiver.request(message, timeout)
 
     async def join_room(
         self, room: str, *, since: str | None = None, last: int | None = None

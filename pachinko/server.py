@@ -59,11 +59,14 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when the app cannot start
 
 logger = logging.getLogger("pachinko.server")
 
+#: The formats of :func:`log_config` (``pachinko serve --log-format``).
+LOG_FORMATS: Final = ("text", "json")
+
 #: uvicorn's level names (its ``--log-level``), ``trace`` included.
 LOG_LEVELS: Final[dict[str, int]] = dict(uvicorn.config.LOG_LEVELS)
 
 
-def log_config(level: str = "info") -> dict[str, Any]:
+def log_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
     """The logging configuration of ``pachinko serve`` (``logging.config.dictConfig``).
 
     uvicorn's own configuration (its loggers, levels and formats unchanged),
@@ -71,10 +74,19 @@ def log_config(level: str = "info") -> dict[str, Any]:
     ``pachinko.config``, ``pachinko.workers`` ...) and the application's own
     loggers are shown too, at ``level`` and above, in uvicorn's format with
     the logger's name: ``INFO:     pachinko.config: reloaded routes.toml ...``.
+    A line logged while serving a connection ends with it:
+    `` [connection 9f2c.1a /ws/rooms/{room} user=ada]`` (see :mod:`pachinko.logs`).
 
     Args:
         level: One of uvicorn's levels (``critical`` ... ``debug``, ``trace``).
+        fmt: ``text`` (uvicorn's format) or ``json`` (one JSON object per
+            line, uvicorn's lines included: :class:`pachinko.logs.JsonFormatter`).
+
+    Raises:
+        ValueError: ``fmt`` is neither.
     """
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log_config(): fmt must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
     # NOTE: the formatters are chosen here only: another output format (JSON
     #   lines, say) is another formatter for the "default" and "named" handlers.
     config: dict[str, Any] = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
@@ -83,11 +95,19 @@ def log_config(level: str = "info") -> dict[str, Any]:
         "fmt": "%(levelprefix)s %(name)s: %(message)s",
         "use_colors": None,
     }
+    for formatter in ("default", "named"):  # uvicorn's lines and everyone else's
+        config["formatters"][formatter]["fmt"] += "%(connection)s"
     config["handlers"]["named"] = {
         "formatter": "named",
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
     }
+    config["filters"] = {"connection": {"()": "pachinko.logs.ConnectionFilter"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["connection"]
+    if fmt == "json":
+        for name in list(config["formatters"]):
+            config["formatters"][name] = {"()": "pachinko.logs.JsonFormatter"}
     config["root"] = {"handlers": ["named"], "level": LOG_LEVELS[level.lower()]}
     # watchfiles logs every change it sees at INFO; the reload line says what changed.
     config["loggers"]["watchfiles"] = {"level": "WARNING"}

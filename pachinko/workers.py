@@ -24,12 +24,15 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, overload
 
 import attrs
 import msgspec
 
 from .errors import WorkerError
+
+if TYPE_CHECKING:
+    from .observe import Observer
 
 __all__ = ["RestartPolicy", "WorkerController", "shutdown_server", "worker"]
 
@@ -199,6 +202,8 @@ class WorkerController:
         self._clock = clock
         self._sleep = sleep
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Told of every crash (metrics); set by the app's runtime.
+        self.observer: Observer | None = None
         # Tasks that ignored cancellation: still referenced so they are not
         # garbage-collected mid-run.
         self._abandoned: set[asyncio.Task[None]] = set()
@@ -323,9 +328,13 @@ class WorkerController:
             if policy is not None:
                 crashes = [t for t in crashes if now - t < policy.window]
             if policy is None or len(crashes) >= policy.max_restarts:
+                if self.observer is not None:
+                    self.observer.worker_crashed(spec.name, False)
                 self._crashed(spec, error, len(crashes), startup)
                 return
             crashes.append(now)
+            if self.observer is not None:
+                self.observer.worker_crashed(spec.name, True)
             delay = policy.delay(len(crashes))
             logger.warning(
                 "worker %r crashed (%r); restart %d of %d in %.2f s",

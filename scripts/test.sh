@@ -76,6 +76,12 @@ echo "== ruff"
 "$venv/bin/ruff" format --check pachinko tests benchmarks examples
 echo "== mypy (strict)"
 "$venv/bin/mypy"
+# Functions a reader must be able to follow: grade C or better (radon) for the
+# config compiler and the dispatch builder (the receive loop's shape is kept
+# for its measured per-message cost, see its PERF notes).
+echo "== radon (complexity C or better)"
+complex=$("$venv/bin/radon" cc -n D -s pachinko/config pachinko/_dispatch_build.py)
+if [ -n "$complex" ]; then echo "$complex"; echo "functions above grade C" >&2; exit 1; fi
 echo "== pytest ($("$venv/bin/python" --version))"
 "$venv/bin/python" -m pytest "$@"
 

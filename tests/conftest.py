@@ -1,40 +1,20 @@
-"""Shared fixtures: build real Falcon apps and talk to them in-process."""
+"""Fixtures shared by the test modules (helpers live in ``tests/helpers.py``)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
+import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import falcon.asgi
 import falcon.testing
 import pytest
-from falcon.errors import WebSocketDisconnected
 
-import pachinko
-
-# Close codes, spelled out: the tests check that the right value is used.
-NORMAL = 1000
-GOING_AWAY = 1001
-UNSUPPORTED_DATA = 1003
-POLICY_VIOLATION = 1008
-TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-TRY_AGAIN_LATER = 1013
-FORBIDDEN = 3403
-NOT_FOUND = 3404
-
-RECEIVE_TIMEOUT = 5.0
-
-
-def make_app(
-    router: pachinko.WebSocketRouter, prefix: str = "/ws", **install_options: Any
-) -> falcon.asgi.App:
-    """A plain Falcon app with ``router`` mounted under ``prefix``."""
-    app = falcon.asgi.App()
-    pachinko.mount(app, prefix, router, **install_options)
-    return app
+from pachinko.backends import InProcessBackend
+from pachinko.backends.redis import RedisBackend
+from tests.helpers import BackendFactory
+from tests.redis_server import RedisServer, private_redis, unique_prefix
 
 
 @pytest.fixture
@@ -53,30 +33,37 @@ async def conductor_for() -> AsyncIterator[Callable[[falcon.asgi.App], Any]]:
         await conductor.__aexit__(None, None, None)
 
 
-async def recv_json(ws: Any, timeout: float = RECEIVE_TIMEOUT) -> Any:
-    """Receive one text message and decode it, or fail after ``timeout``."""
-    return json.loads(await asyncio.wait_for(ws.receive_text(), timeout))
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A private redis-server the test may stop and restart (skipped if missing)."""
+    async with private_redis(tmp_path) as server:
+        yield server
 
 
-async def expect_close(ws: Any, timeout: float = RECEIVE_TIMEOUT) -> int | None:
-    """Wait until the server closes ``ws``; return the close code."""
-
-    async def wait() -> int | None:
-        while True:
-            try:
-                message = await ws.receive_text()
-            except WebSocketDisconnected:
-                return ws.close_code  # type: ignore[no-any-return]
-            raise AssertionError(f"expected a close, got a message: {message!r}")
-
-    return await asyncio.wait_for(wait(), timeout)
+@pytest.fixture
+async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
+    """$REDIS_URL if set, else the URL of a private redis-server."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    async with private_redis(tmp_path) as server:
+        yield server.url
 
 
-async def eventually(check: Callable[[], bool], timeout: float = RECEIVE_TIMEOUT) -> None:
-    """Poll ``check`` until it is true, or fail after ``timeout``."""
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendFactory]:
+    """A factory of fresh backends: in-process, or Redis (one prefix per test).
 
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(poll(), timeout)
+    The test runs once with each; a module that needs another shape defines
+    its own ``backend`` fixture (it takes precedence).
+    """
+    if request.param == "memory":
+        yield InProcessBackend
+        return
+    prefix = unique_prefix()
+    if os.environ.get("REDIS_URL"):
+        url = os.environ["REDIS_URL"]
+        yield lambda: RedisBackend(url, prefix=prefix, presence_ttl=2.0)
+        return
+    async with private_redis(tmp_path) as server:
+        yield lambda: RedisBackend(server.url, prefix=prefix, presence_ttl=2.0)

@@ -1,9 +1,7 @@
 """A real Redis for tests: $REDIS_URL, or a private redis-server on a free port.
 
-Import the fixtures into a test module::
-
-    from tests.redis_server import redis_server, redis_url  # noqa: F401
-
+The ``redis_server`` and ``redis_url`` fixtures (``tests/conftest.py``) are
+built on :func:`private_redis`; a test module may also use it directly.
 Without $REDIS_URL and without a ``redis-server`` binary the tests that need
 Redis are skipped with the reason, except under ``CI=true`` where they fail.
 """
@@ -14,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -22,15 +19,11 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["RedisServer", "private_redis", "redis_server", "redis_url", "unique_prefix"]
+from tests.helpers import free_port
+
+__all__ = ["RedisServer", "private_redis", "unique_prefix"]
 
 MISSING = "redis-server not found: install it (apt-get install redis-server) or set REDIS_URL"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _missing() -> None:
@@ -66,7 +59,9 @@ class RedisServer:
     def __init__(self, binary: str, directory: Path) -> None:
         self.binary = binary
         self.directory = directory
-        self.port = _free_port()
+        # NOTE: redis-server cannot report a port it picked (``--port 0``
+        #   turns TCP off), so it gets one that is free now.
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -127,23 +122,6 @@ async def private_redis(directory: Path) -> AsyncIterator[RedisServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    """A private redis-server the test may stop and restart."""
-    async with private_redis(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
-async def redis_url(tmp_path: Path) -> AsyncIterator[str]:
-    """$REDIS_URL if set, else the URL of a private redis-server."""
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-        return
-    async with private_redis(tmp_path) as server:
-        yield server.url
 
 
 def unique_prefix() -> str:

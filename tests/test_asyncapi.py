@@ -384,3 +384,131 @@ async def test_envelope_sends_are_described_as_sent() -> None:
     assert list(validator.iter_errors(sent)) == []
     flat = {"kind": "placed", "x": 3, "label": ""}  # what send() wrote before
     assert not validator.is_valid(flat)
+
+
+class Bid(msgspec.Struct, tag="bid", forbid_unknown_fields=True):
+    lot: str
+    amount: int
+
+
+class BidAccepted(msgspec.Struct, tag="bid_accepted", forbid_unknown_fields=True):
+    lot: str
+    amount: int
+
+
+class Auction(pachinko.WebSocketResource):
+    async def on_bid(self, ws: Any, bid: Bid) -> BidAccepted:
+        return BidAccepted(lot=bid.lot, amount=bid.amount)
+
+    async def on_say(self, ws: Any, payload: Say) -> None:
+        pass
+
+
+class BidBody(msgspec.Struct, forbid_unknown_fields=True):
+    lot: str
+    amount: int
+
+
+class EnvelopeAuction(pachinko.WebSocketResource):
+    wire = "envelope"
+    id_field = "rid"
+
+    @pachinko.handles_message("bid")
+    async def bid(self, ws: Any, bid: BidBody) -> BidAccepted:
+        return BidAccepted(lot=bid.lot, amount=bid.amount)
+
+    @pachinko.handles_message("stats", reply=dict)
+    async def stats(self, ws: Any, payload: Any) -> Any:
+        return {"type": "stats", "count": 1}
+
+
+def auction_router() -> pachinko.WebSocketRouter:
+    router = pachinko.WebSocketRouter()
+    router.add_route("/auction", Auction, name="auction")
+    router.add_route("/env", EnvelopeAuction, name="env")
+    return router
+
+
+def test_requests_are_operations_with_a_reply(validator: jsonschema.Draft7Validator) -> None:
+    doc = json.loads(asyncapi.dumps(asyncapi.document([("/ws", auction_router())]), "json"))
+    assert errors(validator, doc) == []
+    ops = doc["operations"]
+    request = ops["auction.request.bid"]
+    assert request["action"] == "receive"
+    assert request["messages"] == [{"$ref": "#/channels/auction/messages/receive.bid"}]
+    assert request["reply"] == {
+        "channel": {"$ref": "#/channels/auction"},
+        "messages": [{"$ref": "#/channels/auction/messages/reply.bid"}],
+    }
+    # the request is not also a plain message; the others stay in the receive operation
+    received = [resolve(doc, r["$ref"]) for r in ops["auction.receive"]["messages"]]
+    assert [resolve(doc, m["$ref"])["name"] for m in received] == ["say"]
+    bid = resolve(doc, "#/channels/auction/messages/receive.bid")
+    bid = resolve(doc, bid["$ref"])
+    assert bid["correlationId"] == {
+        "description": "The correlation id: the request's `id`, echoed by its reply.",
+        "location": "$message.payload#/id",
+    }
+    reply = resolve(doc, resolve(doc, "#/channels/auction/messages/reply.bid")["$ref"])
+    assert reply["name"] == "bid_accepted"
+    assert reply["correlationId"]["location"] == "$message.payload#/id"
+    env = ops["env.request.stats"]["reply"]["messages"]
+    assert env == [{"$ref": "#/channels/env/messages/reply.stats"}]
+    for ref in all_refs(doc):
+        resolve(doc, ref)
+
+
+@pytest.mark.parametrize(
+    ("message", "instance", "valid"),
+    [
+        ("Auction.receive.bid", {"type": "bid", "id": 7, "lot": "a", "amount": 1}, True),
+        ("Auction.receive.bid", {"type": "bid", "id": "x", "lot": "a", "amount": 1}, True),
+        ("Auction.receive.bid", {"type": "bid", "lot": "a", "amount": 1}, True),
+        ("Auction.receive.bid", {"type": "bid", "id": 1.5, "lot": "a", "amount": 1}, False),
+        ("Auction.receive.say", {"type": "say", "id": 1, "room": "a", "text": "x"}, False),
+        (
+            "Auction.reply.bid",
+            {"id": 7, "type": "bid_accepted", "lot": "a", "amount": 1},
+            True,
+        ),
+        ("Auction.reply.bid", {"type": "bid_accepted", "lot": "a", "amount": 1}, True),
+        ("Auction.reply.bid", {"id": 7, "type": "bid", "lot": "a", "amount": 1}, False),
+        (
+            "EnvelopeAuction.receive.bid",
+            {"type": "bid", "rid": 1, "payload": {"lot": "a", "amount": 1}},
+            True,
+        ),
+        (
+            "EnvelopeAuction.reply.bid",
+            {"type": "bid_accepted", "rid": 1, "payload": {"lot": "a", "amount": 1}},
+            True,
+        ),
+        ("EnvelopeAuction.reply.stats", {"type": "stats", "rid": 1, "count": 1}, True),
+    ],
+)
+def test_request_and_reply_schemas_accept_what_is_sent(
+    message: str, instance: dict[str, Any], valid: bool
+) -> None:
+    doc = json.loads(asyncapi.dumps(asyncapi.document([("/ws", auction_router())]), "json"))
+    key = next(k for k in doc["components"]["messages"] if k.endswith(message))
+    assert message_validator(doc, key).is_valid(instance) is valid
+
+
+async def test_replies_really_sent_validate_against_the_document() -> None:
+    from pachinko.testing import ResourceHarness
+
+    doc = json.loads(asyncapi.dumps(asyncapi.document([("/ws", auction_router())]), "json"))
+    for resource, request, key in (
+        (Auction, {"type": "bid", "id": 3, "lot": "a", "amount": 2}, "Auction.reply.bid"),
+        (
+            EnvelopeAuction,
+            {"type": "bid", "rid": "q", "payload": {"lot": "a", "amount": 2}},
+            "EnvelopeAuction.reply.bid",
+        ),
+    ):
+        async with ResourceHarness(resource, timeout=2.0) as harness:
+            assert await harness.connect()
+            await harness.receive(request)
+            sent = await harness.ws.receive_json()
+        full = next(k for k in doc["components"]["messages"] if k.endswith(key))
+        assert list(message_validator(doc, full).iter_errors(sent)) == [], sent

@@ -20,10 +20,8 @@ from pachinko import BackendUnavailable, MessageError, Settings, runtime_of
 from pachinko.backends.redis import RedisBackend
 from pachinko.config import create_app
 from pachinko.testing import AppClient, LiveServer
-from tests.conftest import eventually
-from tests.redis_server import RedisServer, redis_server, unique_prefix
-
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+from tests.helpers import eventually
+from tests.redis_server import RedisServer, unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "routes.example.toml"

@@ -17,9 +17,8 @@ from pachinko.backends.redis import RedisBackend
 from pachinko.manager import WebSocketConnectionManager
 from pachinko.testing import AppClient, HandshakeRefused, Probe
 from tests.apps.rooms import Rooms
-from tests.redis_server import RedisServer, redis_server, unique_prefix
-
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+from tests.helpers import eventually
+from tests.redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.redis
 
@@ -240,9 +239,9 @@ async def test_the_first_attempt_after_a_restart_reconnects(redis_server: RedisS
         async with Probe(manager, rooms=["r"], user_id="ann"):
             await manager.broadcast_to_room("r", "fill the pool")
             redis_server.stop()
-            await _wait_for(lambda: not backend.available)
+            await eventually(lambda: not backend.available, 10.0)
             await redis_server.start()  # empty, its command counts at zero
-            await _wait_for(lambda: backend.available)
+            await eventually(lambda: backend.available, 10.0)
             # each attempt resubscribes first: one SUBSCRIBE, one attempt
             async with redis.asyncio.Redis.from_url(redis_server.url) as client:
                 stats = await client.info("commandstats")
@@ -288,11 +287,3 @@ async def test_delivery_resumes_soon_after_redis_is_back(redis_server: RedisServ
             if reply["type"] == "sent" and await _received(bob, "back"):
                 break
             assert loop.time() < deadline, "delivery did not resume within 3 s"
-
-
-async def _wait_for(check: Any, timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)

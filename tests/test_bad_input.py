@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import pachinko
 from pachinko import MessageError, Settings, WebSocketResource
-from tests.conftest import (
+from tests.helpers import (
     FORBIDDEN,
     INTERNAL_ERROR,
     POLICY_VIOLATION,

@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 
 from pachinko.testing import ServerProcess
-from tests.redis_server import redis_url
-
-__all__ = ["redis_url"]  # the fixture ($REDIS_URL or a private redis-server), for pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

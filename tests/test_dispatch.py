@@ -11,7 +11,7 @@ import pytest
 
 import pachinko
 from pachinko import HandlerDefinitionError, WebSocketResource, handles_message
-from tests.conftest import make_app, recv_json
+from tests.helpers import make_app, recv_json
 
 
 class Join(msgspec.Struct, tag="join"):

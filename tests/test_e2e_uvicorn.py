@@ -6,8 +6,6 @@ free loopback port and its clients are ``websockets`` clients with timeouts.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from typing import Any
 
 import falcon.asgi
@@ -16,11 +14,11 @@ import pytest
 
 import pachinko
 from pachinko import WebSocketResource, WebSocketRouter
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.live
 
 TIMEOUT = 5.0
-DISCONNECTS: list[int] = []
 
 
 class Join(msgspec.Struct, tag="join"):
@@ -37,6 +35,7 @@ class Joined(msgspec.Struct, tag="joined"):
 
 class Chat(WebSocketResource):
     schema = Join | Say
+    disconnects: list[int]  # one list per app (see chat_app)
 
     async def on_join(self, ws: Any, payload: Join) -> None:
         await self.send(Joined(room=payload.room))
@@ -45,33 +44,24 @@ class Chat(WebSocketResource):
         await self.send({"type": "said", "text": payload.text})
 
     async def on_disconnect(self, ws: Any, close_code: int) -> None:
-        DISCONNECTS.append(close_code)
+        self.disconnects.append(close_code)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def chat_app() -> falcon.asgi.App:
-    DISCONNECTS.clear()
+def chat_app(disconnects: list[int] | None = None) -> falcon.asgi.App:
+    """The chat app; ``on_disconnect`` appends each close code to ``disconnects``."""
+    resource = type(
+        "RecordingChat", (Chat,), {"disconnects": [] if disconnects is None else disconnects}
+    )
     app = falcon.asgi.App()
     router = WebSocketRouter()
-    router.add_route("/chat", Chat)
+    router.add_route("/chat", resource)
     pachinko.mount(app, "/ws", router, settings=pachinko.Settings(max_message_size=1024))
     return app
 
 
-async def disconnects() -> list[int]:
-    async with asyncio.timeout(TIMEOUT):
-        while not DISCONNECTS:
-            await asyncio.sleep(0.01)
-    return DISCONNECTS
-
-
 async def test_conversation_over_a_real_socket(pachinko_live: Any) -> None:
-    server = await pachinko_live(chat_app())
+    disconnects: list[int] = []
+    server = await pachinko_live(chat_app(disconnects))
     async with server.websocket("/ws/chat") as ws:
         await ws.send_json({"type": "join", "room": "lobby"})
         assert await ws.expect_next(type="joined") == {"type": "joined", "room": "lobby"}
@@ -88,15 +78,16 @@ async def test_conversation_over_a_real_socket(pachinko_live: Any) -> None:
         await ws.send_json({"type": "say", "text": "still open"})
         assert await ws.expect_next() == {"type": "said", "text": "still open"}
     # client close -> on_disconnect ran, with the client's code
-    assert await disconnects() == [1000]
+    assert await eventually(lambda: disconnects, TIMEOUT) == [1000]
 
 
 async def test_oversize_message_closes_1009(pachinko_live: Any) -> None:
-    server = await pachinko_live(chat_app())
+    disconnects: list[int] = []
+    server = await pachinko_live(chat_app(disconnects))
     async with server.websocket("/ws/chat") as ws:
         await ws.send_text('{"type": "say", "text": "' + "x" * 2000 + '"}')
         assert await ws.expect_close() == 1009
-    assert await disconnects() == [1009]
+    assert await eventually(lambda: disconnects, TIMEOUT) == [1009]
 
 
 async def test_unknown_path_is_refused(pachinko_live: Any) -> None:

@@ -24,8 +24,8 @@ import pytest
 import pachinko
 from pachinko import Settings, WebSocketResource, handles_message, runtime_of
 from pachinko.testing import AppClient, LiveServer
-from tests.conftest import POLICY_VIOLATION, eventually
-from tests.test_slow_consumer import StalledClient, ticker_app
+from tests.apps.ticker import ticker_app
+from tests.helpers import POLICY_VIOLATION, StalledClient, eventually
 
 BROADCASTS = 1000
 PAD = 16 * 1024  # bytes of padding per broadcast

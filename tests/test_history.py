@@ -16,11 +16,7 @@ from pachinko import RoomPolicy, Settings, WebSocketResource
 from pachinko.rooms import Position, RoomPolicies
 from pachinko.testing import AppClient, RoomFollower
 from tests.apps.history import build_app
-from tests.conftest import eventually
-from tests.redis_server import redis_server
-from tests.test_manager import BackendFactory, backend
-
-__all__ = ["backend", "redis_server"]  # the fixtures, imported for pytest
+from tests.helpers import BackendFactory, eventually
 
 
 def ws_of(client: AppClient) -> Any:

@@ -20,9 +20,7 @@ import redis.asyncio
 
 from pachinko.rooms import Position
 from pachinko.testing import RoomFollower, ServerProcess, WebSocketClosed
-from tests.redis_server import redis_url, unique_prefix
-
-__all__ = ["redis_url"]  # the fixture, imported for pytest
+from tests.redis_server import unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "apps" / "history.toml"

@@ -7,33 +7,32 @@ from typing import Any
 import pytest
 
 from pachinko import WebSocketResource, WebSocketRouter
-from tests.conftest import INTERNAL_ERROR, eventually, expect_close, make_app, recv_json
-
-LOG: list[str] = []
+from tests.helpers import INTERNAL_ERROR, eventually, expect_close, make_app, recv_json
 
 
 class Traced(WebSocketResource):
     level = "?"
+    log: list[str]  # one list per test (see classes_logging_to)
 
     async def before_connect(self, req: Any, ws: Any, params: dict[str, Any]) -> None:
-        LOG.append(f"{self.level}.before_connect")
+        self.log.append(f"{self.level}.before_connect")
 
     async def after_connect(self, ws: Any) -> None:
-        LOG.append(f"{self.level}.after_connect")
+        self.log.append(f"{self.level}.after_connect")
 
     async def before_receive(self, ws: Any, message: str) -> None:
-        LOG.append(f"{self.level}.before_receive")
+        self.log.append(f"{self.level}.before_receive")
         if "stop-in-" + self.level in message:
             raise PermissionError(f"stopped by {self.level}")
 
     async def after_receive(self, ws: Any, message: str) -> None:
-        LOG.append(f"{self.level}.after_receive")
+        self.log.append(f"{self.level}.after_receive")
 
     async def before_disconnect(self, ws: Any, close_code: int) -> None:
-        LOG.append(f"{self.level}.before_disconnect")
+        self.log.append(f"{self.level}.before_disconnect")
 
     async def on_disconnect(self, ws: Any, close_code: int) -> None:
-        LOG.append(f"{self.level}.on_disconnect")
+        self.log.append(f"{self.level}.on_disconnect")
 
 
 class Parent(Traced):
@@ -44,14 +43,22 @@ class Child(Traced):
     level = "child"
 
     async def on_go(self, ws: Any, payload: Any) -> None:
-        LOG.append("handler")
+        self.log.append("handler")
         await self.send({"type": "done"})
 
 
-def global_hooks(router: WebSocketRouter, name: str) -> None:
+def classes_logging_to(log: list[str]) -> tuple[type[Parent], type[Child]]:
+    """``Parent`` and ``Child`` recording into ``log``."""
+    return (
+        type("Parent", (Parent,), {"log": log}),
+        type("Child", (Child,), {"log": log}),
+    )
+
+
+def global_hooks(router: WebSocketRouter, name: str, log: list[str]) -> None:
     def make(event: str) -> Any:
         async def hook(resource: Any, *args: Any) -> None:
-            LOG.append(f"{name}.{event}")
+            log.append(f"{name}.{event}")
             if event == "before_receive" and f"stop-in-{name}" in args[1]:
                 raise PermissionError(f"stopped by {name}")
 
@@ -68,25 +75,30 @@ def global_hooks(router: WebSocketRouter, name: str) -> None:
 
 
 @pytest.fixture
-def app() -> Any:
-    LOG.clear()
+def log() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def app(log: list[str]) -> Any:
+    parent, child = classes_logging_to(log)
     inner = WebSocketRouter()
-    inner.add_route("/p", Parent).add_subroute("/c", Child)
+    inner.add_route("/p", parent).add_subroute("/c", child)
     outer = WebSocketRouter()
     outer.add_router("/nested", inner)
-    global_hooks(outer, "outer")
-    global_hooks(inner, "inner")
+    global_hooks(outer, "outer", log)
+    global_hooks(inner, "inner", log)
     return make_app(outer)
 
 
-async def test_onion_order(conductor_for: Any, app: Any) -> None:
+async def test_onion_order(conductor_for: Any, app: Any, log: list[str]) -> None:
     conductor = await conductor_for(app)
     async with conductor.simulate_ws("/ws/nested/p/c") as ws:
         await ws.send_text('{"type": "go"}')
         assert await recv_json(ws) == {"type": "done"}
         # the reply goes out before the after_receive hooks run
-        await eventually(lambda: LOG[-1] == "outer.after_receive")
-        assert LOG == [
+        await eventually(lambda: log[-1] == "outer.after_receive")
+        assert log == [
             "outer.before_connect",
             "inner.before_connect",
             "parent.before_connect",
@@ -105,8 +117,8 @@ async def test_onion_order(conductor_for: Any, app: Any) -> None:
             "inner.after_receive",
             "outer.after_receive",
         ]
-        LOG.clear()
-    assert LOG == [
+        log.clear()
+    assert log == [
         "outer.before_disconnect",
         "inner.before_disconnect",
         "parent.before_disconnect",
@@ -118,27 +130,27 @@ async def test_onion_order(conductor_for: Any, app: Any) -> None:
 
 @pytest.mark.parametrize("where", ["outer", "parent"])
 async def test_exception_in_before_hook_stops_the_step(
-    conductor_for: Any, app: Any, where: str
+    conductor_for: Any, app: Any, log: list[str], where: str
 ) -> None:
     conductor = await conductor_for(app)
     async with conductor.simulate_ws("/ws/nested/p/c") as ws:
-        LOG.clear()
+        log.clear()
         await ws.send_text(f'{{"type": "go", "x": "stop-in-{where}"}}')
         assert await expect_close(ws) == INTERNAL_ERROR
-    assert "handler" not in LOG
-    assert not any(entry.endswith("after_receive") for entry in LOG)
+    assert "handler" not in log
+    assert not any(entry.endswith("after_receive") for entry in log)
 
 
-async def test_hooks_for_one_resource_class(conductor_for: Any) -> None:
-    LOG.clear()
+async def test_hooks_for_one_resource_class(conductor_for: Any, log: list[str]) -> None:
+    parent, child = classes_logging_to(log)
     router = WebSocketRouter()
-    router.add_route("/p", Parent)
-    router.add_route("/c", Child)
+    router.add_route("/p", parent)
+    router.add_route("/c", child)
 
     async def only_child(resource: Any, ws: Any, message: str) -> None:
-        LOG.append(f"only-child:{resource.level}")
+        log.append(f"only-child:{resource.level}")
 
-    router.add_hook("before_receive", only_child, resource=Child)
+    router.add_hook("before_receive", only_child, resource=child)
     conductor = await conductor_for(make_app(router))
     async with conductor.simulate_ws("/ws/c") as ws:
         await ws.send_text('{"type": "go"}')
@@ -146,7 +158,7 @@ async def test_hooks_for_one_resource_class(conductor_for: Any) -> None:
     async with conductor.simulate_ws("/ws/p") as ws:
         await ws.send_text('{"type": "go"}')
         await recv_json(ws)  # unknown type for Parent: an error reply
-    assert [e for e in LOG if e.startswith("only-child")] == ["only-child:child"]
+    assert [e for e in log if e.startswith("only-child")] == ["only-child:child"]
 
 
 def test_unknown_event_is_rejected() -> None:

@@ -124,3 +124,25 @@ def test_the_graph_reader_sees_every_kind_of_import() -> None:
     assert "pachinko.manager" in graph["pachinko.resource"]  # under TYPE_CHECKING
     assert "pachinko.manager" in graph["pachinko.testing.simulator"]  # in a function
     assert "pachinko.backends.base" in graph["pachinko.backends.redis"]  # from .base
+
+
+def test_runtime_and_connections_do_not_import_metrics_or_tracing() -> None:
+    # They report to an Observer (pachinko.observe, a leaf) and never import
+    # what implements it: an app without the extras pays nothing for them.
+    graph = import_graph()
+    observers = {"pachinko.metrics", "pachinko.tracing", "pachinko.logs"}
+    below = (
+        "pachinko._serve",
+        "pachinko.app",
+        "pachinko.workers",
+        "pachinko.server",
+        "pachinko.manager",
+        "pachinko._outbox",
+        "pachinko.connection",
+        "pachinko.backends.base",
+        "pachinko.backends.redis",
+        "pachinko.backends.inprocess",
+    )
+    for module in below:
+        assert graph[module] & observers == set(), module
+    assert graph["pachinko.observe"] <= {"pachinko.connection"}

@@ -1,48 +1,32 @@
 """The connection manager through a real Falcon app, over both backends.
 
 Every test here runs twice: with the in-process backend and with a
-RedisBackend on a real Redis (a private redis-server, or $REDIS_URL).
+RedisBackend on a real Redis (a private redis-server, or $REDIS_URL): the
+``backend`` fixture of conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import falcon.asgi
 import pytest
-from falcon.errors import WebSocketDisconnected
-from websockets.exceptions import ConnectionClosed
 
 import pachinko
 from pachinko import Settings, WebSocketResource, handles_message, runtime_of
 from pachinko.backends import ConnectionBackend, InProcessBackend
 from pachinko.backends.redis import RedisBackend
 from pachinko.manager import Delivery, WebSocketConnectionManager
-from pachinko.testing import AppClient, Probe
-from pachinko.testing._stream import HandshakeRefused, WebSocketClosed
-from tests.conftest import GOING_AWAY, TRY_AGAIN_LATER, eventually
-from tests.redis_server import private_redis, unique_prefix
-
-BackendFactory = Callable[[], ConnectionBackend]
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendFactory]:
-    """A factory of fresh backends: in-process, or Redis (one prefix per test)."""
-    if request.param == "memory":
-        yield InProcessBackend
-        return
-    prefix = unique_prefix()
-    if os.environ.get("REDIS_URL"):
-        url = os.environ["REDIS_URL"]
-        yield lambda: RedisBackend(url, prefix=prefix, presence_ttl=2.0)
-        return
-    async with private_redis(tmp_path) as server:
-        yield lambda: RedisBackend(server.url, prefix=prefix, presence_ttl=2.0)
+from pachinko.testing import AppClient, HandshakeRefused, Probe
+from tests.helpers import (
+    GOING_AWAY,
+    TRY_AGAIN_LATER,
+    BackendFactory,
+    attempt,
+    eventually,
+    free_port,
+)
 
 
 class Room(WebSocketResource):
@@ -271,26 +255,6 @@ async def test_connection_limits_are_enforced_at_the_handshake(backend: BackendF
             await whoami(ws)
 
 
-async def attempt(
-    open_: Callable[[], Any], outcomes: list[int | str], release: asyncio.Event
-) -> None:
-    """Open a connection; record "open" (and hold it until ``release``) or its close code."""
-    try:
-        async with open_() as ws:
-            await ws.send_json({"type": "whoami"})
-            await ws.expect(type="me")
-            outcomes.append("open")
-            await release.wait()
-    except HandshakeRefused as refused:
-        outcomes.append(refused.code if refused.code is not None else refused.status or 0)
-    except WebSocketClosed as closed:
-        outcomes.append(closed.code or 0)
-    except ConnectionClosed as closed:  # a live client sending on a closed socket
-        outcomes.append(closed.rcvd.code if closed.rcvd is not None else 0)
-    except WebSocketDisconnected as closed:  # an in-process client sending on a closed socket
-        outcomes.append(closed.code or 0)
-
-
 async def test_the_per_user_limit_holds_for_concurrent_handshakes(
     backend: BackendFactory,
 ) -> None:
@@ -401,19 +365,11 @@ def test_backend_urls() -> None:
         WebSocketConnectionManager(Settings(backend="redis://h/0?presence_ttl=soon"))
 
 
-async def test_an_unreachable_redis_fails_startup_loudly(unused_port: int) -> None:
+async def test_an_unreachable_redis_fails_startup_loudly() -> None:
+    unused_port = free_port()
     manager = WebSocketConnectionManager(Settings(backend=f"redis://127.0.0.1:{unused_port}/0"))
     with pytest.raises(pachinko.BackendUnavailable, match=f"127.0.0.1:{unused_port}"):
         await manager.start()
-
-
-@pytest.fixture
-def unused_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_concurrent_joins_and_leaves_keep_the_index_consistent(

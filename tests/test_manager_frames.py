@@ -24,7 +24,6 @@ from pachinko.backends import ConnectionBackend, InProcessBackend
 from pachinko.backends.redis import RedisBackend
 from pachinko.testing import LiveServer
 from tests.redis_server import private_redis, unique_prefix
-from tests.redis_server import redis_url as redis_url
 
 pytestmark = pytest.mark.live
 

@@ -13,8 +13,8 @@ import asyncio
 
 from pachinko import runtime_of
 from pachinko.testing import AppClient
-from tests.conftest import POLICY_VIOLATION, eventually
-from tests.test_slow_consumer import StalledClient, ticker_app
+from tests.apps.ticker import ticker_app
+from tests.helpers import POLICY_VIOLATION, StalledClient, eventually
 
 LONG = 60.0  # the broadcast's own timeout: the test fails long before it
 
@@ -35,7 +35,10 @@ async def test_a_member_that_leaves_during_a_send_counts_as_failed_at_once() -> 
             manager.broadcast_to_room("r", {"type": "tick", "n": 0}, timeout=LONG)
         )
         assert (await ann.expect(type="tick"))["n"] == 0
-        await asyncio.sleep(0.05)
+        # the stalled member's send is under way (blocked in its socket)
+        await asyncio.wait_for(gone.blocked.wait(), 5)
+        # NOTE: a broadcast that did not wait for that send would also report
+        #   it below as pending, not failed: the result proves the wait.
         assert not broadcast.done()  # waits for the stalled member's send
         gone.inbox.put_nowait({"type": "websocket.disconnect", "code": 1001})
         result = await asyncio.wait_for(broadcast, 5)
@@ -65,7 +68,8 @@ async def test_a_member_closed_by_the_policy_during_a_send_counts_as_failed_at_o
             manager.broadcast_to_room("r", {"type": "tick", "n": 0}, timeout=LONG)
         )
         assert (await ann.expect(type="tick"))["n"] == 0
-        await asyncio.sleep(0.05)
+        # the first send is under way, so the queue holds the next two
+        await asyncio.wait_for(slow.blocked.wait(), 5)
         for n in (1, 2):  # fill the slow member's queue
             await manager.broadcast_to_room("r", {"type": "tick", "n": n})
             assert (await ann.expect(type="tick"))["n"] == n

@@ -12,11 +12,8 @@ import pytest
 import redis.asyncio
 
 from pachinko.testing import ServerProcess
-from tests.conftest import TRY_AGAIN_LATER, eventually
-from tests.redis_server import redis_url, unique_prefix
-from tests.test_manager import attempt
-
-__all__ = ["redis_url"]  # the fixture, imported for pytest
+from tests.helpers import TRY_AGAIN_LATER, attempt, eventually
+from tests.redis_server import unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 TTL = 1.5

@@ -8,7 +8,7 @@ import pytest
 
 from pachinko import WebSocketResource, WebSocketRouter
 from pachinko.testing import HandshakeRefused, LiveServer
-from tests.conftest import make_app
+from tests.helpers import make_app
 
 FORBIDDEN_STATUS = 403  # uvicorn's answer to a handshake closed before accept
 

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from pachinko import HandlerDefinitionError, WebSocketResource, WebSocketRouter
-from tests.conftest import make_app, recv_json
+from tests.helpers import make_app, recv_json
 
 
 class CountingBase(WebSocketResource):

@@ -9,7 +9,7 @@ from falcon.errors import WebSocketDisconnected
 
 import pachinko
 from pachinko import RouteError, WebSocketResource, WebSocketRouter
-from tests.conftest import NOT_FOUND, make_app, recv_json
+from tests.helpers import NOT_FOUND, make_app, recv_json
 
 
 class Where(WebSocketResource):

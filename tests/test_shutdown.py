@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 import pachinko
 from pachinko import WebSocketResource, WebSocketRouter
 from pachinko.server import Server
-from tests.test_e2e_uvicorn import free_port
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.live
 
@@ -47,16 +47,12 @@ async def test_shutdown_closes_sockets_with_1001_and_runs_on_disconnect() -> Non
     router = WebSocketRouter()
     router.add_route("/room", Room)
     pachinko.mount(app, "/ws", router, workers=[ticker])
-    port = free_port()
     server = Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"
-        )
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws="websockets-sansio")
     )
     task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(TIMEOUT):
-        while not server.started:
-            await asyncio.sleep(0.01)
+    await eventually(lambda: server.started, TIMEOUT)
+    port = server.servers[0].sockets[0].getsockname()[1]
     clients = [await websockets.connect(f"ws://127.0.0.1:{port}/ws/room") for _ in range(3)]
     for ws in clients:
         await ws.send('{"type": "hello"}')
@@ -75,7 +71,6 @@ async def test_shutdown_closes_sockets_with_1001_and_runs_on_disconnect() -> Non
 
 
 def test_a_worker_crash_after_startup_shuts_plain_uvicorn_down() -> None:
-    port = free_port()
     env = {**os.environ, "PACHINKO_CRASH_AFTER": "0.5"}
     proc = subprocess.Popen(
         [
@@ -86,7 +81,7 @@ def test_a_worker_crash_after_startup_shuts_plain_uvicorn_down() -> None:
             "--host",
             "127.0.0.1",
             "--port",
-            str(port),
+            "0",
             "--lifespan",
             "on",
         ],

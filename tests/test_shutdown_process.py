@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.test_e2e_uvicorn import free_port
+from pachinko.testing import ServerProcess
 
 pytestmark = pytest.mark.live
 
@@ -31,49 +31,43 @@ def events_file(tmp_path: Path) -> Path:
     return tmp_path / "events.txt"
 
 
-Start = Callable[..., tuple["subprocess.Popen[str]", int]]
+Start = Callable[..., Awaitable[ServerProcess]]
 
 
 def events(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-@pytest.fixture
-def start_server(events_file: Path) -> Iterator[Start]:
-    procs: list[subprocess.Popen[str]] = []
+def command(mode: str) -> list[str]:
+    """``python -m tests.apps.workers_app 0 MODE``: port 0, read from uvicorn's log."""
+    return [sys.executable, "-m", "tests.apps.workers_app", "0", mode]
 
-    def start(mode: str, **env: str) -> tuple[subprocess.Popen[str], int]:
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.apps.workers_app", str(port), mode],
+
+@pytest.fixture
+async def start_server(events_file: Path) -> AsyncIterator[Start]:
+    servers: list[ServerProcess] = []
+
+    async def start(mode: str, **env: str) -> ServerProcess:
+        server = ServerProcess(
+            command(mode),
             cwd=ROOT,
-            env={**os.environ, "PACHINKO_EVENTS": str(events_file), **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            env={"PACHINKO_EVENTS": str(events_file), **env},
+            timeout=TIMEOUT,
         )
-        procs.append(proc)
-        return proc, port
+        await server.__aenter__()  # started and accepting connections
+        servers.append(server)
+        return server
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=TIMEOUT)
+    for server in servers:
+        await server.stop()
 
 
-async def connect(port: int) -> ClientConnection:
-    """Connect once the server listens (bounded retries)."""
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            try:
-                ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws/room")
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            await ws.send('{"type": "hello"}')
-            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == '{"type":"hi"}'
-            return ws
+async def connect(server: ServerProcess) -> ClientConnection:
+    ws = await websockets.connect(server.url + "/ws/room", open_timeout=TIMEOUT)
+    await ws.send('{"type": "hello"}')
+    assert await asyncio.wait_for(ws.recv(), TIMEOUT) == '{"type":"hi"}'
+    return ws
 
 
 async def close_code_seen(ws: ClientConnection) -> int | None:
@@ -82,20 +76,22 @@ async def close_code_seen(ws: ClientConnection) -> int | None:
     return ws.close_code
 
 
-async def wait_exit(proc: subprocess.Popen[str]) -> str:
-    output, _ = await asyncio.to_thread(proc.communicate, timeout=TIMEOUT)
-    return output
+async def wait_exit(server: ServerProcess) -> str:
+    """Wait (bounded) until the process exits; return all it wrote."""
+    await server.wait()
+    await server.stop()  # reads the rest of its output
+    return server.output
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_closes_sockets_with_1001_then_stops_workers_then_the_backend(
     start_server: Start, events_file: Path, sig: signal.Signals
 ) -> None:
-    proc, port = start_server("pachinko")
-    clients = [await connect(port), await connect(port)]
-    proc.send_signal(sig)
+    server = await start_server("pachinko")
+    clients = [await connect(server), await connect(server)]
+    server.send_signal(sig)
     codes = [await close_code_seen(ws) for ws in clients]
-    output = await wait_exit(proc)
+    output = await wait_exit(server)
     assert codes == [GOING_AWAY, GOING_AWAY], output
     assert events(events_file) == [
         "worker started",
@@ -111,11 +107,11 @@ async def test_plain_uvicorn_closes_with_1012_and_on_disconnect_still_runs(
     start_server: Start, events_file: Path
 ) -> None:
     # What docs/workers.md says about serving with plain uvicorn.
-    proc, port = start_server("uvicorn")
-    ws = await connect(port)
-    proc.send_signal(signal.SIGTERM)
+    server = await start_server("uvicorn")
+    ws = await connect(server)
+    server.send_signal(signal.SIGTERM)
     code = await close_code_seen(ws)
-    output = await wait_exit(proc)
+    output = await wait_exit(server)
     assert code == SERVICE_RESTART, output
     assert events(events_file) == [
         "worker started",
@@ -128,10 +124,10 @@ async def test_plain_uvicorn_closes_with_1012_and_on_disconnect_still_runs(
 async def test_a_worker_crash_after_startup_shuts_the_server_down_gracefully(
     start_server: Start, events_file: Path
 ) -> None:
-    proc, port = start_server("pachinko", PACHINKO_CRASH_AFTER="hello")
-    ws = await connect(port)
+    server = await start_server("pachinko", PACHINKO_CRASH_AFTER="hello")
+    ws = await connect(server)
     code = await close_code_seen(ws)  # nobody sent a signal: the crash did
-    output = await wait_exit(proc)
+    output = await wait_exit(server)
     assert code == GOING_AWAY, output
     assert "worker 'ticker' crashed; shutting the server down (SIGTERM)" in output
     assert "RuntimeError: the feed went away" in output  # the traceback
@@ -143,11 +139,19 @@ async def test_a_worker_crash_after_startup_shuts_the_server_down_gracefully(
     assert "Application shutdown complete" in output
 
 
-async def test_a_worker_crash_during_startup_fails_the_server_start(
-    start_server: Start, events_file: Path
-) -> None:
-    proc, _ = start_server("uvicorn", PACHINKO_CRASH_AFTER="0")
-    output = await wait_exit(proc)
+async def test_a_worker_crash_during_startup_fails_the_server_start(events_file: Path) -> None:
+    # never starts, so not a ServerProcess (which would fail its start)
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        command("uvicorn"),
+        cwd=ROOT,
+        env={**os.environ, "PACHINKO_EVENTS": str(events_file), "PACHINKO_CRASH_AFTER": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    output = proc.stdout
     assert proc.returncode != 0
     assert "worker 'ticker' crashed during startup" in output
     assert "RuntimeError: the feed went away" in output

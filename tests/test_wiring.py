@@ -12,7 +12,7 @@ from falcon.errors import WebSocketDisconnected
 
 import pachinko
 from pachinko import Refuse, RouteError, WebSocketResource, WebSocketRouter
-from tests.conftest import (
+from tests.helpers import (
     FORBIDDEN,
     INTERNAL_ERROR,
     NOT_FOUND,

@@ -11,10 +11,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import PachinkoError
 from ..rooms import Position, RoomPolicy
+
+if TYPE_CHECKING:
+    from ..observe import Observer
 
 __all__ = ["BackendHost", "ConnectionBackend", "HistoryRead"]
 
@@ -96,12 +99,20 @@ class ConnectionBackend(abc.ABC):
     some) is the backend's too: :meth:`publish_history` stores and carries a
     broadcast, :meth:`read_history` reads what was kept. A backend without
     history leaves both as they are (they raise).
+
+    Attributes:
+        observer: Set by the manager (:meth:`~pachinko.WebSocketConnectionManager.observe`):
+            a backend that can lose its connection reports outages to it
+            (``backend_down`` / ``backend_up``), and may carry its
+            ``carrier()`` with a publish (trace context). ``None``: off.
     """
 
     #: The backend delivers history frames to this process's members itself
     #: (through :meth:`BackendHost.deliver_room`, in offset order), instead
     #: of the manager delivering its own broadcasts locally.
     history_echo: bool = False
+
+    observer: Observer | None = None
 
     @abc.abstractmethod
     async def start(self, host: BackendHost) -> None:

@@ -7,7 +7,9 @@ only to the rooms and users it has local members of, to its own node channel
 ``origin-node \\n extra \\n kind \\n frame`` (``extra``: comma-joined excluded
 ids, or the target connection id on a node channel; ``kind``: ``t`` for a
 text frame as is, ``b`` for a binary frame in base64); a process skips its
-own frames (it already delivered them locally).
+own frames (it already delivered them locally). With tracing on, the origin
+is followed by a space and the publisher's W3C ``traceparent`` (absent when
+off; a process that does not trace ignores it).
 
 Membership and presence are cluster-wide keys: ``{prefix}:members:{room}``
 and ``{prefix}:users:{user}`` (hashes connection id → node id), the room
@@ -408,6 +410,8 @@ class RedisBackend(ConnectionBackend):
                     self._pubsub = pubsub
                     self.available = True
                     delay = self.reconnect_min
+                    if self.observer is not None:
+                        self.observer.backend_up()
                     logger.warning(
                         "RedisBackend %s: reconnected; resubscribed to %d channels and "
                         "restored this process's presence",
@@ -421,6 +425,8 @@ class RedisBackend(ConnectionBackend):
                 # may raise anything (TypeError from asyncio's writelines on 3.13).
                 if self.available:
                     self.outages += 1
+                    if self.observer is not None:
+                        self.observer.backend_down()
                     logger.error(
                         "RedisBackend %s: connection lost (%s). Broadcasts raise "
                         "BackendUnavailable and messages from other processes are lost "
@@ -474,7 +480,17 @@ class RedisBackend(ConnectionBackend):
 
     def _on_message(self, channel: str, data: str) -> None:
         origin, extra, kind_of_frame, body = data.split("\n", 3)
+        origin, _, carrier = origin.partition(" ")
+        if origin == self._node and kind_of_frame[:1] != "p":
+            return  # delivered locally already (history frames excepted)
         kind, _, name = channel[len(self.prefix) + 4 :].partition(":")
+        if carrier and self.observer is not None:
+            with self.observer.delivering(carrier, f"{kind}:{name}"):
+                self._deliver(kind, name, extra, kind_of_frame, body)
+        else:
+            self._deliver(kind, name, extra, kind_of_frame, body)
+
+    def _deliver(self, kind: str, name: str, extra: str, kind_of_frame: str, body: str) -> None:
         host = self.host
         if kind_of_frame[:1] == "p":  # a history room's frame: this process's too
             epoch, _, offset = kind_of_frame[1:].rpartition(":")
@@ -484,8 +500,6 @@ class RedisBackend(ConnectionBackend):
                 frozenset(extra.split(",")) if extra else (),
                 Position(epoch, int(offset)),
             )
-            return
-        if origin == self._node:
             return
         text: str | bytes = body if kind_of_frame == "t" else base64.b64decode(body)
         if kind == "room":
@@ -688,11 +702,14 @@ class RedisBackend(ConnectionBackend):
         redis = self._redis
         if redis is None:
             raise BackendUnavailable(f"RedisBackend is not started: {what} not sent")
+        origin = self._node
+        if self.observer is not None and (carrier := self.observer.carrier()) is not None:
+            origin = f"{origin} {carrier}"
         try:
             if isinstance(text, str):
-                data = f"{self._node}\n{extra}\nt\n{text}"
+                data = f"{origin}\n{extra}\nt\n{text}"
             else:
-                data = f"{self._node}\n{extra}\nb\n{base64.b64encode(text).decode()}"
+                data = f"{origin}\n{extra}\nb\n{base64.b64encode(text).decode()}"
             receivers: int = await redis.publish(channel, data)
         except Exception as ex:
             raise BackendUnavailable(

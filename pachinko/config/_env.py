@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["ASGI_APP", "CONFIG_ENV", "RELOAD_ENV", "RELOAD_POLL_ENV"]
+__all__ = ["ASGI_APP", "CONFIG_ENV", "METRICS_ENV", "RELOAD_ENV", "RELOAD_POLL_ENV"]
 
 #: Names the routes.toml that ``pachinko.config.asgi:app`` serves.
 CONFIG_ENV: Final = "PACHINKO_CONFIG"
@@ -12,5 +12,7 @@ CONFIG_ENV: Final = "PACHINKO_CONFIG"
 RELOAD_ENV: Final = "PACHINKO_RELOAD"
 #: Makes hot reload poll modification times even if ``watchfiles`` is installed.
 RELOAD_POLL_ENV: Final = "PACHINKO_RELOAD_POLL"
+#: Serves Prometheus metrics at this path (``serve --metrics``; wins over ``[app].metrics``).
+METRICS_ENV: Final = "PACHINKO_METRICS"
 #: The config layer's ASGI entry point; it reads the file named in ``CONFIG_ENV``.
 ASGI_APP: Final = "pachinko.config.asgi:app"

@@ -53,6 +53,7 @@ class _Handler:
     decl: HandlerConfig
     fn: Any
     struct: Any
+    reply: Any = None
 
 
 class ResourceClasses:
@@ -153,7 +154,14 @@ class ResourceClasses:
             struct = payload_struct(self.checker, self.structs, payload_where, decl.payload)
             if struct is None:
                 return None
-        return None if fn is None else _Handler(tag, hpath, decl, fn, struct)
+        reply = None
+        if decl.reply is not None:
+            reply = payload_struct(
+                self.checker, self.structs, (source, (*hpath, "reply")), decl.reply
+            )
+            if reply is None:
+                return None
+        return None if fn is None else _Handler(tag, hpath, decl, fn, struct, reply)
 
     def _payload_can_be_tagged(
         self, where: Located, handler: _Handler, namespace: dict[str, Any]
@@ -190,7 +198,7 @@ class ResourceClasses:
             payload_param = list(inspect.signature(fn).parameters)[2]
             fn.__annotations__ = {**fn.__annotations__, payload_param: handler.struct}
         try:
-            return handles_message(handler.tag, strict=handler.decl.strict)(fn)
+            return handles_message(handler.tag, strict=handler.decl.strict, reply=handler.reply)(fn)
         except HandlerDefinitionError as ex:
             self.checker.problem(
                 (where[0], handler.path), "a handler for a valid message type", str(ex)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import falcon.asgi
 
 from ..app import mount, runtime_of
-from ._env import RELOAD_ENV
+from ..errors import ConfigError
+from ._env import METRICS_ENV, RELOAD_ENV
 from ._plans import service_factories, worker_callable
 from .compiler import Compiled, load_config
 
@@ -68,11 +69,38 @@ def reload_enabled(
     return compiled.loaded.app.reload
 
 
+def metrics_path(
+    compiled: Compiled, metrics: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The metrics endpoint's path: asked for, else ``PACHINKO_METRICS``, else ``[app].metrics``."""
+    if metrics is not None:
+        return metrics or None
+    env = (os.environ if environ is None else environ).get(METRICS_ENV, "").strip()
+    return env or compiled.loaded.app.metrics
+
+
+def _metrics(path: str | None) -> dict[str, Any]:
+    """``install()``'s ``metrics`` option for an endpoint at ``path`` (none if None)."""
+    if path is None:
+        return {}
+    if not path.startswith("/"):
+        raise ConfigError(f"metrics: expected a path starting with '/', got {path!r}")
+    try:
+        from ..metrics import Metrics
+    except ImportError as ex:
+        raise ConfigError(
+            f"metrics at {path!r} need prometheus-client, which is not installed: "
+            "pip install 'pachinko[metrics]'"
+        ) from ex
+    return {"metrics": Metrics(path)}
+
+
 def create_app(
     path: str | os.PathLike[str],
     *,
     reload: bool | None = None,
     environ: Mapping[str, str] | None = None,
+    metrics: str | None = None,
 ) -> falcon.asgi.App[Any, Any]:
     """Build a Falcon ASGI app from a routes.toml.
 
@@ -82,12 +110,15 @@ def create_app(
             ``PACHINKO_RELOAD`` or ``[app].reload``. Development only: the
             file names code to import, so it must be trusted.
         environ: Variables for ``${VAR}`` (default: ``os.environ``).
+        metrics: Serve Prometheus metrics at this path (``""``: not even if
+            the file says so); default from ``PACHINKO_METRICS`` or
+            ``[app].metrics``.
 
     Raises:
         ConfigError: With every problem of the file (and its includes).
     """
     app = falcon.asgi.App()
-    configure(app, path, reload=reload, environ=environ)
+    configure(app, path, reload=reload, environ=environ, metrics=metrics)
     return app
 
 
@@ -97,11 +128,13 @@ def configure(
     *,
     reload: bool | None = None,
     environ: Mapping[str, str] | None = None,
+    metrics: str | None = None,
 ) -> Configured:
     """Serve a routes.toml on an existing Falcon app, next to its HTTP routes.
 
-    Installs pachinko on ``app`` (the file's settings, rooms, services and workers),
-    mounts the router under ``[app].prefix`` and runs ``[app].setup``.
+    Installs pachinko on ``app`` (the file's settings, rooms, services and
+    workers, and metrics: see :func:`create_app`), mounts the router under
+    ``[app].prefix`` and runs ``[app].setup``.
 
     Raises:
         ConfigError: With every problem of the file; ``app`` is untouched.
@@ -117,6 +150,7 @@ def configure(
         rooms=compiled.rooms,
         workers=[worker_callable(plan) for plan in compiled.workers.values()],
         services=service_factories(compiled.services, lambda: runtime_of(app).services),
+        **_metrics(metrics_path(compiled, metrics, environ)),
     )
     runtime = runtime_of(app)
     compiled.box.services = runtime.services

@@ -134,6 +134,10 @@ def _check_prefix(checker: Checker) -> None:
     if not prefix.startswith("/"):
         where = (checker.loaded.root, ("app", "prefix"))
         checker.problem(where, "a prefix starting with '/'", repr(prefix))
+    metrics = checker.loaded.app.metrics
+    if metrics is not None and not metrics.startswith("/"):
+        where = (checker.loaded.root, ("app", "metrics"))
+        checker.problem(where, "a path starting with '/'", repr(metrics))
 
 
 def _setup_callables(checker: Checker) -> list[Callable[..., Any]]:

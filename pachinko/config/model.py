@@ -53,12 +53,15 @@ class AppConfig(_Table):
         position_field: Name of the field that carries the position of each
             broadcast to a room with history (see ``[rooms]``); reserved in
             messages broadcast to such rooms.
+        metrics: Path of a Prometheus endpoint on the app (``"/metrics"``;
+            needs the ``metrics`` extra, see docs/observability.md).
     """
 
     prefix: str = "/ws"
     setup: list[ImportPath] = []
     reload: bool = False
     position_field: Annotated[str, msgspec.Meta(min_length=1)] = "_pos"
+    metrics: str | None = None
 
 
 class HooksConfig(_Table):
@@ -163,11 +166,16 @@ class HandlerConfig(_Table):
             message is validated into it. Omitted: the handler's own
             annotation decides (raw JSON value if it has none).
         strict: Reject unknown fields at every depth.
+        reply: Name of a declared type, or an import path to a Struct: the
+            message type is a request, the handler's return value is sent as
+            its reply with the request's correlation id (``id``). Omitted:
+            the handler's own return annotation decides.
     """
 
     handler: ImportPath
     payload: str | None = None
     strict: bool = True
+    reply: str | None = None
 
 
 class RouteConfig(_Table):

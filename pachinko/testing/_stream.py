@@ -106,6 +106,7 @@ class MessageStream:
         self.received: list[Any] = []
         self.close_code: int | None = None
         self.close_reason: str = ""
+        self._last_id = 0
 
     async def _next_frame(self) -> str | bytes:
         """Return the next frame; raise :class:`WebSocketClosed` once closed."""
@@ -139,6 +140,46 @@ class MessageStream:
     async def send_json(self, message: Any) -> None:
         """Send ``message`` as JSON in one text frame."""
         await self.send_text(json.dumps(message))
+
+    async def request(
+        self,
+        message: Mapping[str, Any],
+        /,
+        *,
+        timeout: float | None = None,
+        id: str | int | None = None,
+        id_field: str = "id",
+    ) -> Any:
+        """Send ``message`` with a correlation id; return the answer carrying it.
+
+        The id is ``id`` if given, else the next of this client's own
+        (1, 2, 3 ...). The answer is the first message with that id: the
+        handler's reply, or an error reply (``type`` ``"error"``). Other
+        messages received meanwhile are skipped (and kept in
+        :attr:`received`). One request at a time per client: to keep many in
+        flight, send them with :meth:`send_json` and collect the answers.
+
+        Raises:
+            ReceiveTimeout: No answer within ``timeout`` seconds.
+            WebSocketClosed: The connection closed first.
+        """
+        if id is None:
+            self._last_id += 1
+            id = self._last_id
+        await self.send_json({**message, id_field: id})
+        return await self.expect({id_field: id}, timeout=timeout)
+
+    async def answer(
+        self, request: Mapping[str, Any], message: Mapping[str, Any], /, *, id_field: str = "id"
+    ) -> None:
+        """Answer a server's request (``resource.request()``): ``message`` with its id.
+
+        Raises:
+            AssertionError: ``request`` carries no id.
+        """
+        if id_field not in request:
+            raise AssertionError(f"{self.label}: {request!r} carries no {id_field!r} to answer")
+        await self.send_json({**message, id_field: request[id_field]})
 
     def _recent(self, count: int = 5) -> str:
         if not self.received:

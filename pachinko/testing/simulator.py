@@ -335,6 +335,7 @@ class ResourceHarness:
         for hook in hook_list(None, (self.resource,), self.resource, "after_connect", reverse=True):
             await hook(socket)
         self._receiver = Receiver(self.resource, self.settings, self.manager, self._outages)
+        self.connection.receiver = self._receiver
         return True
 
     async def receive(self, message: Any) -> None:
@@ -384,6 +385,8 @@ class ResourceHarness:
         if not self.registered:
             return
         self.registered = False
+        if self._receiver is not None:
+            self._receiver.abort_requests(close_code)
         self._receiver = None
         resource = self.resource
         try:

@@ -15,7 +15,7 @@ import pytest
 from pachinko import WebSocketResource, handles_message, runtime_of
 from pachinko.config import ConfigFileError, configure, create_app
 from pachinko.errors import ConfigError
-from tests.conftest import recv_json
+from tests.helpers import recv_json
 
 HERE = "test_config_app"
 CALLS: list[str] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,10 @@ import pytest
 
 from pachinko.config import configure, load_config
 from pachinko.config.reload import Reloader, describe_changes
-from pachinko.testing._stream import HandshakeRefused
-from pachinko.testing.live import LiveServer
+from pachinko.testing import HandshakeRefused, LiveServer
+from tests.helpers import eventually
+
+RELOAD = 10.0  # seconds a reload may take to show (file watching, then a swap)
 
 HANDLERS = """
 async def ping(resource, ws, payload):
@@ -55,21 +57,6 @@ handlers.ping = { handler = "hr_handlers:ping", payload = "Ping" }
 def edit(path: Path, text: str) -> None:
     """Write the file as an editor would (a quick synchronous write)."""
     path.write_text(text)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Await ``check()`` until it returns a true value (it may be async)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -131,13 +118,13 @@ async def test_edits_are_swapped_in_while_a_client_stays_connected(
 
         # 1. add a route
         edit(project, BASE.format(extra=ROUTE_B))
-        await eventually(lambda: can_connect(server, "/ws/b"))
+        await eventually(lambda: can_connect(server, "/ws/b"), RELOAD, interval=0.05)
         assert await ping(old, 2) == {"type": "pong", "v": 2, "label": "a"}
         assert "routes +/b" in caplog.text
 
         # 2. change a schema: new connections get it, the open one keeps its own
         edit(project, BASE.format(extra=ROUTE_B).replace('v = "int"', 'v = "str"'))
-        await eventually(lambda: takes_str(server))
+        await eventually(lambda: takes_str(server), RELOAD, interval=0.05)
         async with server.websocket("/ws/a") as new:
             assert await ping(new, "x") == {"type": "pong", "v": "x", "label": "a"}
             assert (await ping(new, 3))["reason"] == "validation_error"
@@ -155,7 +142,9 @@ async def test_edits_are_swapped_in_while_a_client_stays_connected(
         # NOTE: wait for what can be observed, not for a count of reloads: one
         #   save may be seen as several changes.
         await eventually(
-            lambda: "routes.toml:11: routes[0].handlerz: expected one of the keys" in caplog.text
+            lambda: "routes.toml:11: routes[0].handlerz: expected one of the keys" in caplog.text,
+            RELOAD,
+            interval=0.05,
         )
         assert reloader.failures >= 1
         async with server.websocket("/ws/a") as new:
@@ -165,8 +154,8 @@ async def test_edits_are_swapped_in_while_a_client_stays_connected(
 
         # ... then fix it (and drop /b): the fixed version is served
         edit(project, BASE.format(extra=""))
-        await eventually(lambda: reloader.reloads >= 3)
-        await eventually(lambda: _not(can_connect(server, "/ws/b")))
+        await eventually(lambda: reloader.reloads >= 3, RELOAD, interval=0.05)
+        await eventually(lambda: _not(can_connect(server, "/ws/b")), RELOAD, interval=0.05)
         async with server.websocket("/ws/a") as new:
             assert await ping(new, 5) == {"type": "pong", "v": 5, "label": "a"}
         assert await ping(old, 6) == {"type": "pong", "v": 6, "label": "a"}
@@ -233,11 +222,11 @@ kwargs = {{ name = "two", every = 1.0 }}
     configured = configure(app, project, reload=False)
     reloader = Reloader(configured)
     await conductor_for(app)  # runs the lifespan: workers start
-    await eventually(lambda: len(STARTS) == 2)
+    await eventually(lambda: len(STARTS) == 2, RELOAD, interval=0.05)
     assert sorted(STARTS) == [("one", 1.0), ("two", 1.0)]
     edit(project, BASE.format(extra=workers.format(one=2.0)))
     assert await reloader.reload()
-    await eventually(lambda: ("one", 2.0) in STARTS)
+    await eventually(lambda: ("one", 2.0) in STARTS, RELOAD, interval=0.05)
     controller = configured.runtime.workers
     if hasattr(controller, "stop_worker"):  # a controller that restarts one worker
         assert STARTS.count(("two", 1.0)) == 1
@@ -259,7 +248,9 @@ async def test_a_change_to_an_included_file_is_reloaded(
         router = configured.mount.router
         assert router.match("/p1") is not None
         edit(part, '[[routes]]\npath = "/p2"\nhandlers.ping = "hr_handlers:ping"\n')
-        await eventually(lambda: configured.mount.router.match("/p2") is not None)
+        await eventually(
+            lambda: configured.mount.router.match("/p2") is not None, RELOAD, interval=0.05
+        )
         assert configured.mount.router.match("/p1") is None
         assert [p.name for p in configured.reloader.files] == ["routes.toml", "part.toml"]
     finally:

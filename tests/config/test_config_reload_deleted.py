@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,10 @@ import falcon.asgi
 import pytest
 
 from pachinko.config import configure
-from pachinko.testing._stream import HandshakeRefused
-from pachinko.testing.live import LiveServer
+from pachinko.testing import HandshakeRefused, LiveServer
+from tests.helpers import eventually
+
+RELOAD = 10.0  # seconds a reload may take to show (file watching, then a swap)
 
 HANDLERS = """
 async def ping(resource, ws, payload):
@@ -40,19 +40,6 @@ def remove(path: Path) -> None:
 
 def write(path: Path, text: str) -> None:
     path.write_text(text)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -109,12 +96,12 @@ async def test_a_deleted_file_keeps_serving_and_is_reloaded_once_written_again(
     async with LiveServer(app, timeout=10.0) as server:
         assert await serves(server, "/ws/a")
         remove(project)
-        await eventually(lambda: reloader.failures >= 1)
+        await eventually(lambda: reloader.failures >= 1, RELOAD, interval=0.05)
         assert "still serving the previous version" in caplog.text
         assert "IndexError" not in caplog.text
         assert not [r for r in caplog.records if r.exc_info]
         assert await serves(server, "/ws/a")  # the previous version keeps serving
         write(project, FILE.format(path="/b"))
-        await eventually(lambda: serves(server, "/ws/b"))
+        await eventually(lambda: serves(server, "/ws/b"), RELOAD, interval=0.05)
         assert not await serves(server, "/ws/a")
     assert "routes +/b -/a" in caplog.text
