@@ -14,6 +14,16 @@ Usable without TOML::
 
     doc = asyncapi.document([("/ws", router)], title="Chat", version="1.0.0")
     print(asyncapi.dumps(doc, "yaml"))
+
+Room history (``rooms=``, given by :func:`document_for_app` and ``pachinko
+asyncapi`` from the app's room policies): which room a handler broadcasts to
+is decided at run time (room names are data), so no channel is tied to a
+room. When some room keeps history, every channel's ``send`` operation
+describes what any of its messages may carry: each sent message gets the
+optional position field (present when it was broadcast to a history room),
+and the ``recovery`` message (what a join with ``since``/``last`` sends
+first) is one of the messages sent. The policies themselves are listed in
+the document's ``x-pachinko-rooms`` extension.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import copy
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -30,7 +40,7 @@ import msgspec
 
 from ._naming import qualified_name
 from ._tree import RouteView, Sent, mounted_routes
-from .rooms import PresenceEvent
+from .rooms import RECOVERY_REASONS, PresenceEvent, RoomPolicies, RoomPolicy
 
 if TYPE_CHECKING:
     import falcon.asgi
@@ -70,7 +80,7 @@ def document_for_app(
         version=version,
         description=description,
         server=server,
-        presence=runtime.manager.room_policies.any_presence,
+        rooms=runtime.manager.room_policies,
     )
 
 
@@ -81,7 +91,7 @@ def document(
     version: str = "1.0.0",
     description: str | None = None,
     server: str | None = None,
-    presence: bool = False,
+    rooms: Mapping[str, RoomPolicy] | RoomPolicies | None = None,
 ) -> dict[str, Any]:
     """Build an AsyncAPI 3.0 document (a plain dict) from router trees.
 
@@ -92,8 +102,10 @@ def document(
         description: ``info.description``.
         server: A WebSocket URL such as ``ws://localhost:8000``; adds a
             ``servers.default`` entry.
-        presence: Some rooms have presence: every channel may also send
-            the :class:`~pachinko.rooms.PresenceEvent` message.
+        rooms: The app's room policies: with history, sent messages get the
+            position field and every channel the ``recovery`` message (see
+            the module docstring); with presence, every channel also the
+            ``presence`` event (:class:`~pachinko.rooms.PresenceEvent`).
 
     Returns:
         The document, ready for :func:`dumps`.
@@ -101,7 +113,8 @@ def document(
     pairs: Sequence[tuple[str, WebSocketRouter]] = (
         list(mounts) if not hasattr(mounts, "routes") else [("/", mounts)]  # type: ignore[list-item]
     )
-    builder = _Builder(presence)
+    policies = rooms if isinstance(rooms, RoomPolicies) else RoomPolicies(rooms)
+    builder = _Builder(policies if policies.any_history else None, policies.any_presence)
     for route in mounted_routes(pairs):
         builder.add_route(route)
     doc: dict[str, Any] = {
@@ -113,6 +126,8 @@ def document(
         doc["info"]["description"] = description
     if server:
         doc["servers"] = {"default": _server(server)}
+    if builder.history is not None:
+        doc["x-pachinko-rooms"] = _rooms_extension(builder.history)
     doc["channels"] = builder.channels
     doc["operations"] = builder.operations
     components: dict[str, Any] = {"messages": builder.messages}
@@ -155,7 +170,9 @@ def _key(text: str) -> str:
 class _Builder:
     """Collects channels, operations, messages and the types to describe."""
 
-    def __init__(self, presence: bool = False) -> None:
+    def __init__(self, history: RoomPolicies | None = None, presence: bool = False) -> None:
+        #: The room policies, when some room keeps history (else None).
+        self.history = history
         self.presence = presence
         self._presence_ref: dict[str, str] | None = None
         self.channels: dict[str, Any] = {}
@@ -268,10 +285,14 @@ class _Builder:
                 )
                 messages[msg_id] = ref
                 send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
-        if self.presence:
-            msg_id = self._unique(messages, "send.presence")
-            messages[msg_id] = self._presence_message()
-            send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
+            if self.history is not None:
+                msg_id = self._unique(messages, "send.recovery")
+                messages[msg_id] = self._recovery(tag_field, wire)
+                send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
+            if self.presence:
+                msg_id = self._unique(messages, "send.presence")
+                messages[msg_id] = self._presence_message()
+                send.append({"$ref": f"#/channels/{channel_id}/messages/{msg_id}"})
         channel["messages"] = messages
         self.channels[channel_id] = channel
         for tag, msg_id, reply_id in requests:
@@ -335,11 +356,24 @@ class _Builder:
         payload: dict[str, Any] = {}
         tp, tag = sent.payload, sent.tag
         if wire != "envelope" or tag is None:
-            self._use(tp, payload, "payload")
+            if self.history is None:
+                self._use(tp, payload, "payload")
+            else:
+                field, prop = self.history.position_field, _position_schema(self.history)
+                self._use(
+                    tp,
+                    payload,
+                    "payload",
+                    transform=lambda schema, components: _positioned(
+                        schema, components, field, prop
+                    ),
+                )
             return payload
         # NOTE: an envelope resource sends a tagged Struct as {tag_field: tag,
         #   "payload": its other fields}: the Struct's schema without its tag.
-        properties: dict[str, Any] = {tag_field: {"type": "string", "const": tag}}
+        properties: dict[str, Any] = {tag_field: {"type": "string", "const": tag}, "payload": {}}
+        if self.history is not None:
+            properties[self.history.position_field] = _position_schema(self.history)
         own_field = _tag_field_of(tp)
         payload["payload"] = {
             "type": "object",
@@ -354,6 +388,36 @@ class _Builder:
             transform=lambda schema, components: _untagged(schema, components, own_field),
         )
         return payload
+
+    def _recovery(self, tag_field: str, wire: str) -> dict[str, str]:
+        """The ``recovery`` message in one wire shape (one component per shape)."""
+        key = "pachinko.recovery" + ("" if (tag_field, wire) == ("type", "flat") else f".{wire}")
+        key = _key(key if tag_field == "type" else f"{key}.{tag_field}")
+        if key not in self.messages:
+            tag = {"type": "string", "const": "recovery"}
+            body = _recovery_schema()
+            if wire == "envelope":
+                schema: dict[str, Any] = {
+                    "type": "object",
+                    "properties": {tag_field: tag, "payload": body},
+                    "required": [tag_field, "payload"],
+                    "additionalProperties": False,
+                }
+            else:
+                schema = {
+                    **body,
+                    "properties": {tag_field: tag, **body["properties"]},
+                    "required": [tag_field, *body["required"]],
+                }
+            self.messages[key] = {
+                "name": "recovery",
+                "title": "recovery",
+                "summary": "Server → client `recovery`: the outcome of a join that asked for "
+                "history (`since` or `last`), sent before the missed messages.",
+                "description": _RECOVERY_DESCRIPTION,
+                "payload": schema,
+            }
+        return {"$ref": f"#/components/messages/{key}"}
 
     def _reply(self, tp: Any, tag_field: str, wire: str, id_field: str) -> dict[str, Any]:
         """The ``payload`` entry of a reply: what ``send()`` writes, plus the id."""
@@ -538,3 +602,81 @@ def _draft7(schema: Any) -> Any:
     if isinstance(discriminator, dict):
         out["discriminator"] = discriminator.get("propertyName", "type")
     return out
+
+
+_RECOVERY_DESCRIPTION: Final = (
+    "A join with `since` (the position of the last message the client got) or `last` "
+    "(the last N kept messages) is answered by this message, then the `missed` messages "
+    "in order, then the live stream, with no gap and no duplicate. `recovered: false`: "
+    "nothing was replayed (see `reason`); the client refetches its state and continues "
+    "from `position`."
+)
+
+
+def _recovery_schema() -> dict[str, Any]:
+    """The body of a ``recovery`` message (:meth:`pachinko.Recovery.to_message`)."""
+    return {
+        "type": "object",
+        "properties": {
+            "room": {"type": "string"},
+            "recovered": {"type": "boolean"},
+            "missed": {"type": "integer", "minimum": 0},
+            "position": {
+                "type": ["string", "null"],
+                "description": "The room's position when its history was read "
+                "(`epoch:offset`): after the missed messages the client is there.",
+            },
+            "reason": {
+                "enum": [*RECOVERY_REASONS, None],
+                "description": "Why `recovered` is false: "
+                + "; ".join(f"`{k}`: {v}" for k, v in RECOVERY_REASONS.items())
+                + ".",
+            },
+        },
+        "required": ["room", "recovered", "missed", "position", "reason"],
+        "additionalProperties": False,
+    }
+
+
+def _kept(policy: RoomPolicy) -> str:
+    ttl = "" if policy.history_ttl is None else f" for {policy.history_ttl:g} s"
+    return f"last {policy.history}{ttl}"
+
+
+def _position_schema(policies: RoomPolicies) -> dict[str, Any]:
+    """The optional position field of a message sent by a resource of a history app."""
+    rooms = ", ".join(
+        f"`{pattern}` ({_kept(policy)})" for pattern, policy in policies.items() if policy.history
+    )
+    return {
+        "type": "string",
+        "pattern": "^[^:]+:[0-9]+$",
+        "maxLength": 64,
+        "description": "Position of this message in its room's history, `epoch:offset`. "
+        f"Present when the message was broadcast to a room that keeps history ({rooms}); "
+        "a client that reconnects joins again with the last one as `since`.",
+    }
+
+
+def _positioned(
+    ref: dict[str, Any], schemas: dict[str, Any], field: str, prop: dict[str, Any]
+) -> dict[str, Any]:
+    """A sent object's schema with the optional position field, inlined."""
+    target = ref.get("$ref", "")
+    base = schemas.get(target[len(_SCHEMAS) :], {}) if target.startswith(_SCHEMAS) else ref
+    if base.get("type") != "object":
+        return ref  # not an object: a broadcast to a history room refuses it
+    schema = copy.deepcopy(base)  # NOTE: shared objects would become YAML anchors
+    schema["properties"] = {**schema.get("properties", {}), field: copy.deepcopy(prop)}
+    return schema
+
+
+def _rooms_extension(policies: RoomPolicies) -> dict[str, Any]:
+    """``x-pachinko-rooms``: the position field and the rooms that keep history."""
+    rooms: dict[str, Any] = {}
+    for pattern, policy in policies.items():
+        if policy.history:
+            rooms[pattern] = {"history": policy.history}
+            if policy.history_ttl is not None:
+                rooms[pattern]["historyTtl"] = policy.history_ttl
+    return {"positionField": policies.position_field, "history": rooms}

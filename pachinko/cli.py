@@ -485,7 +485,7 @@ def asyncapi(
             title=title or Path(config).stem,
             version=api_version,
             server=server,
-            presence=compiled.rooms.any_presence,
+            rooms=compiled.rooms,
         )
     except ValueError as ex:
         _fail(f"Error: {ex}", 2)

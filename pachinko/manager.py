@@ -236,6 +236,9 @@ class WebSocketConnectionManager:
             backend if backend is not None else backend_from_url(settings.backend)
         )
         self.identity_fixed = False
+        # Local presence memberships: room -> ids of the connections counted
+        # there (a leave ends what the join started, whatever the policy is now).
+        self._present_in: dict[str, set[str]] = {}
         # (room, user) -> the pending confirmation of that user's leave
         self._lingering: dict[tuple[str, str], asyncio.TimerHandle] = {}
         #: The room policies (read-only; :meth:`set_room_policies` replaces them).
@@ -428,9 +431,10 @@ class WebSocketConnectionManager:
         if isinstance(conn.rooms, set):
             conn.rooms.clear()
         backend = self.backend
+        present = self._present_in
         for room in rooms:
             await backend.leave(room, conn.id, room not in self._rooms)
-            if self._presence and conn._user is not None and self._has_presence(room):
+            if present and conn._user is not None and conn.id in present.get(room, ()):
                 await self._presence_leave(room, conn._user.id, conn.id)
         user = conn.user_id
         await backend.remove_connection(conn.id, user, user is None or user not in self._users)
@@ -583,7 +587,8 @@ class WebSocketConnectionManager:
             del self._rooms[room]
         self._drop_floor(room, c.id)
         await self.backend.leave(room, c.id, room not in self._rooms)
-        if self._presence and c._user is not None and self._has_presence(room):
+        present = self._present_in
+        if present and c._user is not None and c.id in present.get(room, ()):
             await self._presence_leave(room, c._user.id, c.id)
 
     async def members(self, room: str) -> set[str]:
@@ -609,12 +614,18 @@ class WebSocketConnectionManager:
         return {user: _decode_info(info) for user, info in sorted(found.items())}
 
     async def _presence_join(self, room: str, user: User, cid: str) -> None:
+        self._present_in.setdefault(room, set()).add(cid)
         info = _encode_info(user.info).decode()
         arrived = await self.backend.presence_join(room, user.id, cid, info)
         if arrived:
             await self._announce(room, "join", user.id, user.info)
 
     async def _presence_leave(self, room: str, user_id: str, cid: str) -> None:
+        present = self._present_in.get(room)
+        if present is not None:
+            present.discard(cid)
+            if not present:
+                del self._present_in[room]
         if not await self.backend.presence_leave(room, user_id, cid):
             return
         linger = self.settings.presence_linger
@@ -696,11 +707,11 @@ class WebSocketConnectionManager:
                     f"{conn!r}: the user of a connection is set once, by the app's "
                     f"authenticate at the handshake (got a change to {new_id!r})"
                 )
-            if self._presence and any(self._has_presence(room) for room in conn.rooms):
+            present = sorted(r for r, ids in self._present_in.items() if conn.id in ids)
+            if present:
                 raise PachinkoError(
                     f"{conn!r}: its user cannot change while it is in a presence room "
-                    f"({', '.join(sorted(r for r in conn.rooms if self._has_presence(r)))}); "
-                    "leave them first"
+                    f"({', '.join(present)}); leave them first"
                 )
         conn._user = new
         return old
@@ -1115,15 +1126,13 @@ class WebSocketConnectionManager:
 
     def local_presence(self) -> list[PresenceEntry]:
         """Every local connection with a user in a presence room."""
-        if not self._presence:
-            return []
         found = []
-        for room, members in self._rooms.items():
-            if self._has_presence(room):
-                for cid, conn in members.items():
+        for room, ids in self._present_in.items():
+            for cid in ids:
+                conn = self._connections.get(cid)
+                if conn is not None and conn._user is not None:
                     user = conn._user
-                    if user is not None:
-                        found.append((room, user.id, cid, _encode_info(user.info).decode()))
+                    found.append((room, user.id, cid, _encode_info(user.info).decode()))
         return found
 
     def presence_changed(self, room: str, event: str, user_id: str, info: str) -> None:

@@ -31,6 +31,7 @@ async def test_two_servers_share_rooms_through_redis(redis_url: str) -> None:
         assert "backend redis://" in one.output
         await ann.send_json({"type": "join", "room": "lobby"})
         await ann.expect(type="joined")
+        await ann.expect(type="presence", event="join", user="ann")  # written: she is there
         await bob.send_json({"type": "join", "room": "lobby"})
         joined = await bob.expect(type="joined")
         assert joined["members"] == {"ann": "ann", "bob": "bob"}  # presence across processes

@@ -80,6 +80,7 @@ async def test_serve_the_example_chat() -> None:
             await ann.send_json({"type": "join", "room": "lobby"})
             joined = await ann.expect(type="joined")
             assert joined["members"] == {"ann": "ann"}
+            await ann.expect(type="presence", event="join", user="ann")  # she is listed now
             await bob.send_json({"type": "join", "room": "lobby"})
             await bob.expect(type="joined", members={"ann": "ann", "bob": "bob"})
             await ann.expect(type="presence", event="join", user="bob")

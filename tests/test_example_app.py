@@ -13,14 +13,16 @@ import pytest
 
 from examples.chat import app_python
 from pachinko.config import create_app
-from tests.helpers import chat_login, recv_json
+from pachinko.rooms import Position
+from tests.helpers import chat_login, eventually, recv_json
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "routes.example.toml"
 
 # (client, message to send or "<close>", {client: messages it receives after this step})
-# A join gets the joiner pachinko's presence event (its first connection in
-# the room) and the app's "joined"; the others get the presence event.
+# A join gets the joiner "joined", then pachinko's presence event (its first
+# connection in the room, to the whole room: it is a broadcast, kept with a
+# position like the messages); the others get the presence event.
 SCRIPT: list[tuple[str, Any, dict[str, int]]] = [
     ("ann", {"type": "join", "room": "lobby"}, {"ann": 2}),
     ("bob", {"type": "join", "room": "lobby"}, {"bob": 2, "ann": 1}),
@@ -35,7 +37,9 @@ SCRIPT: list[tuple[str, Any, dict[str, int]]] = [
     ("ann", {"type": "say", "room": "lobby", "text": "hi", "extra": 1}, {"ann": 1}),
     ("ann", {"type": "say", "room": "elsewhere", "text": "hi"}, {"ann": 1}),
     ("ann", {"type": "typing", "room": "lobby"}, {"ann": 1}),
-    ("cat", {"type": "join", "room": "lobby"}, {"cat": 2, "ann": 1, "bob": 1}),
+    # a late joiner asks for the kept messages: joined, recovery, 3 kept (two
+    # joins, hello), then its own arrival
+    ("cat", {"type": "join", "room": "lobby", "last": 50}, {"cat": 6, "ann": 1, "bob": 1}),
     ("bob", "<close>", {"ann": 1, "cat": 1}),
     ("ann", {"type": "leave", "room": "lobby"}, {"cat": 1}),
     ("cat", {"type": "say", "room": "lobby", "text": "alone"}, {"cat": 1}),
@@ -43,13 +47,15 @@ SCRIPT: list[tuple[str, Any, dict[str, int]]] = [
 
 
 def _normalize(message: Any) -> Any:
-    """Replace timestamps (checked to be RFC 3339) by a placeholder."""
+    """Replace timestamps (checked to be RFC 3339) and positions by placeholders."""
     if isinstance(message, dict):
         out = {}
         for key, value in message.items():
             if key == "at":
                 datetime.datetime.fromisoformat(value)
                 out[key] = "<at>"
+            elif key in ("_pos", "position") and value is not None:
+                out[key] = f"<epoch>:{Position.parse(value).offset}"
             else:
                 out[key] = _normalize(value)
         return out
@@ -97,19 +103,9 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
     by_step = dict.fromkeys(range(len(from_toml)))
     assert len(by_step) == sum(sum(e.values()) for _, _, e in SCRIPT)
     assert from_toml[:5] == [
-        ("ann", presence("join", "Ann")),
-        (
-            "ann",
-            {
-                "type": "joined",
-                "room": "lobby",
-                "name": "Ann",
-                "members": {"Ann": "Ann"},
-                "history": [],
-            },
-        ),
-        ("ann", presence("join", "Bob")),
-        ("bob", presence("join", "Bob")),
+        ("ann", {"type": "joined", "room": "lobby", "name": "Ann", "members": {"Ann": "Ann"}}),
+        ("ann", presence("join", "Ann", 1)),
+        ("ann", presence("join", "Bob", 2)),
         (
             "bob",
             {
@@ -117,9 +113,9 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
                 "room": "lobby",
                 "name": "Bob",
                 "members": {"Ann": "Ann", "Bob": "Bob"},
-                "history": [],
             },
         ),
+        ("bob", presence("join", "Bob", 2)),
     ]
     assert from_toml[8] == (
         "bob",
@@ -139,10 +135,34 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
             "path": "$.type",
         },
     ) in from_toml
-    joined_cat = next(m for n, m in from_toml if n == "cat" and m["type"] == "joined")
-    assert joined_cat["history"] == [{"name": "Ann", "text": "hello", "at": "<at>"}]
-    assert ("ann", presence("leave", "Bob")) in from_toml
-    assert ("cat", presence("leave", "Ann")) in from_toml
+    cat = [m for n, m in from_toml if n == "cat"]
+    assert [m["type"] for m in cat[:6]] == [
+        "joined",
+        "recovery",
+        "presence",
+        "presence",
+        "message",
+        "presence",
+    ]
+    assert cat[1] == {
+        "type": "recovery",
+        "room": "lobby",
+        "recovered": True,
+        "missed": 3,
+        "position": "<epoch>:3",
+        "reason": None,
+    }
+    assert cat[4] == {
+        "type": "message",
+        "room": "lobby",
+        "name": "Ann",
+        "text": "hello",
+        "at": "<at>",
+        "_pos": "<epoch>:3",
+    }
+    assert cat[5] == presence("join", "Cat", 4)
+    assert ("ann", presence("leave", "Bob", 5)) in from_toml
+    assert ("cat", presence("leave", "Ann", 6)) in from_toml
     assert (
         "bob",
         {
@@ -152,15 +172,19 @@ async def test_toml_app_and_python_app_answer_identically(conductor_for: Any) ->
             "path": "$",
         },
     ) in from_toml
+    # typing notices go to a room that keeps nothing: no position
+    assert ("bob", {"type": "typing", "room": "lobby", "name": "Ann", "active": True}) in from_toml
 
 
-def presence(event: str, user: str) -> dict[str, Any]:
+def presence(event: str, user: str, pos: int) -> dict[str, Any]:
+    """pachinko's presence event, as a client of the example gets it (normalized)."""
     return {
         "type": "presence",
         "event": event,
         "room": "lobby",
         "user": user,
         "info": {"name": user},
+        "_pos": f"<epoch>:{pos}",
     }
 
 
@@ -202,7 +226,8 @@ async def test_the_python_app_exported_to_toml_answers_identically(
             'prefix = "/ws"', 'prefix = "/ws"\nauthenticate = "examples.chat.auth:authenticate"'
         )
         + '\n[services.chat]\nfactory = "examples.chat.handlers:ChatRooms"\n'
-        + '\n[rooms."*"]\npresence = true\n'
+        + '\n[rooms."*"]\nhistory = 50\nhistory_ttl = 600\npresence = true\n'
+        + '\n[rooms."typing:*"]\n'
     )
     from_export = await converse(create_app(config), conductor_for)
     assert from_export == await converse(app_python.create_app(page=False), conductor_for)
@@ -213,15 +238,18 @@ def _both_apps() -> list[falcon.asgi.App]:
 
 
 @pytest.mark.parametrize("which", ["toml", "python"])
-async def test_a_room_and_its_history_end_with_its_last_member(
-    conductor_for: Any, which: str
+async def test_a_room_ends_with_its_last_member_and_its_history_with_its_ttl(
+    conductor_for: Any, which: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Joining ever new rooms does not grow the server (before: ~1.8 KB kept per room)."""
+    """Joining ever new rooms does not grow the server: presence goes with the last
+    member, the kept messages (50 per room) 600 s after the room's last broadcast."""
     from pachinko import runtime_of
 
+    now = [1000.0]
+    monkeypatch.setattr("pachinko.backends.inprocess.monotonic", lambda: now[0])
     app = _both_apps()[which == "python"]
     conductor = await conductor_for(app)
-    chat = runtime_of(app).services["chat"]
+    runtime = runtime_of(app)
     async with (
         conductor.simulate_ws("/ws/chat", **chat_login("Ann")) as ann,
         conductor.simulate_ws("/ws/chat", **chat_login("Bob")) as bob,
@@ -229,8 +257,8 @@ async def test_a_room_and_its_history_end_with_its_last_member(
         for n in range(12):  # 37 messages: within the example's rate burst of 40
             room = f"room-{n}"
             await ann.send_text(json.dumps({"type": "join", "room": room}))
-            assert (await recv_json(ann))["type"] == "presence"
             assert (await recv_json(ann))["type"] == "joined"
+            assert (await recv_json(ann))["type"] == "presence"
             await ann.send_text(json.dumps({"type": "say", "room": room, "text": "x" * 1000}))
             assert (await recv_json(ann))["type"] == "message"
             await ann.send_text(json.dumps({"type": "leave", "room": room}))
@@ -238,13 +266,19 @@ async def test_a_room_and_its_history_end_with_its_last_member(
         # after every leave was handled
         await ann.send_text(json.dumps({"type": "say", "room": "room-11", "text": "?"}))
         assert (await recv_json(ann))["reason"] == "not_joined"
-        assert (chat.members, chat.history) == ({}, {})
+        backend = runtime.manager.backend
+        # presence ends with the rooms' last member (once the leaves linger no more)
+        await eventually(lambda: not backend._info)  # type: ignore[attr-defined]
+        kept = backend._kept  # type: ignore[attr-defined]
+        assert len(kept) == 12  # within their TTL, the rooms keep their messages
         await bob.send_text(json.dumps({"type": "join", "room": "room-0"}))
+        assert (await recv_json(bob))["members"] == {"Bob": "Bob"}
         assert (await recv_json(bob))["type"] == "presence"
-        joined = await recv_json(bob)
-        # ann's leave of room-0 may still linger (presence_linger): she is listed until then
-        assert joined["members"].get("Bob") == "Bob"
-        assert joined["history"] == []
+        now[0] += 601
+        await bob.send_text(json.dumps({"type": "say", "room": "room-0", "text": "later"}))
+        # room-0's 5th broadcast (ann joined, said, left; bob joined): the same history
+        assert (await recv_json(bob))["_pos"].endswith(":5")
+        assert sorted(kept) == ["room-0"]  # the others were forgotten
 
 
 @pytest.mark.parametrize("which", ["toml", "python"])
@@ -253,8 +287,8 @@ async def test_a_member_is_in_ten_rooms_at_most(conductor_for: Any, which: str) 
     async with conductor.simulate_ws("/ws/chat", **chat_login("Ann")) as ann:
         for n in range(10):
             await ann.send_text(json.dumps({"type": "join", "room": f"r{n}"}))
-            assert (await recv_json(ann))["type"] == "presence"
             assert (await recv_json(ann))["type"] == "joined"
+            assert (await recv_json(ann))["type"] == "presence"
         await ann.send_text(json.dumps({"type": "join", "room": "r10"}))
         assert await recv_json(ann) == {
             "type": "error",
@@ -262,10 +296,14 @@ async def test_a_member_is_in_ten_rooms_at_most(conductor_for: Any, which: str) 
             "detail": "leave a room first (at most 10)",
             "path": "$.room",
         }
-        # joining a room again is not a new room
+        # joining a room again is not a new room (the members again)
         await ann.send_text(json.dumps({"type": "join", "room": "r3"}))
-        assert (await recv_json(ann))["type"] == "joined"
+        assert await recv_json(ann) == {
+            "type": "joined",
+            "room": "r3",
+            "name": "Ann",
+            "members": {"Ann": "Ann"},
+        }
         await ann.send_text(json.dumps({"type": "leave", "room": "r0"}))
         await ann.send_text(json.dumps({"type": "join", "room": "r10"}))
-        assert (await recv_json(ann))["type"] == "presence"
         assert (await recv_json(ann))["room"] == "r10"

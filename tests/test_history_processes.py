@@ -1,8 +1,9 @@
 """Recovery across real server processes, real sockets and a real Redis.
 
-Two uvicorn processes serve tests/apps/history.py on one private Redis; a
-client drops, broadcasts go on from the other process (some while it
-reconnects), it reconnects with its position and must end with exactly what
+Two ``pachinko serve tests/apps/history.toml`` processes (its ``[rooms]``
+tables keep the history) share one private Redis; a client drops,
+broadcasts go on from the other process (some while it reconnects), it
+reconnects to that process with its position and must end with exactly what
 was broadcast, in order. Then a server is killed with SIGKILL mid-stream, and
 Redis is flushed: clients are told recovery failed, then get the live stream.
 """
@@ -22,14 +23,16 @@ from pachinko.testing import RoomFollower, ServerProcess, WebSocketClosed
 from tests.redis_server import unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "tests" / "apps" / "history.toml"
 ROOM = "feed:proc"
 
 pytestmark = pytest.mark.live
 
 
 def serve(backend: str) -> ServerProcess:
+    """``pachinko serve`` of the routes.toml (one process: SIGKILL kills the server)."""
     return ServerProcess(
-        [sys.executable, "-m", "uvicorn", "tests.apps.history:app", "--port", "0"],
+        [sys.executable, "-m", "pachinko", "serve", str(CONFIG), "--port", "0"],
         cwd=ROOT,
         env={"PACHINKO_BACKEND": backend},
     )

@@ -43,6 +43,8 @@ class _Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class Join(_Message):
     room: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern="^[A-Za-z0-9_-]+$")]
+    since: str | None = None
+    last: int | None = None
 
 
 class Leave(_Message):
@@ -62,17 +64,10 @@ class Typing(_Message):
 # -- server -> client ------------------------------------------------------------
 
 
-class HistoryEntry(_Message):
-    name: str
-    text: str
-    at: datetime.datetime
-
-
 class Joined(_Message, tag="joined"):
     room: str
     name: str
     members: dict[str, str]
-    history: list[HistoryEntry]
 
 
 class Message(_Message, tag="message"):
@@ -110,9 +105,6 @@ class ChatResource(WebSocketResource):
     async def on_connect(self, req: Any, ws: Any, **params: Any) -> bool:
         return await handlers.on_connect(self, req, ws, **params)
 
-    async def on_disconnect(self, ws: Any, close_code: int) -> None:
-        await handlers.on_disconnect(self, ws, close_code)
-
     @handles_message("join")
     async def join(self, ws: Any, payload: Join) -> None:
         await handlers.join(self, ws, payload)
@@ -131,7 +123,7 @@ class ChatResource(WebSocketResource):
 
 
 def create_app(*, heartbeat: float = 10.0, page: bool = True) -> falcon.asgi.App:
-    """Build the chat app: the same routes, schemas, services and worker as the TOML file."""
+    """Build the chat app: the same routes, schemas, rooms, services and worker as the TOML file."""
     app = falcon.asgi.App()
     settings = Settings(
         backend=os.environ.get("PACHINKO_BACKEND", "memory://"),
@@ -157,9 +149,12 @@ def create_app(*, heartbeat: float = 10.0, page: bool = True) -> falcon.asgi.App
         router,
         settings=settings,
         workers=[beat],
-        services={"chat": functools.partial(handlers.ChatRooms, history=50, rooms_per_member=10)},
+        services={"chat": functools.partial(handlers.ChatRooms, rooms_per_member=10)},
         authenticate=auth.authenticate,
-        rooms={"*": RoomPolicy(presence=True)},
+        rooms={
+            "*": RoomPolicy(history=50, history_ttl=600, presence=True),
+            "typing:*": RoomPolicy(),
+        },
     )
     if page:
         add_page(app)

@@ -1,26 +1,26 @@
 """Handlers of the example chat app (``routes.example.toml``).
 
 Plain async functions: each receives the per-connection resource, the
-Falcon WebSocket and the validated payload. Who is talking comes from the
-signed token checked at the handshake (:mod:`examples.chat.auth`):
-``resource.user.info["name"]``. Who is in a room is pachinko's presence
-(``[rooms."*"] presence = true``): the library announces joins and leaves
-(once per user, across processes) and lists the members, so the example
-keeps no member list of its own.
+Falcon WebSocket and the validated payload. What the example keeps itself
+is small; the rest is the library's:
 
-The ``chat`` service (one per app, created at startup) keeps the last N
-messages of each room while it has members in this process.
+- who is talking: the signed token checked at the handshake
+  (:mod:`examples.chat.auth`), ``resource.user.info["name"]``;
+- who is in a room: presence (``presence = true`` in ``[rooms."*"]``):
+  pachinko announces joins and leaves (once per user, across processes)
+  and lists the members;
+- message history: every broadcast to a room carries its position, and a
+  join with ``since`` (a page that reconnects) or ``last`` (a first join)
+  gets the kept messages after a ``recovery`` message.
 
-NOTE: the history lives in the process: with several server processes (a
-Redis backend) each keeps its own. Members, presence and broadcasts cross
-processes.
+The ``chat`` service (one per app) only bounds the rooms a connection may
+be in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-from collections import deque
 from typing import Any
 
 __all__ = [
@@ -29,9 +29,9 @@ __all__ = [
     "join",
     "leave",
     "on_connect",
-    "on_disconnect",
     "say",
     "typing",
+    "typing_room",
 ]
 
 
@@ -40,43 +40,18 @@ def _now() -> datetime.datetime:
 
 
 class ChatRooms:
-    """Message history per room, while the room has members in this process.
+    """The chat's one rule of its own: a connection is in ``rooms_per_member`` rooms at most.
 
-    Memory is bounded: a room's history is forgotten when its last local
-    member leaves (a client joining ever new rooms cannot grow the server),
-    and a connection is a member of ``rooms_per_member`` rooms at most.
+    (The library bounds the rest: presence entries end with their
+    connections, history keeps ``history`` messages per room for
+    ``history_ttl`` seconds.)
 
     Args:
-        history: Messages kept per room.
         rooms_per_member: Rooms a connection may be in at once.
     """
 
-    def __init__(self, history: int = 50, rooms_per_member: int = 10) -> None:
-        self.history_size = history
+    def __init__(self, rooms_per_member: int = 10) -> None:
         self.rooms_per_member = rooms_per_member
-        self.members: dict[str, set[str]] = {}
-        self.history: dict[str, deque[dict[str, Any]]] = {}
-
-    def add(self, room: str, conn_id: str) -> None:
-        """Count a local member of ``room``."""
-        self.members.setdefault(room, set()).add(conn_id)
-
-    def remove(self, room: str, conn_id: str) -> None:
-        """Forget a local member; the room's history ends with its last one."""
-        members = self.members.get(room, set())
-        members.discard(conn_id)
-        if not members:
-            self.members.pop(room, None)
-            self.history.pop(room, None)
-
-    def record(self, room: str, entry: dict[str, Any]) -> None:
-        """Keep ``entry`` in the history of a room with members (the last N only)."""
-        if room in self.members:
-            self.history.setdefault(room, deque(maxlen=self.history_size)).append(entry)
-
-    def recent(self, room: str) -> list[dict[str, Any]]:
-        """The room's history, oldest first."""
-        return list(self.history.get(room, ()))
 
 
 def _name(resource: Any) -> str:
@@ -90,14 +65,14 @@ async def on_connect(resource: Any, req: Any, ws: Any, **params: Any) -> bool:
     return True
 
 
-async def on_disconnect(resource: Any, ws: Any, close_code: int) -> None:
-    """Forget this connection's rooms (pachinko announces the leaves)."""
-    for room in resource.state.get("rooms", ()):
-        resource.chat.remove(room, resource.connection.id)
+def typing_room(room: str) -> str:
+    """Where typing notices of ``room`` go: a room that keeps no history."""
+    return f"typing:{room}"
 
 
 async def join(resource: Any, ws: Any, payload: Any) -> None:
-    """Join a room: ``joined`` (members and history) to the joiner.
+    """Join a room: ``joined`` (the members) to the joiner, then ``recovery`` and
+    what it missed (with ``since``) or the last kept messages (with ``last``).
 
     pachinko sends the ``presence`` join event to the room (the joiner
     included) when this is the user's first connection in it.
@@ -114,18 +89,20 @@ async def join(resource: Any, ws: Any, payload: Any) -> None:
             }
         )
         return
-    await resource.join_room(room)
-    rooms.add(room)
-    resource.chat.add(room, resource.connection.id)
     present = await resource.presence(room)
+    members = {user: info.get("name", user) for user, info in present.items()}
+    members[resource.user.id] = _name(resource)
     await resource.send(
-        {
-            "type": "joined",
-            "room": room,
-            "name": _name(resource),
-            "members": {user: info.get("name", user) for user, info in present.items()},
-            "history": resource.chat.recent(room),
-        }
+        {"type": "joined", "room": room, "name": _name(resource), "members": members}
+    )
+    if room in rooms:
+        return  # joined already: the members again
+    rooms.add(room)
+    await resource.join_room(typing_room(room))
+    # NOTE: with since or last, the connection gets a "recovery" message and
+    #   the kept messages, then the live stream: nothing lost, nothing twice.
+    await resource.join_room(
+        room, since=payload.since, last=payload.last if payload.since is None else None
     )
 
 
@@ -134,12 +111,12 @@ async def leave(resource: Any, ws: Any, payload: Any) -> None:
     rooms: set[str] = resource.state["rooms"]
     if payload.room in rooms:
         rooms.discard(payload.room)
-        resource.chat.remove(payload.room, resource.connection.id)
         await resource.leave_room(payload.room)
+        await resource.leave_room(typing_room(payload.room))
 
 
 async def say(resource: Any, ws: Any, payload: Any) -> None:
-    """Send a message to a room, the sender included; keep it in the history."""
+    """Send a message to a room, the sender included (the room keeps it)."""
     if payload.room not in resource.state["rooms"]:
         await resource.send(
             {
@@ -150,18 +127,20 @@ async def say(resource: Any, ws: Any, payload: Any) -> None:
             }
         )
         return
-    entry = {"name": _name(resource), "text": payload.text, "at": _now()}
-    resource.chat.record(payload.room, entry)
-    await resource.broadcast_to_room(
-        payload.room, {"type": "message", "room": payload.room, **entry}, exclude_self=False
-    )
+    message = {
+        "type": "message",
+        "room": payload.room,
+        "name": _name(resource),
+        "text": payload.text,
+    }
+    await resource.broadcast_to_room(payload.room, {**message, "at": _now()}, exclude_self=False)
 
 
 async def typing(resource: Any, ws: Any, payload: Any) -> None:
-    """Tell the others in a room that this member is (not) typing."""
+    """Tell the others in a room that this member is (not) typing (not kept)."""
     if payload.room in resource.state["rooms"]:
         await resource.broadcast_to_room(
-            payload.room,
+            typing_room(payload.room),
             {
                 "type": "typing",
                 "room": payload.room,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Collection
 from time import monotonic
 
@@ -16,12 +16,14 @@ __all__ = ["InProcessBackend"]
 class _Kept:
     """The history of one room: its epoch, last offset and kept frames."""
 
-    __slots__ = ("entries", "epoch", "offset")
+    __slots__ = ("entries", "epoch", "offset", "touched", "ttl")
 
     def __init__(self, epoch: str, size: int) -> None:
         self.epoch = epoch
         self.offset = 0
         self.entries: deque[tuple[int, float, str]] = deque(maxlen=size)
+        self.ttl: float | None = None  # the TTL it is filed under in _expiry
+        self.touched = 0.0  # monotonic time of its last broadcast or start
 
 
 class InProcessBackend(ConnectionBackend):
@@ -33,7 +35,11 @@ class InProcessBackend(ConnectionBackend):
 
     Room history is kept in this process's memory (a bounded deque per room
     that was broadcast to); it is lost with the process, and a restarted
-    process starts new epochs.
+    process starts new epochs. A room with a ``history_ttl`` is forgotten
+    (frames, epoch and offset) once its TTL has passed since its last
+    broadcast and it has no member in this process, so rooms named by
+    clients cannot grow the process without bound; a client coming back
+    with a position in it is told ``recovered: false, reason: "epoch"``.
     """
 
     def __init__(self) -> None:
@@ -44,6 +50,9 @@ class InProcessBackend(ConnectionBackend):
         self._present: dict[str, dict[str, set[str]]] = {}
         self._info: dict[str, dict[str, str]] = {}
         self._leaving: dict[str, set[str]] = {}
+        # TTL -> rooms filed under it, least recently broadcast to first
+        # (one group per TTL value: the oldest of each group expires first).
+        self._expiry: dict[float, OrderedDict[str, None]] = {}
 
     @property
     def host(self) -> BackendHost:
@@ -148,29 +157,69 @@ class InProcessBackend(ConnectionBackend):
         policy: RoomPolicy,
         epoch: str,
     ) -> tuple[Position, str, int]:
+        now = monotonic()
+        self._forget_expired(now)
         kept = self._kept.get(room)
         if kept is None or kept.entries.maxlen != policy.history:
             kept = self._renew(room, kept, epoch, policy.history)
         offset = kept.offset = kept.offset + 1
         position = Position(kept.epoch, offset)
         frame = f"{head}{kept.epoch}:{offset}{tail}"
-        kept.entries.append((offset, monotonic(), frame))
+        kept.entries.append((offset, now, frame))
+        self._touch(room, kept, policy.history_ttl, now)
         return position, frame, 0
+
+    def _touch(self, room: str, kept: _Kept, ttl: float | None, now: float) -> None:
+        """File ``room`` as broadcast to now (under its TTL)."""
+        kept.touched = now
+        if kept.ttl != ttl:  # a new room, or its policy changed (a reload)
+            if kept.ttl is not None:
+                self._expiry[kept.ttl].pop(room, None)
+            kept.ttl = ttl
+        if ttl is not None:
+            group = self._expiry.get(ttl)
+            if group is None:
+                group = self._expiry[ttl] = OrderedDict()
+            group[room] = None
+            group.move_to_end(room)
+
+    def _forget_expired(self, now: float) -> None:
+        # PERF: looks at the oldest room of each TTL group only: O(1) per
+        #   broadcast (a handful of distinct TTLs), amortized over the rooms forgotten.
+        for ttl, group in self._expiry.items():
+            while group:
+                room = next(iter(group))
+                kept = self._kept.get(room)
+                if kept is not None and kept.ttl == ttl:
+                    if kept.touched + ttl > now:
+                        break
+                    host = self._host
+                    if host is not None and host.local_rooms().get(room):
+                        kept.touched = now  # members follow it: keep its epoch going
+                        group.move_to_end(room)
+                        continue
+                    del self._kept[room]
+                del group[room]
 
     def _renew(self, room: str, kept: _Kept | None, epoch: str, size: int) -> _Kept:
         fresh = _Kept(epoch if kept is None else kept.epoch, size)
         if kept is not None:  # the policy changed (a reload): keep what fits
             fresh.offset = kept.offset
             fresh.entries.extend(kept.entries)
+            fresh.ttl, fresh.touched = kept.ttl, kept.touched
         self._kept[room] = fresh
         return fresh
 
     async def read_history(
         self, room: str, since: int | None, last: int | None, policy: RoomPolicy, epoch: str
     ) -> HistoryRead:
+        now = monotonic()
+        self._forget_expired(now)
         kept = self._kept.get(room)
         if kept is None or kept.entries.maxlen != policy.history:
             kept = self._renew(room, kept, epoch, policy.history)
+        if kept.touched == 0.0 or kept.ttl != policy.history_ttl:
+            self._touch(room, kept, policy.history_ttl, now)  # its history starts
         entries = kept.entries
         ttl = policy.history_ttl
         if ttl is not None:

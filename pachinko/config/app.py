@@ -1,8 +1,8 @@
 """Entry points: ``create_app(path)`` and ``configure(app, path)``.
 
 Both load and compile the file first (every error at once, before anything
-touches the app), then install pachinko with the file's settings, services
-and workers, mount the router under ``[app].prefix`` and run the
+touches the app), then install pachinko with the file's settings, room
+policies, services and workers, mount the router under ``[app].prefix`` and run the
 ``[app].setup`` callables with the app.
 """
 
@@ -132,8 +132,8 @@ def configure(
 ) -> Configured:
     """Serve a routes.toml on an existing Falcon app, next to its HTTP routes.
 
-    Installs pachinko on ``app`` (the file's settings, services and workers,
-    and metrics: see :func:`create_app`), mounts the router under
+    Installs pachinko on ``app`` (the file's settings, rooms, services and
+    workers, and metrics: see :func:`create_app`), mounts the router under
     ``[app].prefix`` and runs ``[app].setup``.
 
     Raises:
@@ -147,10 +147,10 @@ def configure(
         compiled.prefix,
         compiled.router,
         settings=compiled.settings,
+        rooms=compiled.rooms,
         workers=[worker_callable(plan) for plan in compiled.workers.values()],
         services=service_factories(compiled.services, lambda: runtime_of(app).services),
         authenticate=compiled.authenticate,
-        rooms=compiled.rooms,
         **_metrics(metrics_path(compiled, metrics, environ)),
     )
     runtime = runtime_of(app)

@@ -2,15 +2,15 @@
 
 Everything happens here, once: imports, handler checks, ``defstruct``
 schemas, resource classes (``type(...)`` with ``handles_message``), the
-``WebSocketRouter`` tree, service and worker plans, the room policies and
-the ``authenticate`` function. The result holds no
+``WebSocketRouter`` tree, service and worker plans, room policies and the
+``authenticate`` function. The result holds no
 TOML-specific object on the per-message path: the serve loop sees a plain
 router and plain resource classes.
 
 The work is split by what it makes: :mod:`._types` (declared types),
-:mod:`._plans` (services and workers), :mod:`._routes` (route trees),
-:mod:`._resources` (resource classes); :mod:`._checks` imports and checks
-what the file names for all of them.
+:mod:`._plans` (services and workers), :mod:`._rooms` (room policies),
+:mod:`._routes` (route trees), :mod:`._resources` (resource classes);
+:mod:`._checks` imports and checks what the file names for all of them.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from typing import Any, Final
 
 import attrs
 
-from ..rooms import DEFAULT_POLICY, RoomPolicies, RoomPolicy
+from ..rooms import RoomPolicies
 from ..router import WebSocketRouter
 from ..settings import Settings
 from ._checks import Call, Checker
 from ._plans import ServiceBox, ServicePlan, WorkerPlan, service_plans, worker_plans
 from ._resources import ResourceClasses
+from ._rooms import room_policies
 from ._routes import RouteTrees
 from ._types import declared_structs
 from .loader import Loaded, Report, load, load_text
@@ -43,7 +44,6 @@ __all__ = [
 
 _SETUP: Final = Call("setup(app)", 1, is_async=False)
 _AUTHENTICATE: Final = Call("authenticate(req)", 1, is_async=False)
-_AUTHORIZE: Final = Call("authorize(resource, room)", 2, is_async=False)
 
 
 @attrs.define
@@ -55,26 +55,26 @@ class Compiled:
         router: The root router (mounted at ``prefix``).
         prefix: Mount prefix.
         settings: The app's settings.
+        rooms: The room policies (``[rooms]``, ``[app] position_field``).
         structs: Declared type name → Struct.
         services: Service plans, in declaration order.
         workers: Worker plans by name.
         setup: Callables run with the Falcon app at creation.
         box: Holds the services mapping the resource factory reads.
         authenticate: ``[app] authenticate``, imported (or ``None``).
-        rooms: The ``[rooms]`` policies.
     """
 
     loaded: Loaded
     router: WebSocketRouter
     prefix: str
     settings: Settings
+    rooms: RoomPolicies
     structs: dict[str, Any]
     services: dict[str, ServicePlan]
     workers: dict[str, WorkerPlan]
     setup: list[Callable[..., Any]]
     box: ServiceBox
     authenticate: Callable[..., Any] | None = None
-    rooms: RoomPolicies = attrs.field(factory=RoomPolicies)
 
 
 def compile_loaded(
@@ -96,9 +96,9 @@ def compile_loaded(
     services = service_plans(checker)
     workers = worker_plans(checker)
     _check_prefix(checker)
+    rooms = room_policies(checker)
     setup = _setup_callables(checker)
     authenticate = _authenticate(checker)
-    rooms = _room_policies(checker)
     trees = RouteTrees(checker, ResourceClasses(checker, structs), box)
     router = trees.router("", loaded.routes, loaded.routers, loaded.hooks)
     checker.report_broken_modules()
@@ -109,13 +109,13 @@ def compile_loaded(
         router,
         prefix,
         loaded.settings,
+        rooms,
         structs,
         services,
         workers,
         setup,
         box,
         authenticate,
-        rooms,
     )
 
 
@@ -173,32 +173,3 @@ def _authenticate(checker: Checker) -> Callable[..., Any] | None:
     where = (checker.loaded.root, ("app", "authenticate"))
     fn: Callable[..., Any] | None = checker.function_for(where, path, _AUTHENTICATE)
     return fn
-
-
-def _room_policies(checker: Checker) -> RoomPolicies:
-    """Return the ``[rooms]`` policies that check out."""
-    policies: dict[str, RoomPolicy] = {}
-    for pattern, (where, room) in checker.loaded.rooms.items():
-        authorize = None
-        if room.authorize is not None:
-            source, path = where
-            authorize = checker.function_for(
-                (source, (*path, "authorize")), room.authorize, _AUTHORIZE
-            )
-            if authorize is None:
-                continue
-        try:
-            RoomPolicies({pattern: DEFAULT_POLICY})  # the pattern itself
-        except ValueError as ex:
-            checker.problem(where, "a room name, or a prefix ending with '*'", str(ex))
-            continue
-        try:
-            policies[pattern] = RoomPolicy(
-                history=room.history,
-                history_ttl=room.history_ttl,
-                presence=room.presence,
-                authorize=authorize,
-            )
-        except ValueError as ex:
-            checker.problem(where, "a valid room policy", str(ex))
-    return RoomPolicies(policies)

@@ -25,6 +25,7 @@ from .._tree import Received, RouterView, RouteView, router_tree
 from ..errors import PachinkoError
 from ..hooks import HOOK_EVENTS
 from ..resource import WebSocketResource
+from ..rooms import POSITION_FIELD, RoomPolicies
 from ..router import WebSocketRouter
 from ..settings import Settings
 from ._checks import parameter_names
@@ -97,10 +98,11 @@ def export_document(
 def export_app(app: falcon.asgi.App[Any, Any], *, prefix: str | None = None) -> str:
     """Return a Falcon app's pachinko part as a routes.toml document.
 
-    The app's one mounted router, its prefix and settings, and its services
-    and workers. An app configured from a routes.toml is written from its
-    declarations (``[app] setup`` included); HTTP routes and middleware that
-    Python code added to the app are not pachinko's and are not written.
+    The app's one mounted router, its prefix and settings, its room
+    policies (``[rooms]``), and its services and workers. An app configured
+    from a routes.toml is written from its declarations (``[app] setup``
+    included); HTTP routes and middleware that Python code added to the app
+    are not pachinko's and are not written.
 
     Args:
         app: An app with pachinko installed and one router mounted.
@@ -138,8 +140,19 @@ def export_app_document(
     }
     workers = exporter.workers(runtime.declared_workers)
     body = exporter.router(router_tree(mount.router.root))
+    policies = runtime.manager.room_policies
+    app_table: dict[str, Any] = {"prefix": prefix or mount.prefix}
+    if runtime.authenticate is not None:
+        path = exporter.path_of(runtime.authenticate, "app.authenticate")
+        if path is not None:
+            app_table["authenticate"] = path
+    if policies.position_field != POSITION_FIELD:
+        app_table["position_field"] = policies.position_field
+    rooms = _rooms(policies, exporter)
     exporter.raise_if_any()
-    doc = _document(exporter, body, {"prefix": prefix or mount.prefix}, runtime.settings)
+    doc = _document(exporter, body, app_table, runtime.settings)
+    if rooms:
+        doc["rooms"] = rooms
     if services:
         doc["services"] = services
     if workers:
@@ -172,8 +185,27 @@ def _settings(settings: Settings) -> dict[str, Any]:
     return {k: False if v is None else v for k, v in values.items() if defaults.get(k, v) != v}
 
 
+def _rooms(policies: RoomPolicies, exporter: _Exporter) -> dict[str, Any]:
+    """``[rooms]`` tables: each declared policy's values that differ from the defaults."""
+    out: dict[str, Any] = {}
+    for pattern, policy in policies.items():
+        table: dict[str, Any] = {}
+        if policy.history:
+            table["history"] = policy.history
+        if policy.history_ttl is not None:
+            table["history_ttl"] = policy.history_ttl
+        if policy.presence:
+            table["presence"] = True
+        if policy.authorize is not None:
+            path = exporter.path_of(policy.authorize, f"rooms.{pattern}.authorize")
+            if path is not None:
+                table["authorize"] = path
+        out[pattern] = table
+    return out
+
+
 #: Top-level tables in the order a person writes them.
-_ORDER = ("include", "app", "settings", "types", "services", "workers", "rooms", "hooks")
+_ORDER = ("include", "app", "settings", "rooms", "types", "services", "workers", "hooks")
 
 
 def _ordered(doc: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +222,7 @@ def _declared(compiled: Compiled, prefix: str | None) -> dict[str, Any]:
     changed = _settings(loaded.settings)
     if changed:
         doc["settings"] = changed
-    for section in ("types", "services", "workers", "rooms"):
+    for section in ("rooms", "types", "services", "workers"):
         items = getattr(loaded, section)
         if items:
             doc[section] = {name: msgspec.to_builtins(decl) for name, (_, decl) in items.items()}

@@ -3,8 +3,8 @@
 Each file is parsed, interpolated and checked on its own, so every error
 names the file it is in, with the key path and line as written there. The
 files are then merged: ``routes``, ``routers`` and hook lists are appended in
-include order (the including file first); ``types``, ``services``,
-``workers`` and ``rooms`` must not be declared twice; ``app`` and ``settings`` belong to
+include order (the including file first); ``rooms``, ``types``, ``services``
+and ``workers`` must not be declared twice; ``app`` and ``settings`` belong to
 the root file only.
 """
 
@@ -92,10 +92,10 @@ class Loaded:
     sources: list[Source]
     app: AppConfig
     settings: Settings
+    rooms: dict[str, tuple[Located, RoomConfig]]
     types: dict[str, tuple[Located, TypeConfig]]
     services: dict[str, tuple[Located, ServiceConfig]]
     workers: dict[str, tuple[Located, WorkerConfig]]
-    rooms: dict[str, tuple[Located, RoomConfig]]
     hooks: list[tuple[Located, str, str]]  # (where, event, import path)
     routes: list[tuple[Located, RouteConfig]]
     routers: list[tuple[Located, RouterConfig]]
@@ -166,10 +166,10 @@ class _Merger:
         self.sources: list[Source] = []
         self.app: AppConfig | None = None
         self.settings: Settings | None = None
+        self.rooms: dict[str, tuple[Located, RoomConfig]] = {}
         self.types: dict[str, tuple[Located, TypeConfig]] = {}
         self.services: dict[str, tuple[Located, ServiceConfig]] = {}
         self.workers: dict[str, tuple[Located, WorkerConfig]] = {}
-        self.rooms: dict[str, tuple[Located, RoomConfig]] = {}
         self.hooks: list[tuple[Located, str, str]] = []
         self.routes: list[tuple[Located, RouteConfig]] = []
         self.routers: list[tuple[Located, RouterConfig]] = []
@@ -182,10 +182,10 @@ class _Merger:
             self.sources,
             self.app or AppConfig(),
             self.settings or Settings(),
+            self.rooms,
             self.types,
             self.services,
             self.workers,
-            self.rooms,
             self.hooks,
             self.routes,
             self.routers,
@@ -311,7 +311,7 @@ class _Merger:
         if root:
             self.app = config.app
             self.settings = config.settings
-        for section in ("types", "services", "workers", "rooms"):
+        for section in ("rooms", "types", "services", "workers"):
             merged: dict[str, Any] = getattr(self, section)
             for name, item in getattr(config, section).items():
                 if name in merged:
@@ -322,7 +322,7 @@ class _Merger:
                         source,
                         (section, name),
                         f"a {section[:-1]} name used once",
-                        f"{section}.{name} declared already at {at}",
+                        f"{format_path((section, name))} declared already at {at}",
                     )
                     continue
                 merged[name] = ((source, (section, name)), item)

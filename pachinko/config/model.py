@@ -54,6 +54,9 @@ class AppConfig(_Table):
             run at every handshake: returns the ``pachinko.User`` or refuses
             (``None`` or ``AuthenticationFailed``: 3401, HTTP 401). See
             ``pachinko.auth`` for signed tokens.
+        position_field: Name of the field that carries the position of each
+            broadcast to a room with history (see ``[rooms]``); reserved in
+            messages broadcast to such rooms.
         metrics: Path of a Prometheus endpoint on the app (``"/metrics"``;
             needs the ``metrics`` extra, see docs/observability.md).
     """
@@ -62,6 +65,7 @@ class AppConfig(_Table):
     setup: list[ImportPath] = []
     reload: bool = False
     authenticate: ImportPath | None = None
+    position_field: Annotated[str, msgspec.Meta(min_length=1)] = "_pos"
     metrics: str | None = None
 
 
@@ -280,25 +284,27 @@ class WorkerConfig(_Table):
 
 
 class RoomConfig(_Table):
-    """``[rooms."pattern"]``: the policy of a room (``"lobby"``) or pattern (``"team:*"``).
+    """``[rooms."PATTERN"]``: what a room, or every room of a pattern, keeps and allows.
 
-    The most specific declaration wins, whole: an exact name before any
-    pattern, then the longest prefix. A room no declaration names has no
-    presence and every join that the hooks allow is allowed.
+    The key is a room name (``lobby``) or a pattern ending in ``*``
+    (``"auction:*"``; ``"*"`` is every room). The most specific declaration
+    wins, whole: an exact name, then the longest pattern. Compiled into
+    ``pachinko.RoomPolicy`` (``install(rooms=...)``).
 
     Attributes:
-        history: Broadcasts kept per room for late joiners and recovery
-            after a reconnect (0: none).
-        history_ttl: Seconds a kept broadcast lives (none: until pushed out
-            by newer ones); needs ``history``.
+        history: Broadcasts kept per room, for clients that reconnect with
+            their position (``since``) and late joiners (``last``); 0: none.
+        history_ttl: Seconds a kept broadcast lives (omitted: until newer
+            ones push it out); needs ``history``.
         presence: Push ``presence`` join/leave events to the room (once per
             user, across processes) and list its members with their info.
         authorize: Import path of ``authorize(resource, room)`` (sync or
-            async) returning true when the connection may join.
+            async) returning true when the connection may join (a room no
+            declaration names: every join the hooks allow).
     """
 
     history: Annotated[int, msgspec.Meta(ge=0)] = 0
-    history_ttl: _PositiveFloat | None = None
+    history_ttl: _PositiveInt | _PositiveFloat | None = None
     presence: bool = False
     authorize: ImportPath | None = None
 
@@ -311,10 +317,11 @@ class ConfigFile(_Table):
         app: How the file is wired into the Falcon app (root file only).
         settings: Limits, security and backend: the fields of
             ``pachinko.Settings`` (root file only).
+        rooms: Room policies by room name or pattern (history, presence,
+            join authorization).
         types: Message types by name.
         services: Services by name.
         workers: Workers by name.
-        rooms: Room policies by room name or pattern.
         hooks: Global hooks of the root router.
         routes: Routes of the root router.
         routers: Nested routers.
@@ -323,10 +330,10 @@ class ConfigFile(_Table):
     include: list[str] = []
     app: AppConfig | None = None
     settings: Settings | None = None
+    rooms: dict[str, RoomConfig] = {}
     types: dict[str, TypeConfig] = {}
     services: dict[str, ServiceConfig] = {}
     workers: dict[str, WorkerConfig] = {}
-    rooms: dict[str, RoomConfig] = {}
     hooks: HooksConfig | None = None
     routes: list[RouteConfig] = []
     routers: list[RouterConfig] = []

@@ -26,6 +26,7 @@ TABLES: list[tuple[str, type[msgspec.Struct]]] = [
     ("(top level)", model.ConfigFile),
     ("[app]", model.AppConfig),
     ("[settings]", Settings),
+    ('[rooms."PATTERN"]', model.RoomConfig),
     ("[types.NAME]", model.TypeConfig),
     ("[types.NAME.fields] values", model.FieldConfig),
     ("[services.NAME]", model.ServiceConfig),

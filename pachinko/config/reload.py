@@ -4,14 +4,17 @@ A change to the file (or a file it includes) is loaded and compiled off the
 serving path; if that succeeds, the new router is swapped in atomically
 (``Mount.swap``): open connections keep the resource they have, new
 connections get the new routes and schemas. Workers whose declaration
-changed are restarted; the others keep running. An invalid edit keeps the
+changed are restarted; the others keep running. ``[rooms]`` applies from the
+next broadcast and the next join (see :meth:`Reloader.reload`). An invalid edit keeps the
 previous version serving and logs every error with its location. Every
 reload is logged with what changed.
 
 What is *not* reloaded: Python code (modules are imported once; restart the
 process, e.g. ``pachinko serve --reload`` or ``uvicorn --reload``), services
-(created once at startup), ``[settings]``, ``[app]`` and ``[rooms]``: a change there is
-logged as needing a restart.
+(created once at startup), ``[settings]`` and ``[app]``: a change there is
+logged as needing a restart. A ``[rooms]`` change of ``presence`` applies
+to joins after the reload: connections already in the room keep what they
+joined with until they leave (their presence entries included).
 
 Files are watched with ``watchfiles`` when it is installed (the ``serve``
 extra), else by polling their modification times.
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from ..errors import ConfigError
+from ..rooms import RoomPolicies
 from ._env import RELOAD_POLL_ENV
 from ._plans import ServiceBox, worker_callable
 from .compiler import Compiled, load_config
@@ -65,8 +69,8 @@ def describe_changes(old: Compiled, new: Compiled) -> dict[str, list[str]]:
     """What differs between two compiled configurations, by kind.
 
     Returns:
-        Keys ``routes``, ``types``, ``workers``, ``services``, ``hooks``,
-        ``restart`` (changes that need a process restart); each a list of
+        Keys ``routes``, ``types``, ``rooms``, ``workers``, ``services``,
+        ``hooks``, ``restart`` (changes that need a process restart); each a list of
         ``+name`` (added), ``-name`` (removed), ``~name`` (changed).
     """
 
@@ -90,6 +94,7 @@ def describe_changes(old: Compiled, new: Compiled) -> dict[str, list[str]]:
     changes = {
         "routes": _diff(routes(old), routes(new)),
         "types": _diff(table(old.loaded.types), table(new.loaded.types)),
+        "rooms": _diff(table(old.loaded.rooms), table(new.loaded.rooms)),
         "workers": _diff(table(old.loaded.workers), table(new.loaded.workers)),
         "services": _diff(table(old.loaded.services), table(new.loaded.services)),
         "hooks": _diff(
@@ -101,8 +106,6 @@ def describe_changes(old: Compiled, new: Compiled) -> dict[str, list[str]]:
     for key in ("settings", "app"):
         if getattr(old.loaded, key) != getattr(new.loaded, key):
             changes["restart"].append(f"[{key}]")
-    if table(old.loaded.rooms) != table(new.loaded.rooms):
-        changes["restart"].append("[rooms]")
     if changes["services"]:
         changes["restart"].extend(f"services: {c}" for c in changes["services"])
     return changes
@@ -209,6 +212,14 @@ class Reloader:
     async def reload(self) -> bool:
         """Load, compile and swap in the file now.
 
+        Room policies (``[rooms]``) are replaced in the manager: the next
+        broadcast and the next join use them. What a room keeps already is
+        not rewritten: a smaller ``history`` trims it at the room's next
+        broadcast, a room whose history is turned off stops giving positions
+        (a client that joins with one is told ``no_history``) and one whose
+        history is turned on starts it (offset 1) at its next broadcast.
+        ``[app] position_field`` needs a restart, like the rest of ``[app]``.
+
         Returns:
             True if the new version is served (or nothing changed), False if
             it was invalid and the previous version keeps serving.
@@ -247,6 +258,10 @@ class Reloader:
             )
             return False
         new.box.services = configured.runtime.services
+        if changes["rooms"]:
+            configured.runtime.manager.set_room_policies(
+                RoomPolicies(new.rooms, position_field=old.rooms.position_field)
+            )
         configured.mount.swap(new.router)
         configured.compiled = new
         await self._restart_workers(old, new, changes["workers"])

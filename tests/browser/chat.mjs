@@ -4,10 +4,13 @@
 // Opens BASE_URL/ in three tabs of one fresh browser profile: alice and bob
 // sign in (a signed token from the page's POST /token) and join "lobby",
 // alice types (bob sees the typing indicator) and sends a message (bob sees
-// it), then carol joins and gets it as history. With BOB_BASE_URL, bob's tab
-// is served by that other server process (sharing Redis): the member lists
-// must still match. Saves screenshots in ARTIFACT_DIR and prints one JSON
-// line with what was seen.
+// it), then carol joins and gets it as history. Then alice's connection
+// drops (its socket is closed from page JS and new ones fail until bob has
+// said three things); the page reconnects by itself, joins with its last
+// position and shows the three messages exactly once. With BOB_BASE_URL,
+// bob's tab is served by that other server process (sharing Redis): the
+// member lists must still match. Saves screenshots in ARTIFACT_DIR and
+// prints one JSON line with what was seen.
 // Exits non-zero (with the reason on stderr) on any failure or page error.
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -39,10 +42,34 @@ const context = await chromium.launchPersistentContext(profile, {
 });
 const pageErrors = [];
 const seen = {};
+const tabs = {};
 
-async function open(name, from = base) {
+// Test-only instrumentation of a tab: keeps its sockets (so a test can close
+// one, as a dropped network would) and, while window.__offline is set, makes
+// new connections fail at once (the page sees a close, 1006, and retries).
+function instrument() {
+  const Real = window.WebSocket;
+  window.__sockets = [];
+  window.__offline = false;
+  function Instrumented(url, protocols) {
+    if (window.__offline) {
+      const failed = { readyState: 3, send() {}, close() {} };
+      setTimeout(() => failed.onclose && failed.onclose({ code: 1006 }), 0);
+      return failed;
+    }
+    const socket = new Real(url, protocols);
+    window.__sockets.push(socket);
+    return socket;
+  }
+  Object.assign(Instrumented, { CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+  window.WebSocket = Instrumented;
+}
+
+async function open(name, { instrumented = false, from = base } = {}) {
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT);
+  if (instrumented) await page.addInitScript(instrument);
+  tabs[name] = page;
   page.on("pageerror", (error) => pageErrors.push(`${name}: ${error.message}`));
   page.on("console", (msg) => {
     if (msg.type() === "error") pageErrors.push(`${name} console: ${msg.text()}`);
@@ -65,8 +92,8 @@ const members = (page) => page.locator("#members li").allTextContents();
 
 let failure = null;
 try {
-  const alice = await open("alice");
-  const bob = await open("bob", bobBase || base);
+  const alice = await open("alice", { instrumented: true });
+  const bob = await open("bob", { from: bobBase || base });
   await joinRoom(alice, "alice");
   await joinRoom(bob, "bob");
   // presence: alice's list grows when bob joins
@@ -99,8 +126,46 @@ try {
   seen.history_carol = await history.textContent();
   seen.members_carol = await members(carol);
   await carol.screenshot({ path: join(artifacts, "chat-carol.png"), fullPage: true });
+
+  // reconnect: alice's connection drops, bob says three things meanwhile,
+  // alice's page reconnects by itself and shows them exactly once
+  await alice.evaluate(() => {
+    window.__offline = true;
+    window.__sockets.at(-1).close();
+  });
+  seen.step = "dropped";
+  await alice.locator("#status.closed").waitFor();
+  seen.step = "closed";
+  const missed = ["missed one", "missed two", "missed three"];
+  for (const text of missed) {
+    await bob.fill("#text", text);
+    await bob.click("#send");
+    await bob.locator("#messages li.msg", { hasText: text }).waitFor();
+  }
+  seen.step = "bob said";
+  await alice.evaluate(() => { window.__offline = false; });
+  await alice.locator("#messages li .note", { hasText: "reconnected to #lobby" }).waitFor();
+  await alice.locator("#messages li.msg", { hasText: "missed three" }).waitFor();
+  seen.step = "recovered";
+  await alice.locator("#status.open").waitFor();
+  delete seen.step;
+  // one more, live: it comes after the missed ones, once
+  await bob.fill("#text", "live again");
+  await bob.click("#send");
+  await alice.locator("#messages li.msg", { hasText: "live again" }).waitFor();
+  const texts = await alice.locator("#messages li.msg .text").allTextContents();
+  seen.messages_alice = texts;
+  seen.reconnect_alice = await alice
+    .locator("#messages li .note", { hasText: "reconnected to #lobby" })
+    .allTextContents();
+  seen.sockets_alice = await alice.evaluate(() => window.__sockets.length);
+  await alice.screenshot({ path: join(artifacts, "chat-reconnect.png"), fullPage: true });
 } catch (error) {
   failure = error;
+  for (const [name, page] of Object.entries(tabs)) {
+    const shown = await page.locator("#messages li").allTextContents().catch(() => []);
+    seen[`shown_${name}`] = shown;
+  }
 } finally {
   await context.close();
   rmSync(profile, { recursive: true, force: true });
@@ -111,6 +176,7 @@ if (failure || pageErrors.length) {
   console.error(`browser test failed: ${failure ? failure.message : ""}`);
   for (const error of pageErrors) console.error(`page error: ${error}`);
   console.error(`seen so far: ${JSON.stringify(seen)}`);
+  if (failure && process.env.CHAT_DEBUG) console.error(failure.stack);
   process.exit(1);
 }
 console.log(JSON.stringify(seen));

@@ -2,7 +2,8 @@
 
 ``pachinko serve routes.example.toml`` runs as a child process on a free
 loopback port; ``chat.mjs`` opens the page in three tabs (two chat, the
-third joins later for the history) and saves screenshots under
+third joins later for the history; then the first one's connection drops
+while the second says three things, and it reconnects) and saves screenshots under
 ``tests/browser/artifacts/`` (git-ignored). Needs ``/usr/bin/chromium``,
 ``node`` and ``npm install`` in this directory: ``scripts/install-browser-deps.sh``
 sets them up. Under ``CI=true`` a missing piece fails the test instead of
@@ -97,7 +98,18 @@ async def test_two_tabs_chat_through_pachinko_serve(browser_tools: None) -> None
     assert seen["message_bob"].endswith("alicehello from alice")
     assert seen["history_carol"].endswith("alicehello from alice")
     assert seen["members_carol"] == ["alice", "bob", "carol"]
-    for name in ("alice", "bob", "carol", "typing"):
+    # the reconnected tab shows what it missed exactly once, in order, then the live stream
+    assert seen["messages_alice"] == [
+        "hello from alice",
+        "missed one",
+        "missed two",
+        "missed three",
+        "live again",
+    ]
+    assert len(seen["reconnect_alice"]) == 1
+    assert "missed update(s)" in seen["reconnect_alice"][0]
+    assert seen["sockets_alice"] == 2  # it did reconnect (a second real socket)
+    for name in ("alice", "bob", "carol", "typing", "reconnect"):
         shot = ARTIFACTS / f"chat-{name}.png"
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
 

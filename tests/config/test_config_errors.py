@@ -102,6 +102,19 @@ EXPECTED = {
     "undeclared_service.toml": "1 error in undeclared_service.toml\n"
     "  undeclared_service.toml:3: routes[0].services[0]: expected a declared service "
     "(none declared), found 'history'",
+    "room_pattern.toml": "1 error in room_pattern.toml\n"
+    "  room_pattern.toml:1: rooms.\"a*b\": expected a room name or a pattern ending in '*' "
+    "('auction:*', '*'), found 'a*b': '*' at position 1",
+    "room_negative_history.toml": "1 error in room_negative_history.toml\n"
+    '  room_negative_history.toml:2: rooms."auction:*".history: expected an integer >= 0, '
+    "found integer -1",
+    "room_ttl_without_history.toml": "1 error in room_ttl_without_history.toml\n"
+    "  room_ttl_without_history.toml:2: rooms.lobby.history_ttl: expected history > 0 with "
+    "history_ttl (the time kept broadcasts live), found history_ttl = 600 and history = 0",
+    "room_unknown_key.toml": "1 error in room_unknown_key.toml\n"
+    '  room_unknown_key.toml:3: rooms."auction:*".histroy_ttl: expected one of the keys '
+    "history, history_ttl, presence, authorize, found unknown key 'histroy_ttl' "
+    "(did you mean 'history_ttl'?)",
 }
 
 

@@ -142,7 +142,19 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
         doc["settings"] = {"max_message_size": draw(st.integers(10_000, 10**6))}
     if draw(st.booleans()):
         doc["hooks"] = {"after_receive": [f"{HERE}:hook"]}
+    if draw(st.booleans()):
+        doc["rooms"] = draw(st.dictionaries(room_patterns, room_tables, max_size=3))
     return doc
+
+
+room_patterns = st.one_of(names, names.map(lambda s: f"{s}:*"), st.just("*"))
+room_tables = st.fixed_dictionaries(
+    {},
+    optional={
+        "history": st.integers(1, 1000),
+        "history_ttl": st.one_of(st.integers(1, 3600), st.floats(0.5, 60.0)),
+    },
+).filter(lambda t: "history" in t or "history_ttl" not in t)
 
 
 _SETTINGS = settings(
@@ -158,6 +170,12 @@ def test_random_valid_configs_compile(doc: dict[str, Any]) -> None:
     compiled = compile_text(tomli_w.dumps(doc))
     tops = [r for r in compiled.router.routes() if r.parent is None]
     assert [r.template for r in tops] == [r["path"] for r in doc["routes"]]
+    for pattern, table in doc.get("rooms", {}).items():
+        policy = compiled.rooms[pattern]
+        assert (policy.history, policy.history_ttl) == (
+            table.get("history", 0),
+            table.get("history_ttl"),
+        )
     for info, route in zip(tops, doc["routes"], strict=True):
         expected = {"py"} if "resource" in route else set(route.get("handlers", {}))
         assert set(info.target.message_types()) == expected
