@@ -237,3 +237,22 @@ def test_the_presence_event_is_in_the_asyncapi_document() -> None:
     # an app without presence rooms does not describe it
     plain = asyncapi.document_for_app(make_app(WebSocketRouter()))
     assert "presence" not in plain["components"]["messages"]
+
+
+async def test_a_leave_ends_the_presence_its_join_started_after_a_policy_change(
+    conductor_for: Any,
+) -> None:
+    # a reload may turn presence off: members who joined with it still leave with it
+    app = presence_app()
+    conductor = await conductor_for(app)
+    manager = pachinko.runtime_of(app).manager
+    async with conductor.simulate_ws("/ws/room", query_string="user=bob") as bob:
+        await join(bob)
+        await recv_json(bob)
+        await recv_json(bob)
+        async with conductor.simulate_ws("/ws/room", query_string="user=ann") as ann:
+            await join(ann)
+            assert await recv_json(bob) == event("join", "ann")
+            manager.set_room_policies({})
+        assert await recv_json(bob) == event("leave", "ann")
+        assert await manager.backend.presence_members("lobby") == {"bob": '{"name":"Bob"}'}

@@ -132,3 +132,28 @@ def test_presence_and_history_share_the_rooms_table() -> None:
     )
     policy = compiled.rooms.lookup("auction:7")
     assert (policy.history, policy.history_ttl, policy.presence) == (100, 600, True)
+
+
+def test_export_writes_presence_authorize_and_authenticate() -> None:
+    import falcon.asgi
+
+    import pachinko
+    from pachinko import RoomPolicy, WebSocketRouter
+    from pachinko.config import export_app
+
+    app = falcon.asgi.App()
+    router = WebSocketRouter()
+    router.add_route("/rooms", pachinko.WebSocketResource)
+    pachinko.mount(
+        app,
+        "/ws",
+        router,
+        authenticate=from_query,
+        rooms={"team:*": RoomPolicy(presence=True, authorize=is_member)},
+    )
+    text = export_app(app)
+    assert f'authenticate = "{HERE}:from_query"' in text
+    assert f'[rooms."team:*"]\npresence = true\nauthorize = "{HERE}:is_member"' in text
+    compiled = compile_text(text)
+    assert compiled.authenticate is from_query
+    assert compiled.rooms.lookup("team:x") == RoomPolicy(presence=True, authorize=is_member)
