@@ -374,13 +374,8 @@ async def _build_chain(
         _refused(runtime, "limit" if isinstance(refusal, ConnectionLimitExceeded) else "refused")
         await _refuse(ws, refusal)
         return None
-    except WebSocketDisconnected:
-        _refused(runtime, "disconnected")
-        return None
-    except Exception:
-        _refused(runtime, "error")
-        logger.exception("WebSocket handshake for %s failed", req.path)
-        await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
+    except Exception as ex:
+        await _handshake_failed(runtime, ws, ex, "WebSocket handshake for %s failed", req.path)
         return None
     return tuple(chain)
 
@@ -410,13 +405,8 @@ async def _authenticate(
         _refused(runtime, "refused")
         await _refuse(ws, refusal)
         return None
-    except WebSocketDisconnected:
-        _refused(runtime, "disconnected")
-        return None
-    except Exception:
-        _refused(runtime, "error")
-        logger.exception("authenticate failed for WebSocket %s", req.path)
-        await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
+    except Exception as ex:
+        await _handshake_failed(runtime, ws, ex, "authenticate failed for WebSocket %s", req.path)
         return None
     return user
 
@@ -473,6 +463,21 @@ def _token_carrier(req: Request) -> str | None:
         if not item.startswith(TOKEN_SUBPROTOCOL):
             return item
     return None
+
+
+async def _handshake_failed(
+    runtime: Host, ws: WebSocket, ex: Exception, message: str, path: str
+) -> None:
+    """Count a handshake step that raised ``ex``; log and close unless the peer left.
+
+    Call it from the ``except`` clause (the log carries the traceback).
+    """
+    if isinstance(ex, WebSocketDisconnected):
+        _refused(runtime, "disconnected")
+        return
+    _refused(runtime, "error")
+    logger.exception(message, path)
+    await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
 
 
 def _refused(runtime: Host, cause: str) -> None:

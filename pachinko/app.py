@@ -290,16 +290,13 @@ def install(
     _check_service_names(services or {})
     existing = _find_runtime(app)
     if existing is not None:
+        # NOTE: an option counts as passed when it is not None (these) or
+        #   not empty (workers, services, on_worker_crash, authenticate).
+        passed = (backend, rooms, metrics, tracing)
         if (
             (settings is not None and settings != existing.settings)
-            or backend is not None
-            or workers
-            or services
-            or on_worker_crash
-            or authenticate
-            or rooms is not None
-            or metrics is not None
-            or tracing is not None
+            or any((workers, services, on_worker_crash, authenticate))
+            or any(option is not None for option in passed)
         ):
             raise ConfigError(
                 "install(): pachinko is already installed on this app; pass settings, backend, "

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 from urllib.parse import urlsplit
@@ -286,27 +286,7 @@ def serve(
     compiled = _compile(config)
     settings = compiled.settings
     scheme = urlsplit(settings.backend).scheme
-    if workers > 1 and scheme in _IN_PROCESS_SCHEMES:
-        _fail(
-            f"Error: --workers {workers} needs a shared backend, but {config} uses the "
-            f"in-process backend ({settings.backend!r}): rooms, users and broadcasts would not "
-            f"cross the {workers} processes. Set [settings] backend to a Redis URL "
-            f"(redis://host:6379/0) or serve with one worker.",
-            2,
-        )
-    if workers > 1 and reload:
-        _fail("Error: --reload runs one process; it cannot be combined with --workers > 1", 2)
-    if metrics is not None and not metrics.startswith("/"):
-        _fail(f"Error: --metrics expects a path starting with '/', got {metrics!r}", 2)
-    metrics = metrics or compiled.loaded.app.metrics
-    if metrics is not None:
-        try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
-            _fail(
-                "Error: metrics need the module 'prometheus_client', which is not installed: "
-                "install the metrics extra with pip install 'pachinko[metrics]'"
-            )
+    metrics = _check_serve_options(config, compiled, scheme, workers, reload, metrics)
     logging_config = log_config or default_log_config(log_level, log_format)
     configure_logging(logging_config, log_level)  # the app may log while it is built
     options = uvicorn_options(
@@ -327,6 +307,52 @@ def serve(
     )
     if metrics is not None:
         click.echo(f"pachinko: metrics at {metrics}", err=True)
+    _launch(serve_with_uvicorn, config, options, workers, reload, metrics)
+
+
+def _check_serve_options(
+    config: str,
+    compiled: Compiled,
+    scheme: str,
+    workers: int,
+    reload: bool,
+    metrics: str | None,
+) -> str | None:
+    """Check ``serve``'s process options; return the metrics path (``None``: off)."""
+    backend = compiled.settings.backend
+    if workers > 1 and scheme in _IN_PROCESS_SCHEMES:
+        _fail(
+            f"Error: --workers {workers} needs a shared backend, but {config} uses the "
+            f"in-process backend ({backend!r}): rooms, users and broadcasts would not "
+            f"cross the {workers} processes. Set [settings] backend to a Redis URL "
+            f"(redis://host:6379/0) or serve with one worker.",
+            2,
+        )
+    if workers > 1 and reload:
+        _fail("Error: --reload runs one process; it cannot be combined with --workers > 1", 2)
+    if metrics is not None and not metrics.startswith("/"):
+        _fail(f"Error: --metrics expects a path starting with '/', got {metrics!r}", 2)
+    metrics = metrics or compiled.loaded.app.metrics
+    if metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            _fail(
+                "Error: metrics need the module 'prometheus_client', which is not installed: "
+                "install the metrics extra with pip install 'pachinko[metrics]'"
+            )
+    return metrics
+
+
+def _launch(
+    serve_with_uvicorn: Callable[..., None],
+    config: str,
+    options: dict[str, Any],
+    workers: int,
+    reload: bool,
+    metrics: str | None,
+) -> None:
+    """Run uvicorn: on the app built here, or on the file in each process."""
     if workers == 1 and not reload:
         from .config import create_app
 

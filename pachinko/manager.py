@@ -22,7 +22,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -101,6 +101,22 @@ class _Holder:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.frames: list[tuple[Position, str | bytes]] = []
+
+
+def _recovery_request(
+    policy: RoomPolicy, since: str | None, last: int | None
+) -> tuple[Position | None, str | None]:
+    """The position a recovery asks for, or why it cannot be served (a reason)."""
+    if not policy.history:
+        return None, "no_history"
+    if since is not None:
+        try:
+            return Position.parse(since), None
+        except ValueError:
+            return None, "malformed"
+    if isinstance(last, bool) or not isinstance(last, int):
+        return None, "malformed"
+    return None, None
 
 
 def _verdict(
@@ -920,17 +936,7 @@ class WebSocketConnectionManager:
         if room in c.rooms:
             return self._tell(c, Recovery(room, False, reason="member"), notify, tag_field, wire)
         policy = self.room_policies.lookup(room)
-        wanted: Position | None = None
-        reason: str | None = None
-        if not policy.history:
-            reason = "no_history"
-        elif since is not None:
-            try:
-                wanted = Position.parse(since)
-            except ValueError:
-                reason = "malformed"
-        elif isinstance(last, bool) or not isinstance(last, int):
-            reason = "malformed"
+        wanted, reason = _recovery_request(policy, since, last)
         if reason is not None:
             await self._join(c, room)
             return self._tell(c, Recovery(room, False, reason=reason), notify, tag_field, wire)
@@ -939,17 +945,8 @@ class WebSocketConnectionManager:
         # Hold the room's live frames for this connection from now on, read
         # the history, send it, then the held frames not in it: no gap, no
         # duplicate whatever arrives meanwhile.
-        holder = _Holder(c)
-        held = self._holding.get(room)
-        if held is None:
-            held = self._holding[room] = {}
-        held[c.id] = holder
-        if isinstance(c.rooms, set):
-            c.rooms.add(room)
-        else:
-            c.rooms = {room}
+        holder, first = self._start_holding(c, room)
         backend = self.backend
-        first = room not in self._rooms and len(held) == 1
         try:
             await backend.join(room, c.id, first)
             await backend.subscribed(room)
@@ -963,7 +960,7 @@ class WebSocketConnectionManager:
             self._used(read.epoch)
         except BaseException:
             self._unhold(room, c)
-            c.rooms.discard(room)
+            cast("set[str]", c.rooms).discard(room)  # a set since _start_holding
             await backend.leave(room, c.id, room not in self._rooms and room not in self._holding)
             raise
         outcome, entries = _verdict(room, wanted, read)
@@ -978,21 +975,38 @@ class WebSocketConnectionManager:
             if position.epoch != read.epoch or position.offset > upto:
                 fan_out((c,), live, None)
         if c.outbox is not None and not c.outbox.dead:
-            members = self._rooms.get(room)
-            if members is None:
-                members = self._rooms[room] = {}
-            members[c.id] = c
-            if backend.history_echo and read.epoch is not None:
-                # NOTE: the subscription and the history read are two Redis
-                #   connections: a broadcast published after the SUBSCRIBE but
-                #   before the read is in the replay and may reach the listener
-                #   only now. It is skipped up to the offset replayed; the
-                #   subscription keeps publish order, so the first newer frame
-                #   retires the floor.
-                self._floors.setdefault(room, {})[c.id] = (read.epoch, upto)
+            self._admit_recovered(c, room, read.epoch if backend.history_echo else None, upto)
             if self._presence and c._user is not None and self._has_presence(room):
                 await self._presence_join(room, c._user, c.id)
         return outcome
+
+    def _start_holding(self, c: Connection, room: str) -> tuple[_Holder, bool]:
+        """Hold ``room``'s live frames for ``c``; return the holder and if it is the first."""
+        holder = _Holder(c)
+        held = self._holding.get(room)
+        if held is None:
+            held = self._holding[room] = {}
+        held[c.id] = holder
+        if isinstance(c.rooms, set):
+            c.rooms.add(room)
+        else:
+            c.rooms = {room}
+        return holder, room not in self._rooms and len(held) == 1
+
+    def _admit_recovered(self, c: Connection, room: str, epoch: str | None, upto: int) -> None:
+        """Make ``c`` a member of ``room``; ``epoch``: the replayed history's, if echoed."""
+        members = self._rooms.get(room)
+        if members is None:
+            members = self._rooms[room] = {}
+        members[c.id] = c
+        if epoch is not None:
+            # NOTE: the subscription and the history read are two Redis
+            #   connections: a broadcast published after the SUBSCRIBE but
+            #   before the read is in the replay and may reach the listener
+            #   only now. It is skipped up to the offset replayed; the
+            #   subscription keeps publish order, so the first newer frame
+            #   retires the floor.
+            self._floors.setdefault(room, {})[c.id] = (epoch, upto)
 
     def _drop_floor(self, room: str, cid: str) -> None:
         floors = self._floors.get(room)

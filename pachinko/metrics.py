@@ -27,6 +27,7 @@ import contextlib
 import os
 import re
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Final
@@ -215,123 +216,69 @@ class Metrics(Observer):
             ) from ex
 
     def _define(self, ns: str, buckets: tuple[float, ...]) -> None:
-        c, g, r = prometheus_client.Counter, prometheus_client.Gauge, self.registry
+        # Every metric shares the namespace and the registry.
+        c = partial(prometheus_client.Counter, namespace=ns, registry=self.registry)
+        g = partial(prometheus_client.Gauge, namespace=ns, registry=self.registry)
+        h = partial(prometheus_client.Histogram, namespace=ns, registry=self.registry)
         self.connections_open = g(
-            "connections_open",
-            "Open WebSocket connections",
-            ["route"],
-            namespace=ns,
-            registry=r,
-            multiprocess_mode="livesum",
+            "connections_open", "Open WebSocket connections", ["route"], multiprocess_mode="livesum"
         )
-        self.connections_opened = c(
-            "connections_opened", "Accepted handshakes", ["route"], namespace=ns, registry=r
-        )
+        self.connections_opened = c("connections_opened", "Accepted handshakes", ["route"])
         self.connections_closed = c(
             "connections_closed",
             "Closed connections by close code (unknown codes grouped: 3xxx, 4xxx, other)",
             ["route", "code"],
-            namespace=ns,
-            registry=r,
         )
-        self.handshakes_refused = c(
-            "handshakes_refused",
-            "Refused handshakes by cause",
-            ["cause"],
-            namespace=ns,
-            registry=r,
-        )
+        self.handshakes_refused = c("handshakes_refused", "Refused handshakes by cause", ["cause"])
         self.messages = c(
-            "messages",
-            "Messages handled, by route and declared type",
-            ["route", "type"],
-            namespace=ns,
-            registry=r,
+            "messages", "Messages handled, by route and declared type", ["route", "type"]
         )
-        self.handler_seconds = prometheus_client.Histogram(
-            "handler_seconds",
-            "Time in message handlers",
-            ["route", "type"],
-            namespace=ns,
-            registry=r,
-            buckets=buckets,
+        self.handler_seconds = h(
+            "handler_seconds", "Time in message handlers", ["route", "type"], buckets=buckets
         )
         self.error_replies = c(
-            "error_replies",
-            "Messages answered with an error reply, by reason",
-            ["route", "reason"],
-            namespace=ns,
-            registry=r,
+            "error_replies", "Messages answered with an error reply, by reason", ["route", "reason"]
         )
         self.sends = c(
             "sends",
             "Sends and broadcasts reaching this process's connections (origin: local or remote)",
             ["origin"],
-            namespace=ns,
-            registry=r,
         )
         self.deliveries = c(
             "deliveries",
             "Deliveries by outcome (delivered: written or queued; remote: processes handed to)",
             ["outcome"],
-            namespace=ns,
-            registry=r,
         )
         self.slow_consumer_closes = c(
-            "slow_consumer_closes",
-            "Connections closed as slow consumers",
-            namespace=ns,
-            registry=r,
+            "slow_consumer_closes", "Connections closed as slow consumers"
         )
-        self.failed_sends = c(
-            "failed_sends", "Connections evicted by a failed send", namespace=ns, registry=r
-        )
+        self.failed_sends = c("failed_sends", "Connections evicted by a failed send")
         self.outbox_busy = g(
             "outbox_busy",
             "Connections with a send under way (sampled)",
-            namespace=ns,
-            registry=r,
             multiprocess_mode="livesum",
         )
         self.outbox_queued = g(
             "outbox_queued",
             "Frames queued behind sends under way (sampled)",
-            namespace=ns,
-            registry=r,
             multiprocess_mode="livesum",
         )
         self.backend_available = g(
             "backend_up",
             "1 while the backend is reachable (the lowest of every process)",
-            namespace=ns,
-            registry=r,
             multiprocess_mode="livemin",
         )
-        self.backend_outages = c(
-            "backend_outages", "Backend connection losses", namespace=ns, registry=r
-        )
-        self.backend_reconnects = c(
-            "backend_reconnects", "Backend reconnections after an outage", namespace=ns, registry=r
-        )
-        self.backend_down_seconds = c(
-            "backend_down_seconds", "Time the backend was unreachable", namespace=ns, registry=r
-        )
-        self.worker_crashes = c(
-            "worker_crashes", "Worker crashes", ["worker"], namespace=ns, registry=r
-        )
+        self.backend_outages = c("backend_outages", "Backend connection losses")
+        self.backend_reconnects = c("backend_reconnects", "Backend reconnections after an outage")
+        self.backend_down_seconds = c("backend_down_seconds", "Time the backend was unreachable")
+        self.worker_crashes = c("worker_crashes", "Worker crashes", ["worker"])
         self.worker_restarts = c(
-            "worker_restarts",
-            "Worker restarts by a restart policy",
-            ["worker"],
-            namespace=ns,
-            registry=r,
+            "worker_restarts", "Worker restarts by a restart policy", ["worker"]
         )
         self.recoveries = c(
             "recoveries",
             "Recovery requests after a reconnect (result: hit or miss)",
             ["route", "result"],
-            namespace=ns,
-            registry=r,
         )
 
     # -- lifecycle ------------------------------------------------------------------

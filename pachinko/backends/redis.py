@@ -639,6 +639,15 @@ class RedisBackend(ConnectionBackend):
         elif kind == "all":
             host.deliver_all(text, frozenset(extra.split(",")) if extra else ())
 
+    async def _want(self, kind: str, name: str, wanted: bool) -> None:
+        """Want (or stop wanting) the channel of a room or user, then sync it."""
+        channel = self._channel(kind, name)
+        if wanted:
+            self._wanted.add(channel)
+        else:
+            self._wanted.discard(channel)
+        await self._sync(channel)
+
     async def _sync(self, channel: str) -> None:
         """Subscribe to or unsubscribe from ``channel`` as ``_wanted`` says."""
         async with self._sub_lock:
@@ -682,10 +691,8 @@ class RedisBackend(ConnectionBackend):
     async def add_connection(self, conn_id: str, user_id: str | None, first: bool) -> None:
         if user_id is None:
             return
-        channel = self._channel("user", user_id)
         if first:
-            self._wanted.add(channel)
-            await self._sync(channel)
+            await self._want("user", user_id, True)
         await self._write(
             f"connection of user {user_id!r}",
             ("hset", (self._key("users", user_id), conn_id, self._node)),
@@ -702,9 +709,7 @@ class RedisBackend(ConnectionBackend):
         """
         if first:
             # Subscribe before the connection is visible (as add_connection).
-            channel = self._channel("user", user_id)
-            self._wanted.add(channel)
-            await self._sync(channel)
+            await self._want("user", user_id, True)
         try:
             added = await self._claim_script(
                 keys=[self._key("users", user_id)],
@@ -726,17 +731,13 @@ class RedisBackend(ConnectionBackend):
         ):
             self._stale.append(("hdel", (key, conn_id)))
         if last:
-            channel = self._channel("user", user_id)
-            self._wanted.discard(channel)
-            await self._sync(channel)
+            await self._want("user", user_id, False)
 
     async def join(self, room: str, conn_id: str, first: bool) -> None:
-        channel = self._channel("room", room)
         if first:
             # Subscribe before the membership is visible: a broadcast sent by
             # another process after it saw the member reaches it.
-            self._wanted.add(channel)
-            await self._sync(channel)
+            await self._want("room", room, True)
         await self._write(
             f"membership of room {room!r}",
             ("hset", (self._key("members", room), conn_id, self._node)),
@@ -752,9 +753,7 @@ class RedisBackend(ConnectionBackend):
             )
             self._stale.append(("leave", (self._key("members", room), [conn_id], room)))
         if last:
-            channel = self._channel("room", room)
-            self._wanted.discard(channel)
-            await self._sync(channel)
+            await self._want("room", room, False)
 
     async def _alive(self, nodes: set[str]) -> set[str]:
         """The nodes among ``nodes`` whose presence key has not expired."""

@@ -51,20 +51,7 @@ __all__ = [
 ]
 
 # Tracebacks show the public names (pachinko.testing.ReceiveTimeout).
-for _name in (
-    "AppClient",
-    "HandshakeRefused",
-    "InProcessWebSocket",
-    "LiveServer",
-    "LiveWebSocket",
-    "MessageStream",
-    "Probe",
-    "ReceiveTimeout",
-    "ResourceHarness",
-    "RoomFollower",
-    "ServerProcess",
-    "WebSocketClosed",
-    "WebSocketSimulator",
-):
-    globals()[_name].__module__ = __name__
+for _name in __all__:
+    if isinstance(globals()[_name], type):
+        globals()[_name].__module__ = __name__
 del _name

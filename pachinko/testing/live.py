@@ -105,7 +105,24 @@ async def connect(
         await connection.close()
 
 
-class LiveServer:
+class _Listening:
+    """The addresses of a server once it listens on ``host`` and ``port``."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port``."""
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.host}:{self.port}"
+
+
+class LiveServer(_Listening):
     """Serve a Falcon app with uvicorn on 127.0.0.1 and a free port, in this loop.
 
     ::
@@ -138,16 +155,6 @@ class LiveServer:
         self._options = {"log_level": "warning", "lifespan": "on", **uvicorn_options}
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        """``ws://host:port``."""
-        return f"ws://{self.host}:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.host}:{self.port}"
 
     async def __aenter__(self) -> LiveServer:
         import uvicorn
@@ -206,7 +213,7 @@ class LiveServer:
         raise AssertionError(f"expected the handshake for {path} to be refused, it was accepted")
 
 
-class ServerProcess:
+class ServerProcess(_Listening):
     """Run a server command as a child process; find its port in uvicorn's log.
 
     The command must make uvicorn bind port 0 (``pachinko serve --port 0``)
@@ -251,16 +258,6 @@ class ServerProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
-
-    @property
-    def url(self) -> str:
-        """``ws://host:port``."""
-        return f"ws://{self.host}:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.host}:{self.port}"
 
     async def _read(self) -> None:
         process = self._process
