@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import falcon.asgi
+from falcon.errors import WebSocketDisconnected
 
 
 def ws_scope(path: str) -> dict[str, Any]:
@@ -120,3 +121,38 @@ class IdleClient:
             self._gone.set_result(1000)
         if self.task is not None:
             await asyncio.wait([self.task], timeout=5)
+
+
+class Counter:
+    """Counts frames across all clients; sets ``done`` at the expected count."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self) -> None:
+        self.left = 0
+        self.done = asyncio.Event()
+
+    def expect(self, count: int) -> None:
+        self.left = count
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+
+class Members:
+    """The hand-written app: accept, keep the socket, idle in receive."""
+
+    def __init__(self) -> None:
+        self.sockets: list[Any] = []
+
+    async def on_websocket(self, req: Any, ws: Any) -> None:
+        await ws.accept()
+        self.sockets.append(ws)
+        try:
+            while True:
+                await ws.receive_text()
+        except WebSocketDisconnected:
+            self.sockets.remove(ws)

@@ -31,6 +31,7 @@ from typing import Any
 
 import falcon.asgi
 import msgspec
+from _asgi import Lifespan
 from falcon.errors import WebSocketDisconnected
 
 import pachinko
@@ -293,33 +294,6 @@ async def drive(app: falcon.asgi.App, messages: int, frames: list[str] = FRAMES)
     if sent < messages + 1:
         raise RuntimeError(f"only {sent} events sent for {messages} messages")
     return elapsed
-
-
-class Lifespan:
-    """Run the app's ASGI lifespan in the background: startup on enter, shutdown on exit."""
-
-    def __init__(self, app: falcon.asgi.App) -> None:
-        self.app = app
-        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def __aenter__(self) -> None:
-        self.task = asyncio.create_task(
-            self.app(
-                {"type": "lifespan", "asgi": {"version": "3.0"}}, self.inbox.get, self.outbox.put
-            )
-        )
-        await self._step("startup")
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._step("shutdown")
-        await self.task
-
-    async def _step(self, phase: str) -> None:
-        await self.inbox.put({"type": f"lifespan.{phase}"})
-        event = await self.outbox.get()
-        if event["type"] != f"lifespan.{phase}.complete":
-            raise RuntimeError(f"lifespan {phase} failed: {event}")
 
 
 async def measure(

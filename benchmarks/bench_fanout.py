@@ -43,49 +43,13 @@ import time
 from typing import Any
 
 import falcon.asgi
-from _asgi import IdleClient, Lifespan
-from falcon.errors import WebSocketDisconnected
+from _asgi import Counter, IdleClient, Lifespan, Members
 
 import pachinko
 from pachinko.resource import encode_text
 
 MESSAGE = {"type": "message", "room": "lobby", "name": "ann", "text": "hello, everyone"}
 KINDS = ("loop", "broadcast", "stalled", "gather", "policies")
-
-
-class Counter:
-    """Counts frames across all clients; sets ``done`` at the expected count."""
-
-    __slots__ = ("done", "left")
-
-    def __init__(self) -> None:
-        self.left = 0
-        self.done = asyncio.Event()
-
-    def expect(self, count: int) -> None:
-        self.left = count
-        self.done = asyncio.Event()
-
-    def hit(self) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.done.set()
-
-
-class Members:
-    """The hand-written app: accept, keep the socket, idle in receive."""
-
-    def __init__(self) -> None:
-        self.sockets: list[Any] = []
-
-    async def on_websocket(self, req: Any, ws: Any) -> None:
-        await ws.accept()
-        self.sockets.append(ws)
-        try:
-            while True:
-                await ws.receive_text()
-        except WebSocketDisconnected:
-            self.sockets.remove(ws)
 
 
 class Member(pachinko.WebSocketResource):

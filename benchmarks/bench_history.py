@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import falcon.asgi
-from _asgi import IdleClient, Lifespan
-from falcon.errors import WebSocketDisconnected
+from _asgi import Counter, IdleClient, Lifespan, Members
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,37 +49,6 @@ from pachinko.resource import encode_text  # noqa: E402
 MESSAGE = {"type": "message", "room": "lobby", "name": "ann", "text": "hello, everyone"}
 KINDS = ("loop", "plain", "plain+pol", "history")
 POLICIES = {"hist:*": RoomPolicy(history=1000)}
-
-
-class Counter:
-    __slots__ = ("done", "left")
-
-    def __init__(self) -> None:
-        self.left = 0
-        self.done = asyncio.Event()
-
-    def expect(self, count: int) -> None:
-        self.left = count
-        self.done = asyncio.Event()
-
-    def hit(self) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.done.set()
-
-
-class Members:
-    def __init__(self) -> None:
-        self.sockets: list[Any] = []
-
-    async def on_websocket(self, req: Any, ws: Any) -> None:
-        await ws.accept()
-        self.sockets.append(ws)
-        try:
-            while True:
-                await ws.receive_text()
-        except WebSocketDisconnected:
-            self.sockets.remove(ws)
 
 
 class Member(pachinko.WebSocketResource):
