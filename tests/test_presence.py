@@ -14,7 +14,8 @@ import jsonschema
 import pytest
 
 import pachinko
-from pachinko import RoomPolicy, Settings, User, WebSocketResource, WebSocketRouter, asyncapi
+from pachinko import RoomPolicy, Settings, User, WebSocketRouter, asyncapi
+from tests.apps.presence import Presence
 from tests.helpers import make_app, recv_json
 
 USERS = {
@@ -23,17 +24,8 @@ USERS = {
 }
 
 
-class Room(WebSocketResource):
-    async def on_join(self, ws: Any, payload: Any) -> None:
-        await self.join_room(payload["room"])
-        await self.send({"type": "joined", "room": payload["room"]})
-
-    async def on_leave(self, ws: Any, payload: Any) -> None:
-        await self.leave_room(payload["room"])
-        await self.send({"type": "left", "room": payload["room"]})
-
-    async def on_who(self, ws: Any, payload: Any) -> None:
-        await self.send({"type": "who", "members": await self.presence(payload["room"])})
+class Room(Presence):
+    """The presence test app's resource (join, leave, who), and a rename."""
 
     async def on_rename(self, ws: Any, payload: Any) -> None:
         try:
