@@ -818,6 +818,17 @@ class WebSocketConnectionManager:
         text = encode_frame(message)
         excluded = _excluded(exclude)
         remote = await self.backend.publish_room(room, text, excluded)
+        return await self._to_members(room, text, excluded, timeout, remote)
+
+    async def _to_members(
+        self,
+        room: str,
+        frame: str | bytes,
+        excluded: Collection[str],
+        timeout: float | None,
+        remote: int,
+    ) -> Delivery:
+        """Write ``frame`` to this process's members of ``room`` but ``excluded``."""
         members = self._rooms.get(room)
         if not members:
             return Delivery(remote=remote)
@@ -827,7 +838,7 @@ class WebSocketConnectionManager:
             ]
         else:
             targets = list(members.values())
-        return await self._fanout(targets, text, timeout, remote)
+        return await self._fanout(targets, frame, timeout, remote)
 
     async def broadcast_to_all(
         self,
@@ -904,15 +915,7 @@ class WebSocketConnectionManager:
             return Delivery(recipients=n, pending=n, remote=remote)
         if self._holding:
             self._hold(room, position, frame, excluded)
-        if not members:
-            return Delivery(remote=remote)
-        if excluded:
-            targets: Collection[Connection] = [
-                c for cid, c in members.items() if cid not in excluded
-            ]
-        else:
-            targets = list(members.values())
-        return await self._fanout(targets, frame, timeout, remote)
+        return await self._to_members(room, frame, excluded, timeout, remote)
 
     def _used(self, epoch: str | None) -> None:
         if epoch == self._epoch:  # a new history took it: the next one is fresh
