@@ -917,6 +917,20 @@ class WebSocketConnectionManager:
             self._hold(room, position, frame, excluded)
         return await self._to_members(room, frame, excluded, timeout, remote)
 
+    async def _read_history(
+        self, room: str, wanted: Position | None, last: int | None, policy: RoomPolicy
+    ) -> HistoryRead:
+        """What ``room`` kept after ``wanted`` (or its ``last`` broadcasts)."""
+        read = await self.backend.read_history(
+            room,
+            None if wanted is None else wanted.offset,
+            None if wanted is not None else max(0, min(last or 0, policy.history)),
+            policy,
+            self._epoch,
+        )
+        self._used(read.epoch)
+        return read
+
     def _used(self, epoch: str | None) -> None:
         if epoch == self._epoch:  # a new history took it: the next one is fresh
             self._epoch = secrets.token_hex(6)
@@ -953,14 +967,7 @@ class WebSocketConnectionManager:
         try:
             await backend.join(room, c.id, first)
             await backend.subscribed(room)
-            read = await backend.read_history(
-                room,
-                None if wanted is None else wanted.offset,
-                None if wanted is not None else max(0, min(last or 0, policy.history)),
-                policy,
-                self._epoch,
-            )
-            self._used(read.epoch)
+            read = await self._read_history(room, wanted, last, policy)
         except BaseException:
             self._unhold(room, c)
             cast("set[str]", c.rooms).discard(room)  # a set since _start_holding
@@ -1064,14 +1071,7 @@ class WebSocketConnectionManager:
                 wanted = Position.parse(since)
             except ValueError:
                 return Recovery(room, False, reason="malformed"), []
-        read = await self.backend.read_history(
-            room,
-            None if wanted is None else wanted.offset,
-            None if wanted is not None else max(0, min(last or 0, policy.history)),
-            policy,
-            self._epoch,
-        )
-        self._used(read.epoch)
+        read = await self._read_history(room, wanted, last, policy)
         outcome, entries = _verdict(room, wanted, read)
         return outcome, [frame for _, frame in entries]
 
