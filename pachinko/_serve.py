@@ -144,12 +144,23 @@ class Mount:
         connection, not a coroutine awaiting it: one coroutine frame and
         Falcon's keyword dict less per open connection (~460 B,
         benchmarks/bench_connect.py). Falcon accepts a callable object as an
-        ASGI sink and awaits what it returns.
+        ASGI sink and awaits what it returns. That coroutine is the receive
+        loop's own, from handshake to disconnect (:func:`receive_loop`).
         """
         if ws is None:
             return _upgrade_required(resp)
         path = req.path[len(self.prefix) :] if self.prefix != "/" else req.path
-        return serve(self.runtime, self.router, req, ws, path or "/", self)
+        # NOTE: Falcon ignores what the sink's coroutine returns (the close code here).
+        return receive_loop(  # type: ignore[return-value]
+            None,
+            self.runtime.settings,
+            ws,
+            ws.receive_text,
+            mount=self,
+            router=self.router,
+            req=req,
+            path=path or "/",
+        )
 
     async def handle(
         self, req: Request, resp: Response | None, ws: WebSocket | None = None, **_: Any
@@ -213,61 +224,42 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def serve(
-    runtime: Host,
-    router: WebSocketRouter,
-    req: Request,
-    ws: WebSocket,
-    path: str,
-    mount: Mount,
-) -> None:
-    """Run one WebSocket connection from handshake to close.
-
-    PERF: this coroutine and the receive loop's are the frames an open
-    connection keeps; everything only the handshake needs lives in
-    :func:`_handshake`'s, gone once it returns.
-    """
-    obs = runtime.manager.observer
-    handshake = _handshake(runtime, router, req, ws, path, mount)
-    rx = await (handshake if obs is None else obs.handshake(req.path, handshake))
-    # PERF: the finished handshake coroutine held by this frame's local kept
-    #   ~340 B per open connection (benchmarks/bench_connect.py, tracemalloc).
-    del handshake
-    if rx is None:
-        return
+async def _opened(mount: Mount, rx: Receiver, req: Request, ws: WebSocket) -> None:
+    """Accept, register as open, run the after_connect hooks."""
+    manager = mount.runtime.manager
     conn = rx.leaf.connection
+    if ws.unaccepted:
+        await ws.accept(subprotocol=_token_carrier(req) if conn._user is not None else None)
+    manager.opened(conn)
+    if rx.observer is not None:
+        rx.observer.opened(rx.observed)
+    for hook in hook_list(rx.router, rx.chain, rx.leaf, "after_connect", reverse=True):
+        try:
+            await hook(ws)
+        except JoinRefused as refused:
+            await rx.refused(ws, refused, None)
+
+
+def _disconnected(rx: Receiver, ex: WebSocketDisconnected) -> int:
+    """The close code of a connection whose peer left (or was evicted)."""
+    outbox = rx.leaf.connection.outbox
+    if outbox is not None and outbox.closed_with is not None:
+        return outbox.closed_with  # type: ignore[no-any-return]  # closed as a slow consumer: say so
+    return ex.code or CLOSE_NO_STATUS
+
+
+async def _closed(
+    mount: Mount, rx: Receiver, ws: WebSocket, close_code: int, task: asyncio.Task[Any] | None
+) -> None:
+    """Fail pending requests, run the disconnect hooks, deregister."""
+    runtime = mount.runtime
     manager = runtime.manager
-    close_code = CLOSE_NO_STATUS
-    task = asyncio.current_task()
-    if task is not None:
-        runtime.serving.add(task)
-    try:
-        if ws.unaccepted:
-            await ws.accept(subprotocol=_token_carrier(req) if conn._user is not None else None)
-        manager.opened(conn)
-        if obs is not None:
-            obs.opened(rx.observed)
-        for hook in hook_list(rx.router, rx.chain, rx.leaf, "after_connect", reverse=True):
-            try:
-                await hook(ws)
-            except JoinRefused as refused:
-                await rx.refused(ws, refused, None)
-        close_code = await receive_loop(rx, runtime.settings, ws, ws.receive_text) or close_code
-    except WebSocketDisconnected as ex:
-        close_code = ex.code or CLOSE_NO_STATUS
-        if conn.outbox is not None and conn.outbox.closed_with is not None:
-            close_code = conn.outbox.closed_with  # closed as a slow consumer: say so
-    except Exception:
-        logger.exception("WebSocket %s failed after the handshake", req.path)
-        close_code = CLOSE_INTERNAL_ERROR
-        await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
-    finally:
-        rx.abort_requests(close_code)
-        await run_disconnect(rx.router, rx.chain, rx.leaf, ws, close_code, mount.outages, manager)
-        await manager.disconnect(conn)
-        runtime.serving.discard(task)
-        if obs is not None:
-            obs.closed(rx.observed, close_code)
+    rx.abort_requests(close_code)
+    await run_disconnect(rx.router, rx.chain, rx.leaf, ws, close_code, mount.outages, manager)
+    await manager.disconnect(rx.leaf.connection)
+    runtime.serving.discard(task)
+    if rx.observer is not None:
+        rx.observer.closed(rx.observed, close_code)
 
 
 async def _handshake(
@@ -825,172 +817,229 @@ _UNDECODABLE: Final = (msgspec.DecodeError, RecursionError)
 
 
 async def receive_loop(
-    rx: Receiver,
+    rx: Receiver | None,
     settings: Settings,
     ws: WebSocket,
     receive_text: Callable[[], Awaitable[str | None]],
+    *,
+    mount: Mount | None = None,
+    router: WebSocketRouter | None = None,
+    req: Request | None = None,
+    path: str = "/",
 ) -> int | None:
     """Receive, decode, dispatch until the connection closes.
 
+    With ``mount`` (the sink), this is the whole connection: the handshake
+    (which builds ``rx``), accept and after_connect first, the disconnect
+    hooks and deregistration in a ``finally`` after. Without it (the
+    :class:`~pachinko.testing.ResourceHarness`), the dispatch of the
+    messages ``receive_text`` gives, with ``rx`` built by the caller, and
+    exceptions propagate.
+
+    PERF: one coroutine frame per open connection, not a serve() frame
+    awaiting this one: ~300 B less per idle connection
+    (benchmarks/bench_connect.py, tracemalloc). The steps before and after
+    the loop run in coroutines of their own, gone once they return.
+
     Returns:
         The close code, or ``None`` when ``receive_text`` returned ``None``
-        (the harness has no more messages).
+        (the harness has no more messages) or the handshake was refused.
     """
-    leaf = rx.leaf
-    before = rx.before
-    after = rx.after
-    unhandled = rx.unhandled
-    table = type(leaf).__pachinko_table__
-    decoder = table.decoder
-    by_type = rx.by_type
-    as_decoded, envelope, raw_dict = AS_DECODED, ENVELOPE, RAW_DICT
-    reply: Any = table.reply
-    if reply is not None:
-        quick, head, comma, join = reply.quick, reply.head, b",", b"".join
-    unset = UNSET
-    decoded_request = AS_DECODED | REQUEST
-    envelope_request = ENVELOPE | REQUEST
-    raw_request = RAW_DICT | REQUEST
-    decode_any = msgspec.json.decode
-    force_setattr = msgspec.structs.force_setattr
-    max_size = settings.max_message_size
-    # NOTE: a str of n code points is at most 4n UTF-8 bytes, so the exact
-    #   byte count is only computed for messages longer than a quarter of the limit.
-    quarter = max_size // 4
-    rate = settings.rate_limit
-    burst = float(settings.rate_burst)
-    tokens = burst
-    last = monotonic()
-    outbox = leaf.connection.outbox
-    obs = rx.observer
-    observed = rx.observed
-
-    while True:
-        try:
-            text = await receive_text()
-        except PayloadTypeError:
-            await ws.close(CLOSE_UNSUPPORTED_DATA, "Binary frames are not accepted")
-            return CLOSE_UNSUPPORTED_DATA
-        if text is None:
+    task: asyncio.Task[Any] | None = None
+    if mount is not None:
+        obs = mount.runtime.manager.observer
+        handshake = _handshake(mount.runtime, router, req, ws, path, mount)  # type: ignore[arg-type]
+        rx = await (handshake if obs is None else obs.handshake(req.path, handshake))  # type: ignore[union-attr]
+        # PERF: the finished handshake coroutine held by this frame's local
+        #   kept ~340 B per open connection (bench_connect.py, tracemalloc).
+        del handshake
+        if rx is None:
             return None
-        if outbox.evicted:
-            # Evicted (a slow consumer, a failed send): dispatch nothing more
-            # until the disconnect, which the outbox makes happen in time.
-            continue
-        size = len(text)
-        if size > quarter and (size > max_size or len(text.encode()) > max_size):
-            await ws.close(CLOSE_TOO_BIG, f"Message too big (limit {max_size} bytes)")
-            return CLOSE_TOO_BIG
-        if rate is not None:
-            # PERF: a token bucket refilled lazily, only when it runs dry: the
-            #   clock is read once per `burst` messages in a flood, never for
-            #   normal traffic. At most burst + rate * t messages pass in t
-            #   seconds, as with an eager bucket.
-            tokens -= 1.0
-            if tokens < 0.0:
-                now = monotonic()
-                tokens = min(burst, tokens + (now - last) * rate)
-                last = now
-                if tokens < 0.0:
-                    await ws.close(CLOSE_POLICY_VIOLATION, "Message rate limit exceeded")
-                    return CLOSE_POLICY_VIOLATION
-        if rx.pending and rx.take_answer(text):
-            continue  # the client's answer to a server request: no handler, no hooks
-        try:
-            if before:
-                for hook in before:
-                    await hook(ws, text)
-            payload: Any
-            handler: Any
-            if decoder is not None:
-                # NOTE: msgspec raises RecursionError for deep nesting (from
-                #   ~1000 levels on 3.11), even while skipping a value: the slow
-                #   path turns it into an error reply.
-                try:
-                    msg = decoder.decode(text)
-                    handler, kind = by_type[type(msg)]
-                    if kind == as_decoded:
-                        payload = msg
-                    elif kind == envelope:
-                        payload = msg.payload
-                    elif kind == raw_dict:
-                        payload = decode_any(text)
-                    else:
-                        # a request: below, off the plain path
-                        request, handler = handler, None
-                except _UNDECODABLE:
-                    handler = None
-                    kind = 0
-                if handler is not None:
-                    await handler(leaf, ws, payload)
-                    if after:
-                        for hook in after:
-                            await hook(ws, text)
-                    continue
-                if kind & REQUEST:
-                    # PERF: inline, no coroutine of its own (bench_dispatch.py, replies row)
-                    rid = msg.pachinko_id
-                    if kind == decoded_request:
-                        payload = msg
-                        if rid is not unset:
-                            # the id is the message's, not the payload's: re-encoding
-                            # the handler's Struct never carries it on
-                            msg.pachinko_id = unset
-                    elif kind == envelope_request:
-                        payload = msg.payload
-                    elif kind == raw_request:
-                        payload = decode_any(text)
-                    else:  # a frozen Struct
-                        payload = msg
-                        if rid is not unset:
-                            force_setattr(msg, ID_ATTR, unset)
-                    frame = None
-                    try:
-                        result = await request(leaf, ws, payload)
-                        if result is not None:
-                            if type(result) in quick and rid is not unset:
-                                frame = join(
-                                    (head, encode(rid), comma, encode(result)[1:])
-                                ).decode()
-                            else:
-                                frame = reply(result, rid)
-                    except WebSocketDisconnected:
-                        raise
-                    except Exception as exc:
-                        if rid is unset:
-                            raise
-                        code = await rx.request_failed(ws, text, exc, rid)
-                        if code is not None:
-                            return code
-                    if frame is not None:
-                        await ws.send_text(frame)
-                    if after:
-                        for hook in after:
-                            await hook(ws, text)
-                    continue
-            outcome = table.dispatch_slow(text)
-            if isinstance(outcome, MessageError):
-                if obs is not None:
-                    obs.error_reply(observed, outcome.reason)
-                await unhandled(ws, outcome)
+        task = asyncio.current_task()
+        if task is not None:
+            mount.runtime.serving.add(task)
+    elif rx is None:
+        raise TypeError("receive_loop(): a Receiver is required without a mount")
+    close_code: int | None = CLOSE_NO_STATUS
+    try:
+        if mount is not None:
+            await _opened(mount, rx, req, ws)  # type: ignore[arg-type]
+        leaf = rx.leaf
+        before = rx.before
+        after = rx.after
+        unhandled = rx.unhandled
+        table = type(leaf).__pachinko_table__
+        decoder = table.decoder
+        by_type = rx.by_type
+        as_decoded, envelope, raw_dict = AS_DECODED, ENVELOPE, RAW_DICT
+        reply: Any = table.reply
+        if reply is not None:
+            quick, head, comma, join = reply.quick, reply.head, b",", b"".join
+        unset = UNSET
+        decoded_request = AS_DECODED | REQUEST
+        envelope_request = ENVELOPE | REQUEST
+        raw_request = RAW_DICT | REQUEST
+        decode_any = msgspec.json.decode
+        force_setattr = msgspec.structs.force_setattr
+        max_size = settings.max_message_size
+        # NOTE: a str of n code points is at most 4n UTF-8 bytes, so the exact
+        #   byte count is only computed for messages longer than a quarter of the limit.
+        quarter = max_size // 4
+        rate = settings.rate_limit
+        burst = float(settings.rate_burst)
+        tokens = burst
+        last = monotonic()
+        outbox = leaf.connection.outbox
+        obs = rx.observer
+        observed = rx.observed
+
+        while True:
+            try:
+                text = await receive_text()
+            except PayloadTypeError:
+                await ws.close(CLOSE_UNSUPPORTED_DATA, "Binary frames are not accepted")
+                close_code = CLOSE_UNSUPPORTED_DATA
+                break
+            if text is None:
+                close_code = None
+                break
+            if outbox.evicted:
+                # Evicted (a slow consumer, a failed send): dispatch nothing more
+                # until the disconnect, which the outbox makes happen in time.
                 continue
-            handler, payload, rid = outcome
-            if rid is not None:
-                code = await rx.run_request(ws, handler, payload, rid, text)
+            size = len(text)
+            if size > quarter and (size > max_size or len(text.encode()) > max_size):
+                await ws.close(CLOSE_TOO_BIG, f"Message too big (limit {max_size} bytes)")
+                close_code = CLOSE_TOO_BIG
+                break
+            if rate is not None:
+                # PERF: a token bucket refilled lazily, only when it runs dry: the
+                #   clock is read once per `burst` messages in a flood, never for
+                #   normal traffic. At most burst + rate * t messages pass in t
+                #   seconds, as with an eager bucket.
+                tokens -= 1.0
+                if tokens < 0.0:
+                    now = monotonic()
+                    tokens = min(burst, tokens + (now - last) * rate)
+                    last = now
+                    if tokens < 0.0:
+                        await ws.close(CLOSE_POLICY_VIOLATION, "Message rate limit exceeded")
+                        close_code = CLOSE_POLICY_VIOLATION
+                        break
+            if rx.pending and rx.take_answer(text):
+                continue  # the client's answer to a server request: no handler, no hooks
+            try:
+                if before:
+                    for hook in before:
+                        await hook(ws, text)
+                payload: Any
+                handler: Any
+                if decoder is not None:
+                    # NOTE: msgspec raises RecursionError for deep nesting (from
+                    #   ~1000 levels on 3.11), even while skipping a value: the slow
+                    #   path turns it into an error reply.
+                    try:
+                        msg = decoder.decode(text)
+                        handler, kind = by_type[type(msg)]
+                        if kind == as_decoded:
+                            payload = msg
+                        elif kind == envelope:
+                            payload = msg.payload
+                        elif kind == raw_dict:
+                            payload = decode_any(text)
+                        else:
+                            # a request: below, off the plain path
+                            request, handler = handler, None
+                    except _UNDECODABLE:
+                        handler = None
+                        kind = 0
+                    if handler is not None:
+                        await handler(leaf, ws, payload)
+                        if after:
+                            for hook in after:
+                                await hook(ws, text)
+                        continue
+                    if kind & REQUEST:
+                        # PERF: inline, no coroutine of its own (bench_dispatch.py, replies row)
+                        rid = msg.pachinko_id
+                        if kind == decoded_request:
+                            payload = msg
+                            if rid is not unset:
+                                # the id is the message's, not the payload's: re-encoding
+                                # the handler's Struct never carries it on
+                                msg.pachinko_id = unset
+                        elif kind == envelope_request:
+                            payload = msg.payload
+                        elif kind == raw_request:
+                            payload = decode_any(text)
+                        else:  # a frozen Struct
+                            payload = msg
+                            if rid is not unset:
+                                force_setattr(msg, ID_ATTR, unset)
+                        frame = None
+                        try:
+                            result = await request(leaf, ws, payload)
+                            if result is not None:
+                                if type(result) in quick and rid is not unset:
+                                    frame = join(
+                                        (head, encode(rid), comma, encode(result)[1:])
+                                    ).decode()
+                                else:
+                                    frame = reply(result, rid)
+                        except WebSocketDisconnected:
+                            raise
+                        except Exception as exc:
+                            if rid is unset:
+                                raise
+                            code = await rx.request_failed(ws, text, exc, rid)
+                            if code is not None:
+                                close_code = code
+                                break
+                        if frame is not None:
+                            await ws.send_text(frame)
+                        if after:
+                            for hook in after:
+                                await hook(ws, text)
+                        continue
+                outcome = table.dispatch_slow(text)
+                if isinstance(outcome, MessageError):
+                    if obs is not None:
+                        obs.error_reply(observed, outcome.reason)
+                    await unhandled(ws, outcome)
+                    continue
+                handler, payload, rid = outcome
+                if rid is not None:
+                    code = await rx.run_request(ws, handler, payload, rid, text)
+                    if code is not None:
+                        close_code = code
+                        break
+                elif obs is None:
+                    await handler(leaf, ws, payload)
+                else:
+                    await obs.handle(observed, handler, handler, leaf, ws, payload)
+                for hook in after:
+                    await hook(ws, text)
+            except WebSocketDisconnected:
+                raise
+            except Exception as exc:
+                code = await rx.failed(ws, text, exc)
                 if code is not None:
-                    return code
-            elif obs is None:
-                await handler(leaf, ws, payload)
-            else:
-                await obs.handle(observed, handler, handler, leaf, ws, payload)
-            for hook in after:
-                await hook(ws, text)
-        except WebSocketDisconnected:
+                    close_code = code
+                    break
+    except WebSocketDisconnected as ex:
+        if mount is None:
             raise
-        except Exception as exc:
-            code = await rx.failed(ws, text, exc)
-            if code is not None:
-                return code
+        close_code = _disconnected(rx, ex)
+    except Exception:
+        if mount is None:
+            raise
+        logger.exception("WebSocket %s failed after the handshake", req.path)  # type: ignore[union-attr]
+        close_code = CLOSE_INTERNAL_ERROR
+        await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
+    finally:
+        if mount is not None:
+            await _closed(mount, rx, ws, close_code or CLOSE_NO_STATUS, task)
+    return close_code
 
 
 async def _ignore_unhandled(ws: WebSocket, error: MessageError) -> None:
