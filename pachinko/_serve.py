@@ -155,7 +155,7 @@ class Mount:
             None,
             self.runtime.settings,
             ws,
-            ws.receive_text,
+            type(ws).receive_text,
             mount=self,
             router=self.router,
             req=req,
@@ -557,6 +557,7 @@ class Receiver:
     """
 
     __slots__ = (
+        "_unhandled",
         "after",
         "before",
         "by_type",
@@ -570,7 +571,6 @@ class Receiver:
         "pending",
         "router",
         "task",
-        "unhandled",
     )
 
     def __init__(
@@ -591,10 +591,12 @@ class Receiver:
         self.before = hook_list(router, levels, leaf, "before_receive")
         self.after = hook_list(router, levels, leaf, "after_receive", reverse=True)
         self.error_hooks = hook_list(router, levels, leaf, "on_error", reverse=True)
-        unhandled: Callable[[Any, MessageError], Awaitable[None]] = leaf.on_unhandled
+        # PERF: None stands for the leaf's own on_unhandled, looked up when
+        #   called (rarely): a bound method kept per connection is 64 B
+        #   (bench_connect.py, tracemalloc).
+        self._unhandled: Callable[[Any, MessageError], Awaitable[None]] | None = None
         if not settings.error_replies and type(leaf).on_unhandled is _base_unhandled:
-            unhandled = _ignore_unhandled
-        self.unhandled = unhandled
+            self._unhandled = _ignore_unhandled
         obs: Observer | None = manager.observer
         self.observer = obs
         # The observer's state for this connection (labels, a span to link to).
@@ -608,6 +610,11 @@ class Receiver:
         self.pending: dict[str | int, asyncio.Future[str]] | None = None
         # The task running this connection's receive loop (the handshake's).
         self.task = asyncio.current_task()
+
+    def unhandled(self, ws: WebSocket, error: MessageError) -> Awaitable[None]:
+        """Answer a message that got no handler: the leaf's ``on_unhandled`` (or a drop)."""
+        drop = self._unhandled
+        return self.leaf.on_unhandled(ws, error) if drop is None else drop(ws, error)
 
     async def failed(self, ws: WebSocket, text: str, exc: Exception) -> int | None:
         """Handle an exception of a hook or handler; return a close code, or None.
@@ -820,7 +827,7 @@ async def receive_loop(
     rx: Receiver | None,
     settings: Settings,
     ws: WebSocket,
-    receive_text: Callable[[], Awaitable[str | None]],
+    receive_text: Callable[[WebSocket], Awaitable[str | None]],
     *,
     mount: Mount | None = None,
     router: WebSocketRouter | None = None,
@@ -833,7 +840,7 @@ async def receive_loop(
     (which builds ``rx``), accept and after_connect first, the disconnect
     hooks and deregistration in a ``finally`` after. Without it (the
     :class:`~pachinko.testing.ResourceHarness`), the dispatch of the
-    messages ``receive_text`` gives, with ``rx`` built by the caller, and
+    messages ``receive_text(ws)`` gives, with ``rx`` built by the caller, and
     exceptions propagate.
 
     PERF: one coroutine frame per open connection, not a serve() frame
@@ -842,7 +849,7 @@ async def receive_loop(
     the loop run in coroutines of their own, gone once they return.
 
     Returns:
-        The close code, or ``None`` when ``receive_text`` returned ``None``
+        The close code, or ``None`` when ``receive_text(ws)`` returned ``None``
         (the harness has no more messages) or the handshake was refused.
     """
     task: asyncio.Task[Any] | None = None
@@ -867,7 +874,6 @@ async def receive_loop(
         leaf = rx.leaf
         before = rx.before
         after = rx.after
-        unhandled = rx.unhandled
         table = type(leaf).__pachinko_table__
         decoder = table.decoder
         by_type = rx.by_type
@@ -895,7 +901,7 @@ async def receive_loop(
 
         while True:
             try:
-                text = await receive_text()
+                text = await receive_text(ws)
             except PayloadTypeError:
                 await ws.close(CLOSE_UNSUPPORTED_DATA, "Binary frames are not accepted")
                 close_code = CLOSE_UNSUPPORTED_DATA
@@ -1005,7 +1011,7 @@ async def receive_loop(
                 if isinstance(outcome, MessageError):
                     if obs is not None:
                         obs.error_reply(observed, outcome.reason)
-                    await unhandled(ws, outcome)
+                    await rx.unhandled(ws, outcome)
                     continue
                 handler, payload, rid = outcome
                 if rid is not None:

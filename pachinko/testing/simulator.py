@@ -365,7 +365,7 @@ class ResourceHarness:
             )
         self.ws.feed(message)
 
-        async def next_frame() -> str | None:
+        async def next_frame(_: object) -> str | None:
             frame = socket.next_nowait()
             if isinstance(frame, bytes):
                 raise PayloadTypeError("Expected TEXT payload but got BINARY instead")
