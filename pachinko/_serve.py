@@ -551,7 +551,7 @@ class Receiver:
     """One connection's dispatch, built once when the connection opens.
 
     :func:`receive_loop` runs the one dispatch step with it (decode, hooks,
-    handler, error reply or error handling): :func:`serve` for every real
+    handler, error reply or error handling): the Mount for every real
     connection, :class:`~pachinko.testing.ResourceHarness` one message at a
     time, so that a unit test runs exactly what production runs.
     """
@@ -843,7 +843,7 @@ async def receive_loop(
     messages ``receive_text(ws)`` gives, with ``rx`` built by the caller, and
     exceptions propagate.
 
-    PERF: one coroutine frame per open connection, not a serve() frame
+    PERF: one coroutine frame per open connection, not a serving frame
     awaiting this one: ~300 B less per idle connection
     (benchmarks/bench_connect.py, tracemalloc). The steps before and after
     the loop run in coroutines of their own, gone once they return.
