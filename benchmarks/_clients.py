@@ -27,9 +27,27 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Clients", "cpu_seconds", "pid_of", "raise_nofile", "run"]
+if TYPE_CHECKING:
+    from pachinko.testing import ServerProcess
+
+__all__ = ["Clients", "app_server", "cpu_seconds", "pid_of", "raise_nofile", "run"]
+
+BENCH = Path(__file__).resolve().parent
+
+
+def app_server(kind: str, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """A uvicorn process serving ``_wire_apps:{kind}_app`` on a free loopback port."""
+    from pachinko.testing import ServerProcess
+
+    command = [
+        sys.executable, "-m", "uvicorn", "--app-dir", str(BENCH),
+        "--factory", f"_wire_apps:{kind}_app",
+        "--host", "127.0.0.1", "--port", "0", "--no-access-log", *extra,
+    ]  # fmt: skip
+    return ServerProcess(command, cwd=BENCH.parent, env=env, timeout=30)
 
 
 def raise_nofile(need: int) -> None:

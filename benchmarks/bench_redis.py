@@ -54,7 +54,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 import redis.asyncio  # noqa: E402
-from _clients import Clients, cpu_seconds, pid_of, raise_nofile, run  # noqa: E402
+from _clients import Clients, app_server, cpu_seconds, pid_of, raise_nofile, run  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from pachinko.testing import ServerProcess  # noqa: E402
@@ -82,25 +82,7 @@ async def bare_publish(url: str, count: int) -> float:
 
 
 def server(backend: str, kind: str = "pachinko") -> ServerProcess:
-    return ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(BENCH),
-            "--factory",
-            f"_wire_apps:{kind}_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        env={"BENCH_BACKEND": backend},
-        timeout=30,
-    )
+    return app_server(kind, env={"BENCH_BACKEND": backend})
 
 
 async def publisher_cpu(

@@ -48,7 +48,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from _clients import Clients, cpu_seconds, pid_of, raise_nofile, run  # noqa: E402
+from _clients import Clients, app_server, cpu_seconds, pid_of, raise_nofile, run  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
 from pachinko.testing import ServerProcess  # noqa: E402
@@ -58,26 +58,7 @@ TEXT = "hello, everyone"
 
 
 def server(kind: str, ws: str) -> ServerProcess:
-    return ServerProcess(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(BENCH),
-            "--factory",
-            f"_wire_apps:{kind}_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-access-log",
-            "--ws",
-            ws,
-        ],
-        cwd=ROOT,
-        timeout=30,
-    )
+    return app_server(kind, "--ws", ws)
 
 
 async def measure(args: argparse.Namespace) -> dict[str, tuple[list[float], float]]:
