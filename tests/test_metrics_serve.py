@@ -55,9 +55,13 @@ async def scripted_run(server: ServerProcess) -> None:
         server.websocket(ROUTE, **chat_login("ann")) as ann,
         server.websocket(ROUTE, **chat_login("bob")) as bob,
     ):
-        for ws in (ann, bob):
+        for ws, user in ((ann, "ann"), (bob, "bob")):
             await ws.send_json({"type": "join", "room": "lobby"})
             await ws.expect(type="joined")
+            # NOTE: the example answers "joined" before it joins; its own presence
+            #   event comes through the room once the membership is written (with
+            #   two workers: once this worker is subscribed), so m0 cannot be missed.
+            await ws.expect(type="presence", event="join", user=user)
         for n in range(3):
             await ann.send_json({"type": "say", "room": "lobby", "text": f"m{n}"})
             await bob.expect(type="message", text=f"m{n}")
