@@ -40,6 +40,7 @@ from .errors import (
     RequestAborted,
     RequestTimeout,
 )
+from .hooks import HOOK_EVENTS
 from .observe import current_connection
 from .resource import WebSocketResource
 from .router import join_paths
@@ -94,7 +95,7 @@ class Mount:
     atomically: connections already open keep the resources they have.
     """
 
-    __slots__ = ("_routes", "outages", "prefix", "router", "runtime")
+    __slots__ = ("_plans", "outages", "prefix", "router", "runtime")
 
     # NOTE: the prefix lives here, per mount: one router mounted on two apps
     #   (or twice on one) builds each app's URLs with that app's prefix.
@@ -104,7 +105,7 @@ class Mount:
         self.prefix = prefix
         self.router = router
         self.outages = OutageLog()
-        self._routes: dict[str, str] = {}
+        self._plans: dict[int, _Plan] = {}
         router.root._mounted(prefix)
 
     @property
@@ -123,16 +124,21 @@ class Mount:
         return join_paths(self.prefix, self.router._path_for(name, params))
 
     def route_of(self, template: str) -> str:
-        """The route template ``template`` with this mount's prefix (cached)."""
-        found = self._routes.get(template)
-        if found is None:
-            found = self._routes[template] = join_paths(self.prefix, template)
-        return found
+        """The route template ``template`` with this mount's prefix."""
+        return join_paths(self.prefix, template)
+
+    def plan_of(self, info: RouteInfo) -> _Plan:
+        """What the handshake of ``info``'s route needs, worked out once (cached)."""
+        plan = self._plans.get(id(info))
+        if plan is None or plan.info is not info:
+            plan = self._plans[id(info)] = _Plan(self.prefix, info)
+        return plan
 
     def swap(self, router: WebSocketRouter) -> WebSocketRouter:
         """Serve new connections with ``router``; return the previous one."""
         router.root._mounted(self.prefix)
         old, self.router = self.router, router
+        self._plans = {}
         return old
 
     def __call__(
@@ -149,17 +155,9 @@ class Mount:
         """
         if ws is None:
             return _upgrade_required(resp)
-        path = req.path[len(self.prefix) :] if self.prefix != "/" else req.path
         # NOTE: Falcon ignores what the sink's coroutine returns (the close code here).
         return receive_loop(  # type: ignore[return-value]
-            None,
-            self.runtime.settings,
-            ws,
-            type(ws).receive_text,
-            mount=self,
-            router=self.router,
-            req=req,
-            path=path or "/",
+            None, self.runtime.settings, ws, type(ws).receive_text, mount=self, req=req
         )
 
     async def handle(
@@ -167,6 +165,29 @@ class Mount:
     ) -> None:
         """Serve one request as the sink does (an ``async def`` for other callers)."""
         await self(req, resp, ws)
+
+
+class _Plan:
+    """A route's handshake, worked out at its first connection through a mount.
+
+    PERF: the prefixed template, the resource chain and whether the fast
+    path applies are found once per route, not per connection
+    (benchmarks/bench_connect.py).
+    """
+
+    __slots__ = ("info", "levels", "route", "single")
+
+    def __init__(self, prefix: str, info: RouteInfo) -> None:
+        self.info = info
+        self.levels = info.chain
+        self.route = join_paths(prefix, info.template)
+        # One level whose target is a class, built without a factory: the
+        # handshake builds it inline (the common case).
+        self.single = (
+            len(self.levels) == 1
+            and info.router.root.resource_factory is None
+            and isinstance(info.target, type)
+        )
 
 
 async def _upgrade_required(resp: Response | None) -> None:
@@ -224,20 +245,46 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _opened(mount: Mount, rx: Receiver, req: Request, ws: WebSocket) -> None:
-    """Accept, register as open, run the after_connect hooks."""
-    manager = mount.runtime.manager
-    conn = rx.leaf.connection
-    if ws.unaccepted:
-        await ws.accept(subprotocol=_token_carrier(req) if conn._user is not None else None)
-    manager.opened(conn)
-    if rx.observer is not None:
-        rx.observer.opened(rx.observed)
-    for hook in hook_list(rx.router, rx.chain, rx.leaf, "after_connect", reverse=True):
-        try:
-            await hook(ws)
-        except JoinRefused as refused:
-            await rx.refused(ws, refused, None)
+async def _open(mount: Mount, req: Request, ws: WebSocket) -> Receiver | None:
+    """The handshake, then accept, register as open, run the after_connect hooks.
+
+    Returns the connection's :class:`Receiver`, or ``None`` when the
+    handshake was refused or the connection ended before its loop (and is
+    then deregistered).
+    """
+    runtime = mount.runtime
+    obs = runtime.manager.observer
+    if obs is None:
+        rx = await _handshake(runtime, mount, req, ws)
+    else:
+        rx = await obs.handshake(req.path, _handshake(runtime, mount, req, ws))
+    if rx is None:
+        return None
+    task = rx.task
+    if task is not None:
+        runtime.serving.add(task)
+    try:
+        conn = rx.leaf.connection
+        if ws.unaccepted:
+            await ws.accept(subprotocol=_token_carrier(req) if conn._user is not None else None)
+        runtime.manager.opened(conn)
+        if obs is not None:
+            obs.opened(rx.observed)
+        if rx.hooked:
+            for hook in hook_list(rx.router, rx.levels, rx.leaf, "after_connect", reverse=True):
+                try:
+                    await hook(ws)
+                except JoinRefused as refused:
+                    await rx.refused(ws, refused, None)
+    except WebSocketDisconnected as ex:
+        await _closed(mount, rx, ws, _disconnected(rx, ex))
+        return None
+    except Exception:
+        logger.exception("WebSocket %s failed after the handshake", req.path)
+        await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
+        await _closed(mount, rx, ws, CLOSE_INTERNAL_ERROR)
+        return None
+    return rx
 
 
 def _disconnected(rx: Receiver, ex: WebSocketDisconnected) -> int:
@@ -248,40 +295,45 @@ def _disconnected(rx: Receiver, ex: WebSocketDisconnected) -> int:
     return ex.code or CLOSE_NO_STATUS
 
 
-async def _closed(
-    mount: Mount, rx: Receiver, ws: WebSocket, close_code: int, task: asyncio.Task[Any] | None
-) -> None:
+async def _closed(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) -> None:
     """Fail pending requests, run the disconnect hooks, deregister."""
     runtime = mount.runtime
     manager = runtime.manager
     rx.abort_requests(close_code)
-    await run_disconnect(rx.router, rx.chain, rx.leaf, ws, close_code, mount.outages, manager)
-    await manager.disconnect(rx.leaf.connection)
-    runtime.serving.discard(task)
+    leaf = rx.leaf
+    if rx.hooked:
+        await run_disconnect(rx.router, rx.levels, leaf, ws, close_code, mount.outages, manager)
+    else:
+        # PERF: one resource, no hooks: on_disconnect without a coroutine of
+        #   run_disconnect's (bench_connect.py)
+        try:
+            await leaf.on_disconnect(ws, close_code)
+        except BackendUnavailable as ex:
+            mount.outages.report(ex, manager.backend, f"{type(leaf).__qualname__}.on_disconnect")
+        except Exception:
+            logger.exception("%s.on_disconnect raised", type(leaf).__qualname__)
+    await manager.disconnect(leaf.connection)
+    runtime.serving.discard(rx.task)
     if rx.observer is not None:
         rx.observer.closed(rx.observed, close_code)
 
 
-async def _handshake(
-    runtime: Host,
-    router: WebSocketRouter,
-    req: Request,
-    ws: WebSocket,
-    path: str,
-    mount: Mount,
-) -> Receiver | None:
+async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -> Receiver | None:
     """Match, check the origin, build the chain, run on_connect, register.
 
     Returns the connection's :class:`Receiver`, or ``None`` when the
     handshake was refused (and the socket closed).
     """
-    obs = runtime.manager.observer
+    manager = runtime.manager
+    obs = manager.observer
     if not runtime.accepting:
         if obs is not None:
             obs.refused("shutting_down")
         await ws.close(CLOSE_GOING_AWAY, "Server shutting down")
         return None
-    found = router.match(path)
+    prefix = mount.prefix
+    path = (req.path[len(prefix) :] if prefix != "/" else req.path) or "/"
+    found = mount.router.match(path)
     if found is None:
         if obs is not None:
             obs.refused("not_found")
@@ -296,63 +348,35 @@ async def _handshake(
             obs.refused("origin")
         await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
         return None
-    conn = Connection(ws, path, params, runtime.manager)
+    plan = mount.plan_of(info)
+    conn = Connection(ws, path, params, manager)
     conn.mount = mount
-    conn.route = mount.route_of(info.template)
+    conn.route = plan.route
     current_connection.set(conn)  # log lines of this task name the connection
     if runtime.authenticate is not None:
         user = await _authenticate(runtime, runtime.authenticate, req, ws)
         if user is None:
             return None
         conn._user = user
-    chain = await _build_chain(runtime, info, conn, req, ws, params)
-    if chain is None:
-        return None
-    rx = Receiver(chain[-1], runtime.settings, runtime.manager, mount.outages, info.router, chain)
-    conn.receiver = rx
-    return rx
-
-
-async def _build_chain(
-    runtime: Host,
-    info: RouteInfo,
-    conn: Connection,
-    req: Request,
-    ws: WebSocket,
-    params: dict[str, Any],
-) -> tuple[WebSocketResource, ...] | None:
-    """Build the resource chain and run on_connect; return None if refused."""
-    factory = info.router.root.resource_factory
-    chain: list[WebSocketResource] = []
-    state = conn.state
-    context: dict[str, Any] = {}
-    levels = info.chain
+    router = info.router
+    chain: tuple[WebSocketResource, ...] | None = None
     try:
-        for level in levels:
-            kwargs = {**level.kwargs, **context} if context else level.kwargs
-            if "state" in context:
-                state = kwargs.pop("state")
-            built = (
-                factory(level.target, *level.args, **kwargs)
-                if factory
-                else level.target(*level.args, **kwargs)
-            )
-            resource = await _maybe_await(built)
-            if not isinstance(resource, WebSocketResource):
+        if plan.single:
+            # PERF: one resource built from its class: no chain, no coroutine
+            #   of _build_chain's, and no hook lookup at all for a class
+            #   without hooks (bench_connect.py)
+            leaf = info.target(*info.args, **info.kwargs)
+            if not isinstance(leaf, WebSocketResource):
                 raise TypeError(
-                    f"route {level.template!r}: {level.target!r} returned "
-                    f"{type(resource).__name__}, expected a WebSocketResource"
+                    f"route {info.template!r}: {info.target!r} returned "
+                    f"{type(leaf).__name__}, expected a WebSocketResource"
                 )
-            resource._pachinko_bind(conn, state)
-            chain.append(resource)
-            conn.resource = resource
-            if len(chain) == 1:
-                for hook in info.router._hooks_of("before_connect", type(resource)):
-                    await hook(resource, req, ws, params)
-            own = getattr(resource, "before_connect", None)
-            if own is not None:
-                await own(req, ws, params)
-            accepted = await resource.on_connect(req, ws, **params)
+            hooked = not router._hookless(type(leaf))
+            leaf._pachinko_bind(conn)
+            conn.resource = leaf
+            if hooked:
+                await _before_connect(router, leaf, req, ws, params)
+            accepted = await leaf.on_connect(req, ws, **params)
             if not ws.unaccepted and ws.closed:
                 _refused(runtime, "refused")
                 return None  # the resource closed the handshake itself
@@ -360,11 +384,15 @@ async def _build_chain(
                 _refused(runtime, "refused")
                 await ws.close(CLOSE_FORBIDDEN)
                 return None
-            if len(chain) < len(levels):
-                context = dict(resource.get_child_context())
-        conn.state = state
-        conn.authorizers = hook_list(info.router, chain, chain[-1], "authorize_join")
-        await runtime.manager.connect(conn)
+        else:
+            chain = await _build_chain(runtime, plan, conn, req, ws, params)
+            if chain is None:
+                return None
+            leaf = chain[-1]
+            hooked = True
+        if hooked:
+            conn.authorizers = hook_list(router, chain or (leaf,), leaf, "authorize_join")
+        await manager.connect(conn)
     except Refuse as refusal:
         _refused(runtime, "limit" if isinstance(refusal, ConnectionLimitExceeded) else "refused")
         await _refuse(ws, refusal)
@@ -372,6 +400,76 @@ async def _build_chain(
     except Exception as ex:
         await _handshake_failed(runtime, ws, ex, "WebSocket handshake for %s failed", req.path)
         return None
+    rx = Receiver(leaf, runtime.settings, manager, mount.outages, router, chain, hooked=hooked)
+    conn.receiver = rx
+    return rx
+
+
+async def _before_connect(
+    router: WebSocketRouter,
+    resource: WebSocketResource,
+    req: Request,
+    ws: WebSocket,
+    params: dict[str, Any],
+    first: bool = True,
+) -> None:
+    """The router's before_connect hooks (for the first level), then the resource's own."""
+    if first:
+        for hook in router._hooks_of("before_connect", type(resource)):
+            await hook(resource, req, ws, params)
+    own = getattr(resource, "before_connect", None)
+    if own is not None:
+        await own(req, ws, params)
+
+
+async def _build_chain(
+    runtime: Host,
+    plan: _Plan,
+    conn: Connection,
+    req: Request,
+    ws: WebSocket,
+    params: dict[str, Any],
+) -> tuple[WebSocketResource, ...] | None:
+    """Build the resource chain and run on_connect; return None if refused.
+
+    Raises what a level raises (the handshake refuses or fails with it).
+    """
+    info = plan.info
+    factory = info.router.root.resource_factory
+    chain: list[WebSocketResource] = []
+    state = conn.state
+    context: dict[str, Any] = {}
+    levels = plan.levels
+    for level in levels:
+        kwargs = {**level.kwargs, **context} if context else level.kwargs
+        if "state" in context:
+            state = kwargs.pop("state")
+        built = (
+            factory(level.target, *level.args, **kwargs)
+            if factory
+            else level.target(*level.args, **kwargs)
+        )
+        resource = await _maybe_await(built)
+        if not isinstance(resource, WebSocketResource):
+            raise TypeError(
+                f"route {level.template!r}: {level.target!r} returned "
+                f"{type(resource).__name__}, expected a WebSocketResource"
+            )
+        resource._pachinko_bind(conn, state)
+        chain.append(resource)
+        conn.resource = resource
+        await _before_connect(info.router, resource, req, ws, params, first=len(chain) == 1)
+        accepted = await resource.on_connect(req, ws, **params)
+        if not ws.unaccepted and ws.closed:
+            _refused(runtime, "refused")
+            return None  # the resource closed the handshake itself
+        if not accepted:
+            _refused(runtime, "refused")
+            await ws.close(CLOSE_FORBIDDEN)
+            return None
+        if len(chain) < len(levels):
+            context = dict(resource.get_child_context())
+    conn.state = state
     return tuple(chain)
 
 
@@ -547,6 +645,16 @@ class OutageLog:
         )
 
 
+_NO_HOOKS: Final[tuple[Any, ...]] = (None, (), (), ())
+
+
+def _has_hooks(router: WebSocketRouter | None, cls: type) -> bool:
+    """Whether a hook applies to ``cls`` (a router's global ones, its own methods)."""
+    if router is not None:
+        return not router._hookless(cls)
+    return any(getattr(cls, event, None) is not None for event in HOOK_EVENTS)
+
+
 class Receiver:
     """One connection's dispatch, built once when the connection opens.
 
@@ -557,19 +665,15 @@ class Receiver:
     """
 
     __slots__ = (
+        "_hooks",
         "_unhandled",
-        "after",
-        "before",
         "by_type",
         "chain",
-        "error_hooks",
         "leaf",
         "manager",
         "observed",
-        "observer",
         "outages",
         "pending",
-        "router",
         "task",
     )
 
@@ -581,16 +685,32 @@ class Receiver:
         outages: OutageLog,
         router: WebSocketRouter | None = None,
         chain: Sequence[WebSocketResource] | None = None,
+        *,
+        hooked: bool | None = None,
     ) -> None:
-        levels = (leaf,) if chain is None else chain
+        """``chain``: the resources outermost first (``None``: the leaf alone).
+
+        ``hooked``: whether any hook applies (``None``: find out).
+        """
         self.leaf = leaf
-        self.router = router
-        self.chain = levels
+        # PERF: None for the leaf alone: no 1-tuple per connection (bench_connect.py).
+        self.chain = None if chain is None or len(chain) == 1 else tuple(chain)
         self.manager = manager
         self.outages = outages
-        self.before = hook_list(router, levels, leaf, "before_receive")
-        self.after = hook_list(router, levels, leaf, "after_receive", reverse=True)
-        self.error_hooks = hook_list(router, levels, leaf, "on_error", reverse=True)
+        if hooked is None:
+            hooked = (chain is not None and len(chain) > 1) or _has_hooks(router, type(leaf))
+        # PERF: without hooks (the common case) one shared tuple; with them,
+        #   (router, before_receive, after_receive, on_error), bound once per
+        #   connection. Fewer slots: 32 B less per connection (bench_connect.py).
+        self._hooks: tuple[Any, ...] = _NO_HOOKS
+        if hooked:
+            levels = self.levels
+            self._hooks = (
+                router,
+                hook_list(router, levels, leaf, "before_receive"),
+                hook_list(router, levels, leaf, "after_receive", reverse=True),
+                hook_list(router, levels, leaf, "on_error", reverse=True),
+            )
         # PERF: None stands for the leaf's own on_unhandled, looked up when
         #   called (rarely): a bound method kept per connection is 64 B
         #   (bench_connect.py, tracemalloc).
@@ -598,7 +718,6 @@ class Receiver:
         if not settings.error_replies and type(leaf).on_unhandled is _base_unhandled:
             self._unhandled = _ignore_unhandled
         obs: Observer | None = manager.observer
-        self.observer = obs
         # The observer's state for this connection (labels, a span to link to).
         self.observed = None if obs is None else obs.connection(leaf.connection, type(leaf))
         by_type = type(leaf).__pachinko_table__.by_type
@@ -610,6 +729,42 @@ class Receiver:
         self.pending: dict[str | int, asyncio.Future[str]] | None = None
         # The task running this connection's receive loop (the handshake's).
         self.task = asyncio.current_task()
+
+    @property
+    def levels(self) -> Sequence[WebSocketResource]:
+        """The resources of the connection, outermost first (the leaf last)."""
+        chain = self.chain
+        return (self.leaf,) if chain is None else chain
+
+    @property
+    def hooked(self) -> bool:
+        """Whether any hook applies to this connection."""
+        return self._hooks is not _NO_HOOKS
+
+    @property
+    def router(self) -> WebSocketRouter | None:
+        """The router whose global hooks apply (``None`` without hooks or router)."""
+        return self._hooks[0]  # type: ignore[no-any-return]
+
+    @property
+    def before(self) -> tuple[Callable[..., Awaitable[Any]], ...]:
+        """The before_receive hooks, bound."""
+        return self._hooks[1]  # type: ignore[no-any-return]
+
+    @property
+    def after(self) -> tuple[Callable[..., Awaitable[Any]], ...]:
+        """The after_receive hooks, bound (reversed)."""
+        return self._hooks[2]  # type: ignore[no-any-return]
+
+    @property
+    def error_hooks(self) -> tuple[Callable[..., Awaitable[Any]], ...]:
+        """The on_error hooks, bound (reversed)."""
+        return self._hooks[3]  # type: ignore[no-any-return]
+
+    @property
+    def observer(self) -> Observer | None:
+        """The app's observer (metrics, tracing), if any."""
+        return self.manager.observer
 
     def unhandled(self, ws: WebSocket, error: MessageError) -> Awaitable[None]:
         """Answer a message that got no handler: the leaf's ``on_unhandled`` (or a drop)."""
@@ -830,74 +985,49 @@ async def receive_loop(
     receive_text: Callable[[WebSocket], Awaitable[str | None]],
     *,
     mount: Mount | None = None,
-    router: WebSocketRouter | None = None,
     req: Request | None = None,
-    path: str = "/",
 ) -> int | None:
     """Receive, decode, dispatch until the connection closes.
 
-    With ``mount`` (the sink), this is the whole connection: the handshake
-    (which builds ``rx``), accept and after_connect first, the disconnect
-    hooks and deregistration in a ``finally`` after. Without it (the
-    :class:`~pachinko.testing.ResourceHarness`), the dispatch of the
+    With ``mount`` (the sink), this is the whole connection: the handshake,
+    accept and after_connect first (:func:`_open`, which builds ``rx``),
+    the disconnect hooks and deregistration in a ``finally`` after. Without
+    it (the :class:`~pachinko.testing.ResourceHarness`), the dispatch of the
     messages ``receive_text(ws)`` gives, with ``rx`` built by the caller, and
     exceptions propagate.
 
     PERF: one coroutine frame per open connection, not a serving frame
     awaiting this one: ~300 B less per idle connection
     (benchmarks/bench_connect.py, tracemalloc). The steps before and after
-    the loop run in coroutines of their own, gone once they return.
+    the loop run in coroutines of their own, gone once they return. The
+    frame's size is 8 B per local variable, so constants are module globals
+    and values needed only off the plain path are read where needed.
 
     Returns:
         The close code, or ``None`` when ``receive_text(ws)`` returned ``None``
         (the harness has no more messages) or the handshake was refused.
     """
-    task: asyncio.Task[Any] | None = None
     if mount is not None:
-        obs = mount.runtime.manager.observer
-        handshake = _handshake(mount.runtime, router, req, ws, path, mount)  # type: ignore[arg-type]
-        rx = await (handshake if obs is None else obs.handshake(req.path, handshake))  # type: ignore[union-attr]
-        # PERF: the finished handshake coroutine held by this frame's local
-        #   kept ~340 B per open connection (bench_connect.py, tracemalloc).
-        del handshake
+        rx = await _open(mount, req, ws)  # type: ignore[arg-type]
         if rx is None:
             return None
-        task = asyncio.current_task()
-        if task is not None:
-            mount.runtime.serving.add(task)
     elif rx is None:
         raise TypeError("receive_loop(): a Receiver is required without a mount")
     close_code: int | None = CLOSE_NO_STATUS
     try:
-        if mount is not None:
-            await _opened(mount, rx, req, ws)  # type: ignore[arg-type]
         leaf = rx.leaf
         before = rx.before
         after = rx.after
         table = type(leaf).__pachinko_table__
         decoder = table.decoder
         by_type = rx.by_type
-        as_decoded, envelope, raw_dict = AS_DECODED, ENVELOPE, RAW_DICT
-        reply: Any = table.reply
-        if reply is not None:
-            quick, head, comma, join = reply.quick, reply.head, b",", b"".join
-        unset = UNSET
-        decoded_request = AS_DECODED | REQUEST
-        envelope_request = ENVELOPE | REQUEST
-        raw_request = RAW_DICT | REQUEST
-        decode_any = msgspec.json.decode
-        force_setattr = msgspec.structs.force_setattr
-        max_size = settings.max_message_size
         # NOTE: a str of n code points is at most 4n UTF-8 bytes, so the exact
         #   byte count is only computed for messages longer than a quarter of the limit.
-        quarter = max_size // 4
+        quarter = settings.max_message_size // 4
         rate = settings.rate_limit
-        burst = float(settings.rate_burst)
-        tokens = burst
+        tokens = float(settings.rate_burst)
         last = monotonic()
         outbox = leaf.connection.outbox
-        obs = rx.observer
-        observed = rx.observed
 
         while True:
             try:
@@ -914,8 +1044,12 @@ async def receive_loop(
                 # until the disconnect, which the outbox makes happen in time.
                 continue
             size = len(text)
-            if size > quarter and (size > max_size or len(text.encode()) > max_size):
-                await ws.close(CLOSE_TOO_BIG, f"Message too big (limit {max_size} bytes)")
+            if size > quarter and (
+                size > settings.max_message_size or len(text.encode()) > settings.max_message_size
+            ):
+                await ws.close(
+                    CLOSE_TOO_BIG, f"Message too big (limit {settings.max_message_size} bytes)"
+                )
                 close_code = CLOSE_TOO_BIG
                 break
             if rate is not None:
@@ -926,7 +1060,7 @@ async def receive_loop(
                 tokens -= 1.0
                 if tokens < 0.0:
                     now = monotonic()
-                    tokens = min(burst, tokens + (now - last) * rate)
+                    tokens = min(float(settings.rate_burst), tokens + (now - last) * rate)
                     last = now
                     if tokens < 0.0:
                         await ws.close(CLOSE_POLICY_VIOLATION, "Message rate limit exceeded")
@@ -947,12 +1081,12 @@ async def receive_loop(
                     try:
                         msg = decoder.decode(text)
                         handler, kind = by_type[type(msg)]
-                        if kind == as_decoded:
+                        if kind == AS_DECODED:
                             payload = msg
-                        elif kind == envelope:
+                        elif kind == ENVELOPE:
                             payload = msg.payload
-                        elif kind == raw_dict:
-                            payload = decode_any(text)
+                        elif kind == RAW_DICT:
+                            payload = _decode_any(text)
                         else:
                             # a request: below, off the plain path
                             request, handler = handler, None
@@ -968,38 +1102,39 @@ async def receive_loop(
                     if kind & REQUEST:
                         # PERF: inline, no coroutine of its own (bench_dispatch.py, replies row)
                         rid = msg.pachinko_id
-                        if kind == decoded_request:
+                        if kind == _DECODED_REQUEST:
                             payload = msg
-                            if rid is not unset:
+                            if rid is not UNSET:
                                 # the id is the message's, not the payload's: re-encoding
                                 # the handler's Struct never carries it on
-                                msg.pachinko_id = unset
-                        elif kind == envelope_request:
+                                msg.pachinko_id = UNSET
+                        elif kind == _ENVELOPE_REQUEST:
                             payload = msg.payload
-                        elif kind == raw_request:
-                            payload = decode_any(text)
+                        elif kind == _RAW_REQUEST:
+                            payload = _decode_any(text)
                         else:  # a frozen Struct
                             payload = msg
-                            if rid is not unset:
-                                force_setattr(msg, ID_ATTR, unset)
+                            if rid is not UNSET:
+                                _force_setattr(msg, ID_ATTR, UNSET)
                         frame = None
                         try:
                             result = await request(leaf, ws, payload)
                             if result is not None:
-                                if type(result) in quick and rid is not unset:
-                                    frame = join(
-                                        (head, encode(rid), comma, encode(result)[1:])
+                                reply: Any = table.reply
+                                if type(result) in reply.quick and rid is not UNSET:
+                                    frame = b"".join(
+                                        (reply.head, encode(rid), b",", encode(result)[1:])
                                     ).decode()
                                 else:
                                     frame = reply(result, rid)
                         except WebSocketDisconnected:
                             raise
                         except Exception as exc:
-                            if rid is unset:
+                            if rid is UNSET:
                                 raise
-                            code = await rx.request_failed(ws, text, exc, rid)
-                            if code is not None:
-                                close_code = code
+                            # NOTE: close_code is reused (one local less); None goes on.
+                            close_code = await rx.request_failed(ws, text, exc, rid)
+                            if close_code is not None:
                                 break
                         if frame is not None:
                             await ws.send_text(frame)
@@ -1007,35 +1142,33 @@ async def receive_loop(
                             for hook in after:
                                 await hook(ws, text)
                         continue
-                outcome = table.dispatch_slow(text)
-                if isinstance(outcome, MessageError):
-                    if obs is not None:
-                        obs.error_reply(observed, outcome.reason)
-                    await rx.unhandled(ws, outcome)
+                msg = table.dispatch_slow(text)
+                if isinstance(msg, MessageError):
+                    if (obs := rx.observer) is not None:
+                        obs.error_reply(rx.observed, msg.reason)
+                    await rx.unhandled(ws, msg)
                     continue
-                handler, payload, rid = outcome
+                handler, payload, rid = msg
                 if rid is not None:
-                    code = await rx.run_request(ws, handler, payload, rid, text)
-                    if code is not None:
-                        close_code = code
+                    close_code = await rx.run_request(ws, handler, payload, rid, text)
+                    if close_code is not None:
                         break
-                elif obs is None:
+                elif (obs := rx.observer) is None:
                     await handler(leaf, ws, payload)
                 else:
-                    await obs.handle(observed, handler, handler, leaf, ws, payload)
+                    await obs.handle(rx.observed, handler, handler, leaf, ws, payload)
                 for hook in after:
                     await hook(ws, text)
             except WebSocketDisconnected:
                 raise
             except Exception as exc:
-                code = await rx.failed(ws, text, exc)
-                if code is not None:
-                    close_code = code
+                close_code = await rx.failed(ws, text, exc)
+                if close_code is not None:
                     break
-    except WebSocketDisconnected as ex:
+    except WebSocketDisconnected as exc:
         if mount is None:
             raise
-        close_code = _disconnected(rx, ex)
+        close_code = _disconnected(rx, exc)
     except Exception:
         if mount is None:
             raise
@@ -1044,8 +1177,17 @@ async def receive_loop(
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
     finally:
         if mount is not None:
-            await _closed(mount, rx, ws, close_code or CLOSE_NO_STATUS, task)
+            await _closed(mount, rx, ws, close_code or CLOSE_NO_STATUS)
     return close_code
+
+
+# Constants of the receive loop (module globals: a local is 8 B of every
+# connection's frame).
+_DECODED_REQUEST: Final = AS_DECODED | REQUEST
+_ENVELOPE_REQUEST: Final = ENVELOPE | REQUEST
+_RAW_REQUEST: Final = RAW_DICT | REQUEST
+_decode_any: Final = msgspec.json.decode
+_force_setattr: Final = msgspec.structs.force_setattr
 
 
 async def _ignore_unhandled(ws: WebSocket, error: MessageError) -> None:

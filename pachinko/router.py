@@ -236,6 +236,8 @@ class WebSocketRouter:
         # On the root: (router, event, resource class) -> hooks_for() as a tuple,
         #   resolved once per route and class; emptied when a hook or router is added.
         self._hook_cache: dict[tuple[WebSocketRouter, str, type], tuple[HookFn, ...]] = {}
+        # On the root: (router, resource class) -> whether no hook applies at all.
+        self._hookless_cache: dict[tuple[WebSocketRouter, type], bool] = {}
         # Prefixes the root was mounted at (any app): only for url_for() here;
         #   an app's own URLs come from its Mount, which holds its prefix.
         self._mount_prefixes: set[str] = set()
@@ -301,8 +303,8 @@ class WebSocketRouter:
         router._parent = self
         router._prefix = prefix
         self._children.append((prefix, router))
-        router._hook_cache.clear()
-        self.root._hook_cache.clear()
+        router._forget_hooks()
+        self.root._forget_hooks()
 
     def add_hook(self, event: str, hook: HookFn, *, resource: type | None = None) -> None:
         """Register a global hook for ``event`` (optionally for one resource class).
@@ -315,7 +317,12 @@ class WebSocketRouter:
                 f"add_hook(): unknown event {event!r}; expected one of {', '.join(HOOK_EVENTS)}"
             )
         self._hooks.append((event, hook, resource))
-        self.root._hook_cache.clear()
+        self.root._forget_hooks()
+
+    def _forget_hooks(self) -> None:
+        """Empty the resolved hooks (a hook or a router was added)."""
+        self._hook_cache.clear()
+        self._hookless_cache.clear()
 
     def _register(
         self,
@@ -439,6 +446,23 @@ class WebSocketRouter:
         found = cache.get(key)
         if found is None:
             found = cache[key] = tuple(self.hooks_for(event, resource_class))
+        return found
+
+    def _hookless(self, resource_class: type) -> bool:
+        """Whether no hook of any event applies to ``resource_class`` (cached).
+
+        No global hook here or in an outer router, and no method named after
+        an event on the class. PERF: a handshake of a class without hooks
+        then resolves none of the seven events (benchmarks/bench_connect.py).
+        """
+        cache = self.root._hookless_cache
+        key = (self, resource_class)
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = not any(
+                self._hooks_of(event, resource_class) or getattr(resource_class, event, None)
+                for event in HOOK_EVENTS
+            )
         return found
 
     # -- matching ------------------------------------------------------------
