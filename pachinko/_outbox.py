@@ -56,6 +56,7 @@ __all__ = [
     "QUEUED",
     "SENT",
     "Outbox",
+    "OutboxRules",
     "Ticket",
     "fan_out",
     "reset_transport",
@@ -270,62 +271,70 @@ async def _write_each(
             outbox._spawn()
 
 
-class Outbox:
-    """The bounded outgoing queue of one connection.
+class OutboxRules:
+    """What every outbox of one manager shares: its settings and the manager's hooks.
 
     Args:
-        ws: The Falcon WebSocket frames are written to.
         size: Frames buffered at most.
         policy: ``"drop"`` or ``"close"`` when the queue is full.
         close_code: Close code for slow consumers.
         send_timeout: Seconds a single send may take.
-        evict: Called once (synchronously) with ``owner`` when the outbox
-            dies, whatever the cause: the manager evicts the connection.
+        evict: Called once (synchronously) with an outbox's ``owner`` when
+            the outbox dies, whatever the cause: the manager evicts the
+            connection.
         busy: The manager's set of outboxes with a send under way (its
-            watchdog calls :meth:`expire` on them).
-        owner: The connection (passed to ``evict``).
+            watchdog calls :meth:`Outbox.expire` on them).
     """
 
-    __slots__ = (
-        "_closer",
-        "_evict",
-        "_idle",
-        "_inflight",
-        "_task",
-        "busy",
-        "close_code",
-        "closed_with",
-        "dead",
-        "evicted",
-        "owner",
-        "policy",
-        "queue",
-        "send_timeout",
-        "size",
-        "started",
-        "ws",
-    )
+    __slots__ = ("busy", "close_code", "evict", "policy", "send_timeout", "size")
 
     def __init__(
         self,
-        ws: WebSocket,
         size: int,
         policy: str,
         close_code: int,
         send_timeout: float,
         evict: Callable[[Any], None],
         busy: set[Outbox],
-        owner: Any = None,
     ) -> None:
-        self.ws = ws
         self.size = size
         self.policy = policy
         self.close_code = close_code
         self.send_timeout = send_timeout
-        # PERF: no closure per connection (bench_connect.py: ~200 B each)
-        self._evict = evict
-        self.owner = owner
+        self.evict = evict
         self.busy = busy
+
+
+class Outbox:
+    """The bounded outgoing queue of one connection.
+
+    Args:
+        ws: The Falcon WebSocket frames are written to.
+        rules: The manager's :class:`OutboxRules`, shared by its outboxes.
+        owner: The connection (passed to ``rules.evict``).
+    """
+
+    # PERF: the settings live in the shared OutboxRules: 40 B less per
+    #   connection (bench_connect.py, tracemalloc).
+    __slots__ = (
+        "_closer",
+        "_idle",
+        "_inflight",
+        "_task",
+        "closed_with",
+        "dead",
+        "evicted",
+        "owner",
+        "queue",
+        "rules",
+        "started",
+        "ws",
+    )
+
+    def __init__(self, ws: WebSocket, rules: OutboxRules, owner: Any = None) -> None:
+        self.ws = ws
+        self.rules = rules
+        self.owner = owner
         self.started = 0.0
         self._inflight: Ticket | None = None
         # PERF: an empty deque is ~620 B (bench_connect.py): idle connections
@@ -353,11 +362,11 @@ class Outbox:
         queue = self.queue
         if queue is _NO_QUEUE:
             queue = self.queue = deque()
-        elif len(queue) >= self.size:
-            if self.policy == "close":
+        elif len(queue) >= (rules := self.rules).size:
+            if rules.policy == "close":
                 self.abort(
-                    self.close_code,
-                    f"Slow consumer: outgoing queue full ({self.size} messages)",
+                    rules.close_code,
+                    f"Slow consumer: outgoing queue full ({rules.size} messages)",
                 )
             return DROPPED
         queue.append((frame, ticket))
@@ -369,7 +378,7 @@ class Outbox:
 
     def on_dead(self) -> None:
         """The outbox died: the manager evicts the connection."""
-        self._evict(self.owner)
+        self.rules.evict(self.owner)
 
     def start(self) -> None:
         """Start writing (the handshake was accepted); flush what was queued."""
@@ -396,7 +405,7 @@ class Outbox:
         self._inflight = ticket
         loop = asyncio.get_running_loop()
         self.started = loop.time()
-        self.busy.add(self)
+        self.rules.busy.add(self)
         self._task = loop.create_task(_resume(writer, waiting), context=context)
 
     async def _sent(self, ticket: Ticket | None) -> None:
@@ -410,14 +419,14 @@ class Outbox:
     def _send_failed(self, ticket: Ticket | None, ex: BaseException) -> None:
         """The adopted send raised (or was cancelled: re-raised)."""
         if not isinstance(ex, Exception):
-            self.busy.discard(self)
+            self.rules.busy.discard(self)
             raise ex
         self.started = 0.0
         self._inflight = None
         if ticket is not None:
             ticket.settle(False)
         logger.debug("send failed, evicting the connection: %r", ex)
-        self.busy.discard(self)
+        self.rules.busy.discard(self)
         self._task = None
         self.abort(None, "")
 
@@ -425,7 +434,7 @@ class Outbox:
         queue = self.queue
         send_text = self.ws.send_text
         now = asyncio.get_running_loop().time
-        self.busy.add(self)
+        self.rules.busy.add(self)
         try:
             while queue:
                 frame, ticket = queue.popleft()
@@ -452,7 +461,7 @@ class Outbox:
                 if ticket is not None:
                     ticket.settle(True)
         finally:
-            self.busy.discard(self)
+            self.rules.busy.discard(self)
             if self._task is asyncio.current_task():
                 self._task = None
                 if not self.dead:
@@ -461,12 +470,15 @@ class Outbox:
     def expire(self, now: float) -> None:
         """Apply the send timeout (called by the manager's watchdog)."""
         started = self.started
-        if started and now - started > self.send_timeout:
+        rules = self.rules
+        if started and now - started > rules.send_timeout:
             self.started = 0.0
             ticket, self._inflight = self._inflight, None
             if ticket is not None:
                 ticket.settle(False)
-            self.abort(self.close_code, f"Slow consumer: a send took over {self.send_timeout:g} s")
+            self.abort(
+                rules.close_code, f"Slow consumer: a send took over {rules.send_timeout:g} s"
+            )
 
     def abort(self, code: int | None, reason: str) -> None:
         """Kill the outbox: drop the queue, stop writing, close with ``code``.
@@ -490,7 +502,7 @@ class Outbox:
             )
             self.closed_with = code
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.send_timeout
+            deadline = loop.time() + self.rules.send_timeout
             transport = transport_of(self.ws)
             if transport is not None:
                 # Whatever the client does, the connection ends by the deadline.
@@ -502,7 +514,7 @@ class Outbox:
         if reset_transport(transport):
             logger.warning(
                 "slow consumer did not take its close frame within %g s: connection reset",
-                self.send_timeout,
+                self.rules.send_timeout,
                 extra={CONNECTION_EXTRA: self.owner},
             )
 
@@ -514,7 +526,7 @@ class Outbox:
         task = self._task
         if task is not None:
             try:
-                async with asyncio.timeout(self.send_timeout):
+                async with asyncio.timeout(self.rules.send_timeout):
                     await asyncio.shield(task)
             except (TimeoutError, asyncio.CancelledError):
                 self._fail_inflight()
@@ -522,7 +534,7 @@ class Outbox:
             except Exception:
                 logger.debug("flush before close failed", exc_info=True)
         self._fail_queued()
-        await self._close(code, reason, asyncio.get_running_loop().time() + self.send_timeout)
+        await self._close(code, reason, asyncio.get_running_loop().time() + self.rules.send_timeout)
 
     def discard(self) -> None:
         """Forget everything: the connection has ended."""

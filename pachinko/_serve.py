@@ -70,6 +70,8 @@ CLOSE_FORBIDDEN: Final = 3403  # Falcon's HTTP 403 equivalent
 CLOSE_NOT_FOUND: Final = 3404  # Falcon's HTTP 404 equivalent
 
 _base_unhandled = WebSocketResource.on_unhandled
+_base_on_connect = WebSocketResource.on_connect
+_base_on_disconnect = WebSocketResource.on_disconnect
 
 
 class Host(Protocol):
@@ -245,46 +247,13 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _open(mount: Mount, req: Request, ws: WebSocket) -> Receiver | None:
-    """The handshake, then accept, register as open, run the after_connect hooks.
-
-    Returns the connection's :class:`Receiver`, or ``None`` when the
-    handshake was refused or the connection ended before its loop (and is
-    then deregistered).
-    """
+def _start(mount: Mount, req: Request, ws: WebSocket) -> Awaitable[Receiver | None]:
+    """The connection's handshake, wrapped by the app's observer if it has one."""
     runtime = mount.runtime
     obs = runtime.manager.observer
     if obs is None:
-        rx = await _handshake(runtime, mount, req, ws)
-    else:
-        rx = await obs.handshake(req.path, _handshake(runtime, mount, req, ws))
-    if rx is None:
-        return None
-    task = rx.task
-    if task is not None:
-        runtime.serving.add(task)
-    try:
-        conn = rx.leaf.connection
-        if ws.unaccepted:
-            await ws.accept(subprotocol=_token_carrier(req) if conn._user is not None else None)
-        runtime.manager.opened(conn)
-        if obs is not None:
-            obs.opened(rx.observed)
-        if rx.hooked:
-            for hook in hook_list(rx.router, rx.levels, rx.leaf, "after_connect", reverse=True):
-                try:
-                    await hook(ws)
-                except JoinRefused as refused:
-                    await rx.refused(ws, refused, None)
-    except WebSocketDisconnected as ex:
-        await _closed(mount, rx, ws, _disconnected(rx, ex))
-        return None
-    except Exception:
-        logger.exception("WebSocket %s failed after the handshake", req.path)
-        await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
-        await _closed(mount, rx, ws, CLOSE_INTERNAL_ERROR)
-        return None
-    return rx
+        return _handshake(runtime, mount, req, ws)
+    return obs.handshake(req.path, _handshake(runtime, mount, req, ws))
 
 
 def _disconnected(rx: Receiver, ex: WebSocketDisconnected) -> int:
@@ -307,22 +276,27 @@ async def _closed(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) ->
         # PERF: one resource, no hooks: on_disconnect without a coroutine of
         #   run_disconnect's (bench_connect.py)
         try:
-            await leaf.on_disconnect(ws, close_code)
+            if type(leaf).on_disconnect is not _base_on_disconnect:
+                await leaf.on_disconnect(ws, close_code)
         except BackendUnavailable as ex:
             mount.outages.report(ex, manager.backend, f"{type(leaf).__qualname__}.on_disconnect")
         except Exception:
             logger.exception("%s.on_disconnect raised", type(leaf).__qualname__)
-    await manager.disconnect(leaf.connection)
+    pending = manager.deregister(leaf.connection)
+    if pending is not None:
+        await pending
     runtime.serving.discard(rx.task)
     if rx.observer is not None:
         rx.observer.closed(rx.observed, close_code)
 
 
 async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -> Receiver | None:
-    """Match, check the origin, build the chain, run on_connect, register.
+    """Match, check the origin, build the chain, run on_connect, register, accept.
 
-    Returns the connection's :class:`Receiver`, or ``None`` when the
-    handshake was refused (and the socket closed).
+    Then mark the connection open and run the after_connect hooks. Returns
+    the connection's :class:`Receiver`, or ``None`` when the handshake was
+    refused (and the socket closed) or the connection ended before its
+    loop (and is then deregistered).
     """
     manager = runtime.manager
     obs = manager.observer
@@ -376,7 +350,10 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
             conn.resource = leaf
             if hooked:
                 await _before_connect(router, leaf, req, ws, params)
-            accepted = await leaf.on_connect(req, ws, **params)
+            # PERF: the default on_connect (accept) is not called: a coroutine less.
+            accepted = type(leaf).on_connect is _base_on_connect or await leaf.on_connect(
+                req, ws, **params
+            )
             if not ws.unaccepted and ws.closed:
                 _refused(runtime, "refused")
                 return None  # the resource closed the handshake itself
@@ -392,7 +369,9 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
             hooked = True
         if hooked:
             conn.authorizers = hook_list(router, chain or (leaf,), leaf, "authorize_join")
-        await manager.connect(conn)
+        pending = manager.register(conn)
+        if pending is not None:
+            await pending
     except Refuse as refusal:
         _refused(runtime, "limit" if isinstance(refusal, ConnectionLimitExceeded) else "refused")
         await _refuse(ws, refusal)
@@ -402,6 +381,29 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
         return None
     rx = Receiver(leaf, runtime.settings, manager, mount.outages, router, chain, hooked=hooked)
     conn.receiver = rx
+    task = rx.task
+    if task is not None:
+        runtime.serving.add(task)
+    try:
+        if ws.unaccepted:
+            await ws.accept(subprotocol=_token_carrier(req) if conn._user is not None else None)
+        manager.opened(conn)
+        if obs is not None:
+            obs.opened(rx.observed)
+        if hooked:
+            for hook in hook_list(router, rx.levels, leaf, "after_connect", reverse=True):
+                try:
+                    await hook(ws)
+                except JoinRefused as refused:
+                    await rx.refused(ws, refused, None)
+    except WebSocketDisconnected as ex:
+        await _closed(mount, rx, ws, _disconnected(rx, ex))
+        return None
+    except Exception:
+        logger.exception("WebSocket %s failed after the handshake", req.path)
+        await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
+        await _closed(mount, rx, ws, CLOSE_INTERNAL_ERROR)
+        return None
     return rx
 
 
@@ -990,7 +992,7 @@ async def receive_loop(
     """Receive, decode, dispatch until the connection closes.
 
     With ``mount`` (the sink), this is the whole connection: the handshake,
-    accept and after_connect first (:func:`_open`, which builds ``rx``),
+    accept and after_connect first (:func:`_handshake`, which builds ``rx``),
     the disconnect hooks and deregistration in a ``finally`` after. Without
     it (the :class:`~pachinko.testing.ResourceHarness`), the dispatch of the
     messages ``receive_text(ws)`` gives, with ``rx`` built by the caller, and
@@ -1008,7 +1010,7 @@ async def receive_loop(
         (the harness has no more messages) or the handshake was refused.
     """
     if mount is not None:
-        rx = await _open(mount, req, ws)  # type: ignore[arg-type]
+        rx = await _start(mount, req, ws)  # type: ignore[arg-type]
         if rx is None:
             return None
     elif rx is None:

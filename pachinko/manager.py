@@ -20,13 +20,13 @@ import inspect
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from ._outbox import DEAD, DROPPED, QUEUED, SENT, Outbox, Ticket, fan_out
+from ._outbox import DEAD, DROPPED, QUEUED, SENT, Outbox, OutboxRules, Ticket, fan_out
 from ._wire import encode, encode_frame
 from .backends import ConnectionBackend, HistoryRead, backend_from_url
 from .backends.base import PresenceEntry
@@ -276,7 +276,15 @@ class WebSocketConnectionManager:
         self._users: dict[str, dict[str, Connection]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy: set[Outbox] = set()
-        self._on_dead = self._evict  # one bound method for every outbox
+        # One set of rules (and one bound method) for every outbox.
+        self._outbox_rules = OutboxRules(
+            settings.send_queue_size,
+            settings.slow_consumer,
+            settings.slow_consumer_close_code,
+            settings.send_timeout,
+            self._evict,
+            self._busy,
+        )
         self._watchdog: asyncio.Task[None] | None = None
         #: Sees connections, messages and deliveries (metrics, tracing); see
         #: :meth:`observe`. ``None``: nothing is observed (and nothing costs).
@@ -368,30 +376,44 @@ class WebSocketConnectionManager:
                 ``max_connections_per_user`` (every process) is reached;
                 the handshake is refused with 1013.
         """
+        pending = self.register(conn)
+        if pending is not None:
+            await pending
+
+    def register(self, conn: Connection) -> Awaitable[None] | None:
+        """:meth:`connect` in two steps: index ``conn`` here now; return the backend's step.
+
+        Returns ``None`` when the backend has nothing to record (an
+        anonymous connection, see ``records_anonymous``), else an awaitable
+        that records it and undoes the local step if that fails.
+
+        PERF: the serve loop's handshake awaits nothing for an anonymous
+        connection (bench_connect.py).
+
+        Raises:
+            ConnectionLimitExceeded: ``max_connections`` is reached.
+        """
         settings = self.settings
         limit = settings.max_connections
         if limit is not None and len(self._connections) >= limit:
             raise ConnectionLimitExceeded(f"Connection limit reached ({limit} open connections)")
-        user = conn.user_id
-        conn.outbox = Outbox(
-            conn.ws,
-            settings.send_queue_size,
-            settings.slow_consumer,
-            settings.slow_consumer_close_code,
-            settings.send_timeout,
-            self._on_dead,
-            self._busy,
-            conn,
-        )
+        conn.outbox = Outbox(conn.ws, self._outbox_rules, conn)
         self._connections[conn.id] = conn
-        first = False
-        if user is not None:
-            members = self._users.get(user)
-            first = members is None
-            if members is None:
-                members = self._users[user] = {}
-            members[conn.id] = conn
-        per_user = settings.max_connections_per_user
+        user = conn._user
+        if user is None:
+            if not self.backend.records_anonymous:
+                return None
+            return self._record(conn, None, False)
+        members = self._users.get(user.id)
+        first = members is None
+        if members is None:
+            members = self._users[user.id] = {}
+        members[conn.id] = conn
+        return self._record(conn, user.id, first)
+
+    async def _record(self, conn: Connection, user: str | None, first: bool) -> None:
+        """The backend's step of :meth:`register` (undone here if it fails)."""
+        per_user = self.settings.max_connections_per_user
         added = True
         try:
             if per_user is not None and user is not None:
@@ -437,15 +459,33 @@ class WebSocketConnectionManager:
 
         Idempotent; called once the connection's ``on_disconnect`` ran.
         """
+        pending = self.deregister(conn)
+        if pending is not None:
+            await pending
+
+    def deregister(self, conn: Connection) -> Awaitable[None] | None:
+        """:meth:`disconnect` in two steps: forget ``conn`` here now; return the backend's step.
+
+        Returns ``None`` when the backend has nothing to forget (an
+        anonymous connection in no room, see ``records_anonymous``), else
+        an awaitable that leaves its rooms and removes it in the backend.
+        Idempotent.
+        """
         outbox = conn.outbox
         if outbox is None:
-            return
+            return None
         conn.outbox = None
         outbox.discard()
         self._unindex(conn)
+        if not conn.rooms and conn._user is None and not self.backend.records_anonymous:
+            return None
         rooms = list(conn.rooms)
         if isinstance(conn.rooms, set):
             conn.rooms.clear()
+        return self._forget(conn, rooms)
+
+    async def _forget(self, conn: Connection, rooms: list[str]) -> None:
+        """The backend's step of :meth:`deregister`."""
         backend = self.backend
         present = self._present_in
         for room in rooms:

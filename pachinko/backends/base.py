@@ -129,6 +129,12 @@ class ConnectionBackend(abc.ABC):
     #: of the manager delivering its own broadcasts locally.
     history_echo: bool = False
 
+    #: :meth:`add_connection` and :meth:`remove_connection` are called for
+    #: connections without a user too. ``False`` (the in-process and Redis
+    #: backends, which record users' connections only): the manager skips
+    #: both calls for those (two awaits less per connection).
+    records_anonymous: bool = True
+
     observer: Observer | None = None
 
     @abc.abstractmethod

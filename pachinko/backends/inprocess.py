@@ -42,6 +42,8 @@ class InProcessBackend(ConnectionBackend):
     with a position in it is told ``recovered: false, reason: "epoch"``.
     """
 
+    records_anonymous = False
+
     def __init__(self) -> None:
         self._host: BackendHost | None = None
         self._kept: dict[str, _Kept] = {}

@@ -264,6 +264,7 @@ class RedisBackend(ConnectionBackend):
     """
 
     history_echo = True
+    records_anonymous = False
 
     def __init__(
         self,
