@@ -1045,9 +1045,9 @@ async def receive_loop(
                 # Evicted (a slow consumer, a failed send): dispatch nothing more
                 # until the disconnect, which the outbox makes happen in time.
                 continue
-            size = len(text)
-            if size > quarter and (
-                size > settings.max_message_size or len(text.encode()) > settings.max_message_size
+            if len(text) > quarter and (
+                len(text) > settings.max_message_size
+                or len(text.encode()) > settings.max_message_size
             ):
                 await ws.close(
                     CLOSE_TOO_BIG, f"Message too big (limit {settings.max_message_size} bytes)"
@@ -1083,25 +1083,23 @@ async def receive_loop(
                     try:
                         msg = decoder.decode(text)
                         handler, kind = by_type[type(msg)]
-                        if kind == AS_DECODED:
-                            payload = msg
-                        elif kind == ENVELOPE:
-                            payload = msg.payload
-                        elif kind == RAW_DICT:
-                            payload = _decode_any(text)
-                        else:
-                            # a request: below, off the plain path
-                            request, handler = handler, None
                     except _UNDECODABLE:
-                        handler = None
-                        kind = 0
-                    if handler is not None:
-                        await handler(leaf, ws, payload)
+                        kind = _UNDECODED
+                    if 0 <= kind < REQUEST:
+                        await handler(
+                            leaf,
+                            ws,
+                            msg
+                            if kind == AS_DECODED
+                            else msg.payload
+                            if kind == ENVELOPE
+                            else _decode_any(text),
+                        )
                         if after:
                             for hook in after:
                                 await hook(ws, text)
                         continue
-                    if kind & REQUEST:
+                    if kind >= REQUEST:
                         # PERF: inline, no coroutine of its own (bench_dispatch.py, replies row)
                         rid = msg.pachinko_id
                         if kind == _DECODED_REQUEST:
@@ -1118,17 +1116,17 @@ async def receive_loop(
                             payload = msg
                             if rid is not UNSET:
                                 _force_setattr(msg, ID_ATTR, UNSET)
-                        frame = None
                         try:
-                            result = await request(leaf, ws, payload)
+                            # NOTE: result becomes the reply frame (one local less).
+                            result = await handler(leaf, ws, payload)
                             if result is not None:
                                 reply: Any = table.reply
                                 if type(result) in reply.quick and rid is not UNSET:
-                                    frame = b"".join(
+                                    result = b"".join(
                                         (reply.head, encode(rid), b",", encode(result)[1:])
                                     ).decode()
                                 else:
-                                    frame = reply(result, rid)
+                                    result = reply(result, rid)
                         except WebSocketDisconnected:
                             raise
                         except Exception as exc:
@@ -1138,16 +1136,17 @@ async def receive_loop(
                             close_code = await rx.request_failed(ws, text, exc, rid)
                             if close_code is not None:
                                 break
-                        if frame is not None:
-                            await ws.send_text(frame)
+                            result = None
+                        if result is not None:
+                            await ws.send_text(result)
                         if after:
                             for hook in after:
                                 await hook(ws, text)
                         continue
-                msg = table.dispatch_slow(text)
+                msg = type(leaf).__pachinko_table__.dispatch_slow(text)
                 if isinstance(msg, MessageError):
-                    if (obs := rx.observer) is not None:
-                        obs.error_reply(rx.observed, msg.reason)
+                    if rx.observer is not None:
+                        rx.observer.error_reply(rx.observed, msg.reason)
                     await rx.unhandled(ws, msg)
                     continue
                 handler, payload, rid = msg
@@ -1155,10 +1154,10 @@ async def receive_loop(
                     close_code = await rx.run_request(ws, handler, payload, rid, text)
                     if close_code is not None:
                         break
-                elif (obs := rx.observer) is None:
+                elif rx.observer is None:
                     await handler(leaf, ws, payload)
                 else:
-                    await obs.handle(rx.observed, handler, handler, leaf, ws, payload)
+                    await rx.observer.handle(rx.observed, handler, handler, leaf, ws, payload)
                 for hook in after:
                     await hook(ws, text)
             except WebSocketDisconnected:
@@ -1184,7 +1183,8 @@ async def receive_loop(
 
 
 # Constants of the receive loop (module globals: a local is 8 B of every
-# connection's frame).
+# connection's frame). _UNDECODED: the fast decoder failed (the slow path decides).
+_UNDECODED: Final = -1
 _DECODED_REQUEST: Final = AS_DECODED | REQUEST
 _ENVELOPE_REQUEST: Final = ENVELOPE | REQUEST
 _RAW_REQUEST: Final = RAW_DICT | REQUEST

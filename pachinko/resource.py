@@ -6,7 +6,6 @@ import sys
 from collections.abc import (
     AsyncIterator,
     Awaitable,
-    Callable,
     Iterable,
     Mapping,
     MutableMapping,
@@ -80,8 +79,8 @@ class WebSocketResource:
     __pachinko_table__: ClassVar[DispatchTable]
     # Set by _pachinko_bind() when the router builds the resource for a handshake.
     _pachinko_connection: Connection
-    _pachinko_send_text: Callable[[str], Awaitable[None]]
-    _pachinko_state: MutableMapping[str, Any]
+    # None: the connection's state (an explicit mapping only when one was given).
+    _pachinko_state: MutableMapping[str, Any] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -140,9 +139,11 @@ class WebSocketResource:
         Raises:
             TypeError: ``state`` is not a MutableMapping.
         """
+        # PERF: nothing else is kept per resource: a bound send_text and the
+        #   state dict were 64 B each per connection (bench_connect.py).
         self._pachinko_connection = connection
-        self._pachinko_send_text = connection.ws.send_text
-        self.state = connection.state if state is None else state
+        if state is not None:
+            self.state = state
 
     @property
     def connection(self) -> Connection:
@@ -184,12 +185,13 @@ class WebSocketResource:
     @property
     def state(self) -> MutableMapping[str, Any]:
         """Connection-scoped state, shared with nested resources."""
-        try:
-            return self._pachinko_state
-        except AttributeError:
-            state: MutableMapping[str, Any] = {}
-            self._pachinko_state = state
-            return state
+        state = self._pachinko_state
+        if state is None:
+            conn: Connection | None = getattr(self, "_pachinko_connection", None)
+            if conn is not None:
+                return conn.state
+            state = self._pachinko_state = {}
+        return state
 
     @state.setter
     def state(self, mapping: MutableMapping[str, Any]) -> None:
@@ -231,10 +233,10 @@ class WebSocketResource:
         else:
             text = encode_envelope(message, self.tag_field)
         try:
-            send_text = self._pachinko_send_text
+            conn = self._pachinko_connection
         except AttributeError:
-            send_text = self.connection.ws.send_text  # raises the "not bound" error
-        return send_text(text)
+            conn = self.connection  # raises the "not bound" error
+        return conn.ws.send_text(text)
 
     async def request(self, message: Any, *, timeout: float = 10.0) -> Any:
         """Send ``message`` to this connection's client and return its answer.
