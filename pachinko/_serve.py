@@ -1029,7 +1029,7 @@ async def receive_loop(
         rate = settings.rate_limit
         tokens = float(settings.rate_burst)
         last = monotonic()
-        outbox = leaf.connection.outbox
+        conn = leaf.connection
 
         while True:
             try:
@@ -1041,7 +1041,9 @@ async def receive_loop(
             if text is None:
                 close_code = None
                 break
-            if outbox.evicted:
+            # NOTE: read per message: the connection's outbox is made for its
+            #   first frame (NoOutbox before), and None once deregistered.
+            if conn.outbox is not None and conn.outbox.evicted:
                 # Evicted (a slow consumer, a failed send): dispatch nothing more
                 # until the disconnect, which the outbox makes happen in time.
                 continue

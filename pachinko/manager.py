@@ -26,7 +26,19 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from ._outbox import DEAD, DROPPED, QUEUED, SENT, Outbox, OutboxRules, Ticket, fan_out
+from ._outbox import (
+    DEAD,
+    DROPPED,
+    OPENED,
+    QUEUED,
+    SENT,
+    UNOPENED,
+    Outbox,
+    OutboxRules,
+    Ticket,
+    fan_out,
+    outbox_of,
+)
 from ._wire import encode, encode_frame
 from .backends import ConnectionBackend, HistoryRead, backend_from_url
 from .backends.base import PresenceEntry
@@ -397,7 +409,8 @@ class WebSocketConnectionManager:
         limit = settings.max_connections
         if limit is not None and len(self._connections) >= limit:
             raise ConnectionLimitExceeded(f"Connection limit reached ({limit} open connections)")
-        conn.outbox = Outbox(conn.ws, self._outbox_rules, conn)
+        # PERF: the outbox itself is made for the first frame (NoOutbox).
+        conn.outbox = UNOPENED
         self._connections[conn.id] = conn
         user = conn._user
         if user is None:
@@ -451,8 +464,11 @@ class WebSocketConnectionManager:
 
     def opened(self, conn: Connection) -> None:
         """Start writing to ``conn``: its handshake was accepted."""
-        if conn.outbox is not None:
-            conn.outbox.start()
+        outbox = conn.outbox
+        if outbox is UNOPENED:
+            conn.outbox = OPENED
+        elif outbox is not None and outbox is not OPENED:
+            outbox.start()
 
     async def disconnect(self, conn: Connection) -> None:
         """Deregister ``conn``: leave its rooms, here and in the backend.
@@ -475,7 +491,8 @@ class WebSocketConnectionManager:
         if outbox is None:
             return None
         conn.outbox = None
-        outbox.discard()
+        if type(outbox) is Outbox:
+            outbox.discard()
         self._unindex(conn)
         if not conn.rooms and conn._user is None and not self.backend.records_anonymous:
             return None
@@ -529,7 +546,7 @@ class WebSocketConnectionManager:
         """
         closing = []
         for conn in list(self._connections.values()):
-            outbox = conn.outbox
+            outbox = outbox_of(conn)
             if outbox is not None:
                 closing.append(outbox.aclose(code, reason))
         if closing:
