@@ -323,8 +323,7 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
         await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
         return None
     plan = mount.plan_of(info)
-    conn = Connection(ws, path, params, manager)
-    conn.mount = mount
+    conn = Connection(ws, req.path, params, manager, mount=mount)
     conn.route = plan.route
     current_connection.set(conn)  # log lines of this task name the connection
     if runtime.authenticate is not None:

@@ -71,6 +71,9 @@ class ConnectionHost(Protocol):
 class UrlBuilder(Protocol):
     """What a resource asks of the mount that served its handshake."""
 
+    #: The path the router is mounted at.
+    prefix: str
+
     def url_for(self, name: str, /, **params: Any) -> str:
         """Build the URL path of the route called ``name``, prefix included."""
         ...
@@ -112,6 +115,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_path",
         "_state",
         "_user",
         "authorizers",
@@ -120,7 +124,6 @@ class Connection:
         "mount",
         "outbox",
         "params",
-        "path",
         "receiver",
         "resource",
         "rooms",
@@ -134,11 +137,18 @@ class Connection:
         path: str,
         params: dict[str, Any],
         manager: ConnectionHost,
+        *,
+        mount: UrlBuilder | None = None,
     ) -> None:
+        """``path``: below the prefix, or with a ``mount``, the whole request path."""
         new_id = getattr(manager, "new_connection_id", None)
         self.id: str = new_id() if new_id is not None else uuid.uuid4().hex
         self.ws = ws
-        self.path = path
+        # PERF: with a mount, the request's own path string (Falcon keeps it):
+        #   the part below the prefix is cut when asked for, not kept (55 B
+        #   per connection, bench_connect.py).
+        self._path = path
+        self.mount = mount
         self.params = params
         self.route = ""
         self.manager = manager
@@ -154,9 +164,17 @@ class Connection:
         # PERF: created on first use (64 B per idle connection, bench_connect.py).
         self._state: MutableMapping[str, Any] | None = None
         self.outbox: Any = None
-        self.mount: UrlBuilder | None = None
         # NOTE: Any: the serve loop's Receiver (a floor above this one).
         self.receiver: Any = None
+
+    @property
+    def path(self) -> str:
+        """The request path below the mount prefix."""
+        path = self._path
+        mount = self.mount
+        if mount is None or mount.prefix == "/":
+            return path
+        return path[len(mount.prefix) :] or "/"
 
     @property
     def state(self) -> MutableMapping[str, Any]:
