@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._serve import Mount
+from ._serve import Mount, Serving
 from .errors import ConfigError, PachinkoError, RouteError
 from .manager import WebSocketConnectionManager
 from .observe import Observer, Observers
@@ -68,8 +67,8 @@ class Runtime:
         self.services: dict[str, Any] = {}
         self.mounts: list[Mount] = []
         self.accepting = True
-        # Tasks serving accepted connections: shutdown waits for their on_disconnect.
-        self.serving: set[asyncio.Task[Any]] = set()
+        # Accepted connections being served: shutdown waits for their on_disconnect.
+        self.serving = Serving()
         self._closed_connections = False
         origins = settings.allowed_origins
         self.allowed_origins = (
@@ -156,15 +155,13 @@ class Runtime:
         self._closed_connections = True
         self.accepting = False
         await self.manager.close_all(code, reason)
-        pending = [task for task in self.serving if not task.done()]
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_timeout)
-            if still:
-                logger.error(
-                    "%d connection(s) still open after %.1f s of shutdown",
-                    len(still),
-                    self.settings.shutdown_timeout,
-                )
+        still = await self.serving.wait(self.settings.shutdown_timeout)
+        if still:
+            logger.error(
+                "%d connection(s) still open after %.1f s of shutdown",
+                still,
+                self.settings.shutdown_timeout,
+            )
 
     async def shutdown(self) -> None:
         """Stop accepting, close sockets with 1001, stop workers, close services and backend.
