@@ -115,6 +115,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_params",
         "_path",
         "_state",
         "_user",
@@ -123,7 +124,6 @@ class Connection:
         "manager",
         "mount",
         "outbox",
-        "params",
         "receiver",
         "resource",
         "rooms",
@@ -135,12 +135,15 @@ class Connection:
         self,
         ws: WebSocket,
         path: str,
-        params: dict[str, Any],
+        params: dict[str, Any] | None,
         manager: ConnectionHost,
         *,
         mount: UrlBuilder | None = None,
     ) -> None:
-        """``path``: below the prefix, or with a ``mount``, the whole request path."""
+        """``path``: below the prefix, or with a ``mount``, the whole request path.
+
+        ``params``: ``None`` stands for none (a dict is made when read).
+        """
         new_id = getattr(manager, "new_connection_id", None)
         self.id: str = new_id() if new_id is not None else uuid.uuid4().hex
         self.ws = ws
@@ -149,7 +152,8 @@ class Connection:
         #   per connection, bench_connect.py).
         self._path = path
         self.mount = mount
-        self.params = params
+        # PERF: None for a route without fields until read (64 B, bench_connect.py).
+        self._params = params
         self.route = ""
         self.manager = manager
         # NOTE: Any: the resource is the app's own subclass (and this floor
@@ -166,6 +170,14 @@ class Connection:
         self.outbox: Any = None
         # NOTE: Any: the serve loop's Receiver (a floor above this one).
         self.receiver: Any = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Values of the route template's fields."""
+        params = self._params
+        if params is None:
+            params = self._params = {}
+        return params
 
     @property
     def path(self) -> str:

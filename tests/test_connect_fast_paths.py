@@ -162,3 +162,29 @@ async def test_an_observer_without_connection_state_sees_the_close(conductor_for
         await ws.close(1000)
         assert await expect_close(ws) in (1000, None)
     await eventually(lambda: seen.events == ["opened", "closed 1000"])
+
+
+class _Params(WebSocketResource):
+    async def on_say(self, ws: Any, payload: dict[str, Any]) -> None:
+        params = self.connection.params
+        seen = dict(params)
+        params["said"] = payload.get("text")  # the connection's own dict
+        await self.send({"type": "params", "seen": seen})
+
+
+async def test_params_of_a_route_without_fields_are_each_connections_own(
+    conductor_for: Any,
+) -> None:
+    router = WebSocketRouter()
+    router.add_route("/a", _Params)
+    router.add_route("/r/{room}", _Params)
+    conductor = await conductor_for(make_app(router))
+    for _ in range(2):  # the second one takes the remembered path
+        async with conductor.simulate_ws("/ws/a") as ws:
+            await ws.send_text('{"type": "say", "text": "hi"}')
+            assert (await recv_json(ws))["seen"] == {}
+            await ws.send_text('{"type": "say", "text": "again"}')
+            assert (await recv_json(ws))["seen"] == {"said": "hi"}
+    async with conductor.simulate_ws("/ws/r/blue") as ws:
+        await ws.send_text('{"type": "say", "text": "hi"}')
+        assert (await recv_json(ws))["seen"] == {"room": "blue"}
