@@ -1204,61 +1204,57 @@ async def receive_loop(
                         msg = decoder.decode(text)
                         handler, kind = by_type[type(msg)]
                     except _UNDECODABLE:
-                        kind = _UNDECODED
-                    if 0 <= kind < REQUEST:
-                        await handler(
-                            leaf,
-                            ws,
-                            msg
-                            if kind == AS_DECODED
-                            else msg.payload
-                            if kind == ENVELOPE
-                            else _decode_any(text),
-                        )
-                        if after:
-                            for hook in after:
-                                await hook(ws, text)
-                        continue
-                    if kind >= REQUEST:
-                        # PERF: inline, no coroutine of its own (bench_dispatch.py, replies row)
-                        rid = msg.pachinko_id
-                        if kind == _DECODED_REQUEST:
-                            payload = msg
-                            if rid is not UNSET:
-                                # the id is the message's, not the payload's: re-encoding
-                                # the handler's Struct never carries it on
-                                msg.pachinko_id = UNSET
-                        elif kind == _ENVELOPE_REQUEST:
-                            payload = msg.payload
-                        elif kind == _RAW_REQUEST:
-                            payload = _decode_any(text)
-                        else:  # a frozen Struct
-                            payload = msg
-                            if rid is not UNSET:
-                                _force_setattr(msg, ID_ATTR, UNSET)
-                        try:
-                            # NOTE: result becomes the reply frame (one local less).
-                            result = await handler(leaf, ws, payload)
-                            if result is not None:
-                                reply: Any = table.reply
-                                if type(result) in reply.quick and rid is not UNSET:
-                                    result = b"".join(
-                                        (reply.head, encode(rid), b",", encode(result)[1:])
-                                    ).decode()
-                                else:
-                                    result = reply(result, rid)
-                        except WebSocketDisconnected:
-                            raise
-                        except Exception as exc:
-                            if rid is UNSET:
+                        pass  # the slow path below answers it
+                    else:
+                        # NOTE: an else block: what the handler raises is not
+                        #   taken for a decode error.
+                        if kind == AS_DECODED:
+                            await handler(leaf, ws, msg)
+                        elif kind == ENVELOPE:
+                            await handler(leaf, ws, msg.payload)
+                        elif kind == RAW_DICT:
+                            await handler(leaf, ws, _decode_any(text))
+                        else:
+                            # a request. PERF: inline, no coroutine of its own
+                            #   (bench_dispatch.py, replies row)
+                            rid = msg.pachinko_id
+                            if kind == _DECODED_REQUEST:
+                                payload = msg
+                                if rid is not UNSET:
+                                    # the id is the message's, not the payload's: re-encoding
+                                    # the handler's Struct never carries it on
+                                    msg.pachinko_id = UNSET
+                            elif kind == _ENVELOPE_REQUEST:
+                                payload = msg.payload
+                            elif kind == _RAW_REQUEST:
+                                payload = _decode_any(text)
+                            else:  # a frozen Struct
+                                payload = msg
+                                if rid is not UNSET:
+                                    _force_setattr(msg, ID_ATTR, UNSET)
+                            try:
+                                # NOTE: result becomes the reply frame (one local less).
+                                result = await handler(leaf, ws, payload)
+                                if result is not None:
+                                    reply: Any = table.reply
+                                    if type(result) in reply.quick and rid is not UNSET:
+                                        result = b"".join(
+                                            (reply.head, encode(rid), b",", encode(result)[1:])
+                                        ).decode()
+                                    else:
+                                        result = reply(result, rid)
+                            except WebSocketDisconnected:
                                 raise
-                            # NOTE: close_code is reused (one local less); None goes on.
-                            close_code = await rx.request_failed(ws, text, exc, rid)
-                            if close_code is not None:
-                                break
-                            result = None
-                        if result is not None:
-                            await ws.send_text(result)
+                            except Exception as exc:
+                                if rid is UNSET:
+                                    raise
+                                # NOTE: close_code is reused (one local less); None goes on.
+                                close_code = await rx.request_failed(ws, text, exc, rid)
+                                if close_code is not None:
+                                    break
+                                result = None
+                            if result is not None:
+                                await ws.send_text(result)
                         if after:
                             for hook in after:
                                 await hook(ws, text)
@@ -1303,8 +1299,7 @@ async def receive_loop(
 
 
 # Constants of the receive loop (module globals: a local is 8 B of every
-# connection's frame). _UNDECODED: the fast decoder failed (the slow path decides).
-_UNDECODED: Final = -1
+# connection's frame).
 _DECODED_REQUEST: Final = AS_DECODED | REQUEST
 _ENVELOPE_REQUEST: Final = ENVELOPE | REQUEST
 _RAW_REQUEST: Final = RAW_DICT | REQUEST
