@@ -38,11 +38,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
+from collections.abc import Callable, Collection, Coroutine, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from .observe import CONNECTION_EXTRA
@@ -184,20 +185,21 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
 class _Pass:
     """State of one writer coroutine of :func:`fan_out`."""
 
-    __slots__ = ("current", "detached")
+    __slots__ = ("detached",)
 
     def __init__(self) -> None:
-        self.current: Outbox | None = None
         self.detached = False
 
 
-def fan_out(targets: Iterable[Any], frame: str | bytes, ticket: Ticket | None) -> list[int]:
+def fan_out(targets: Collection[Any], frame: str | bytes, ticket: Ticket | None) -> list[int]:
     """Hand ``frame`` to the outbox of each target (a connection), in order.
 
     Returns the count of each outcome, indexed by QUEUED, DROPPED, DEAD (or
     no outbox) and SENT. Never raises for a socket's failure, and never
     waits: a send that would block continues in its outbox's task.
     """
+    # PERF: SENT is what is left once the others are counted: no count per
+    #   member written at once, the common case (bench_fanout.py).
     counts = [0, 0, 0, 0]
     remaining = iter(targets)
     while True:
@@ -212,11 +214,14 @@ def fan_out(targets: Iterable[Any], frame: str | bytes, ticket: Ticket | None) -
         try:
             waiting = context.run(writer.send, None)
         except StopIteration:
+            counts[SENT] = len(targets) - counts[QUEUED] - counts[DROPPED] - counts[DEAD]
             return counts
         # PERF: the one member whose send suspended takes this coroutine
         #   over in a task; a fresh one continues with the members after it.
-        outbox = state.current
-        if outbox is None:  # pragma: no cover - nothing else in it awaits
+        #   Its outbox is read off the suspended writer (rare), not stored for
+        #   every member.
+        outbox = inspect.getcoroutinelocals(writer).get("outbox")
+        if not isinstance(outbox, Outbox):  # pragma: no cover - nothing else in it awaits
             raise RuntimeError("fan_out(): the writer suspended outside a send")
         state.detached = True
         counts[QUEUED] += 1
@@ -252,7 +257,6 @@ async def _write_each(
                 counts[outbox.offer(frame, ticket)] += 1
                 continue
         outbox._idle = False  # a re-entrant offer() queues behind this frame
-        state.current = outbox
         ws = outbox.ws
         try:
             if text:
@@ -275,7 +279,6 @@ async def _write_each(
             await outbox._sent(ticket)
             return
         outbox._idle = True
-        counts[SENT] += 1
         if outbox.queue:  # queued by a re-entrant offer() during the send
             outbox._spawn()
 
