@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import falcon
@@ -412,6 +412,55 @@ class _Done:
 _DONE: Final = _Done()
 
 
+class _Refusal(NamedTuple):
+    """A handshake refused before any user code: the observer's cause, the close."""
+
+    cause: str
+    code: int
+    reason: str | None = None
+
+
+_SHUTTING_DOWN: Final = _Refusal("shutting_down", CLOSE_GOING_AWAY, "Server shutting down")
+_NOT_FOUND: Final = _Refusal("not_found", CLOSE_NOT_FOUND)
+_BAD_ORIGIN: Final = _Refusal("origin", CLOSE_FORBIDDEN, "Origin not allowed")
+
+
+def _route(
+    runtime: Host, mount: Mount, req: Request
+) -> tuple[_Plan, dict[str, Any] | None] | _Refusal:
+    """The matched route's plan and params, or why the handshake is refused first."""
+    if not runtime.accepting:
+        return _SHUTTING_DOWN
+    prefix = mount.prefix
+    found = mount.match((req.path[len(prefix) :] if prefix != "/" else req.path) or "/")
+    if found is None:
+        return _NOT_FOUND
+    if not origin_allowed(req, runtime.allowed_origins):
+        logger.warning(
+            "refused WebSocket %s: Origin %r is not allowed", req.path, req.get_header("Origin")
+        )
+        return _BAD_ORIGIN
+    return found
+
+
+def _build_leaf(info: RouteInfo, conn: Connection) -> tuple[WebSocketResource, bool, bool]:
+    """Build the one resource of ``info`` and bind it.
+
+    Returns it, whether hooks apply, and whether its connect step must run
+    (hooks, which may close the handshake, or an ``on_connect`` of its own).
+    """
+    leaf = info.target(*info.args, **info.kwargs)
+    if not isinstance(leaf, WebSocketResource):
+        raise TypeError(
+            f"route {info.template!r}: {info.target!r} returned "
+            f"{type(leaf).__name__}, expected a WebSocketResource"
+        )
+    leaf._pachinko_bind(conn)
+    conn.resource = leaf
+    hooked = not info.router._hookless(type(leaf))
+    return leaf, hooked, hooked or type(leaf).on_connect is not _base_on_connect
+
+
 async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -> Receiver | None:
     """Match, check the origin, build the chain, run on_connect, register, accept.
 
@@ -422,37 +471,19 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
     """
     manager = runtime.manager
     obs = manager.observer
-    if not runtime.accepting:
+    found = _route(runtime, mount, req)
+    if isinstance(found, _Refusal):
         if obs is not None:
-            obs.refused("shutting_down")
-        await ws.close(CLOSE_GOING_AWAY, "Server shutting down")
+            obs.refused(found.cause)
+        await ws.close(found.code, found.reason)
         return None
-    prefix = mount.prefix
-    path = (req.path[len(prefix) :] if prefix != "/" else req.path) or "/"
-    found = mount.match(path)
-    if found is None:
-        if obs is not None:
-            obs.refused("not_found")
-        await ws.close(CLOSE_NOT_FOUND)
-        return None
-    plan, found_params = found
+    plan, params = found
     info = plan.info
-    if not origin_allowed(req, runtime.allowed_origins):
-        logger.warning(
-            "refused WebSocket %s: Origin %r is not allowed", req.path, req.get_header("Origin")
-        )
-        if obs is not None:
-            obs.refused("origin")
-        await ws.close(CLOSE_FORBIDDEN, "Origin not allowed")
-        return None
-    conn = Connection(ws, req.path, found_params, manager, mount=mount)
+    conn = Connection(ws, req.path, params, manager, mount=mount)
     conn.route = plan.route
     current_connection.set(conn)  # log lines of this task name the connection
-    if runtime.authenticate is not None:
-        user = await _authenticate(runtime, runtime.authenticate, req, ws)
-        if user is None:
-            return None
-        conn._user = user
+    if runtime.authenticate is not None and not await _identify(runtime, conn, req, ws):
+        return None
     router = info.router
     chain: tuple[WebSocketResource, ...] | None = None
     try:
@@ -460,28 +491,13 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
             # PERF: one resource built from its class: no chain, no coroutine
             #   of _build_chain's, and no hook lookup at all for a class
             #   without hooks (bench_connect.py)
-            leaf = info.target(*info.args, **info.kwargs)
-            if not isinstance(leaf, WebSocketResource):
-                raise TypeError(
-                    f"route {info.template!r}: {info.target!r} returned "
-                    f"{type(leaf).__name__}, expected a WebSocketResource"
-                )
-            hooked = not router._hookless(type(leaf))
-            leaf._pachinko_bind(conn)
-            conn.resource = leaf
-            if hooked:
-                await _before_connect(router, leaf, req, ws, conn.params)
+            leaf, hooked, connect = _build_leaf(info, conn)
             # PERF: without hooks (which may close the handshake), the default
             #   on_connect (accept) is not called: a coroutine less.
-            if hooked or type(leaf).on_connect is not _base_on_connect:
-                accepted = await leaf.on_connect(req, ws, **conn.params)
-                if not ws.unaccepted and ws.closed:
-                    _refused(runtime, "refused")
-                    return None  # the resource closed the handshake itself
-                if not accepted:
-                    _refused(runtime, "refused")
-                    await ws.close(CLOSE_FORBIDDEN)
-                    return None
+            if connect and not await _connect_level(
+                runtime, router, leaf, req, ws, conn.params, hooked
+            ):
+                return None
         else:
             chain = await _build_chain(runtime, plan, conn, req, ws, conn.params)
             if chain is None:
@@ -505,16 +521,12 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
     runtime.serving.enter()
     try:
         if ws.unaccepted:
-            await ws.accept(subprotocol=_token_carrier(req) if conn._user is not None else None)
+            await ws.accept(subprotocol=_token_carrier(req, conn))
         manager.opened(conn)
         if obs is not None:
             obs.opened(rx.observed)
         if hooked:
-            for hook in hook_list(router, rx.levels, leaf, "after_connect", reverse=True):
-                try:
-                    await hook(ws)
-                except JoinRefused as refused:
-                    await rx.refused(ws, refused, None)
+            await _after_connect(rx, ws)
     except WebSocketDisconnected as ex:
         await _closed(mount, rx, ws, _disconnected(rx, ex))
         return None
@@ -524,6 +536,43 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
         await _closed(mount, rx, ws, CLOSE_INTERNAL_ERROR)
         return None
     return rx
+
+
+async def _connect_level(
+    runtime: Host,
+    router: WebSocketRouter,
+    resource: WebSocketResource,
+    req: Request,
+    ws: WebSocket,
+    params: dict[str, Any],
+    hooked: bool,
+    first: bool = True,
+) -> bool:
+    """One level's before_connect hooks and ``on_connect``; return whether it accepted.
+
+    ``False``: refused (counted, and the socket closed unless the resource
+    closed it itself).
+    """
+    if hooked:
+        await _before_connect(router, resource, req, ws, params, first)
+    accepted = await resource.on_connect(req, ws, **params)
+    if not ws.unaccepted and ws.closed:
+        _refused(runtime, "refused")
+        return False  # the resource closed the handshake itself
+    if not accepted:
+        _refused(runtime, "refused")
+        await ws.close(CLOSE_FORBIDDEN)
+        return False
+    return True
+
+
+async def _after_connect(rx: Receiver, ws: WebSocket) -> None:
+    """The after_connect hooks (child first); a refused join gets its error reply."""
+    for hook in hook_list(rx.router, rx.levels, rx.leaf, "after_connect", reverse=True):
+        try:
+            await hook(ws)
+        except JoinRefused as refused:
+            await rx.refused(ws, refused, None)
 
 
 async def _before_connect(
@@ -579,19 +628,23 @@ async def _build_chain(
         resource._pachinko_bind(conn, state)
         chain.append(resource)
         conn.resource = resource
-        await _before_connect(info.router, resource, req, ws, params, first=len(chain) == 1)
-        accepted = await resource.on_connect(req, ws, **params)
-        if not ws.unaccepted and ws.closed:
-            _refused(runtime, "refused")
-            return None  # the resource closed the handshake itself
-        if not accepted:
-            _refused(runtime, "refused")
-            await ws.close(CLOSE_FORBIDDEN)
+        if not await _connect_level(
+            runtime, info.router, resource, req, ws, params, True, first=len(chain) == 1
+        ):
             return None
         if len(chain) < len(levels):
             context = dict(resource.get_child_context())
     conn.state = state
     return tuple(chain)
+
+
+async def _identify(runtime: Host, conn: Connection, req: Request, ws: WebSocket) -> bool:
+    """Run the app's ``authenticate`` for ``conn``; ``False`` once refused (and closed)."""
+    user = await _authenticate(runtime, runtime.authenticate, req, ws)  # type: ignore[arg-type]
+    if user is None:
+        return False
+    conn._user = user
+    return True
 
 
 async def _authenticate(
@@ -663,13 +716,16 @@ async def _refuse(ws: WebSocket, refusal: Refuse) -> None:
     await ws.close(refusal.code, refusal.reason or None)
 
 
-def _token_carrier(req: Request) -> str | None:
-    """The subprotocol to select when the client sent its token as one.
+def _token_carrier(req: Request, conn: Connection) -> str | None:
+    """The subprotocol to select when the client sent its token as one (``None``: none).
 
     A browser fails a handshake whose response selects none of the offered
     subprotocols: select the first offered one that is not the token
-    (``pachinko`` in ``["pachinko", "pachinko.token.<token>"]``).
+    (``pachinko`` in ``["pachinko", "pachinko.token.<token>"]``). Only a
+    connection that has a user can have come with a token.
     """
+    if conn._user is None:
+        return None
     offered = offered_subprotocols(req)
     if not any(item.startswith(TOKEN_SUBPROTOCOL) for item in offered):
         return None
