@@ -397,6 +397,7 @@ def _forget(runtime: Host, rx: Receiver, close_code: int) -> None:
     obs = rx.manager.observer
     if obs is not None:
         obs.closed(rx.observed, close_code)
+    rx.leaf.connection.ended()
 
 
 class _Done:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from ._dispatch import DispatchTable, HandlerSpec, MessageError, handles_message
 from ._dispatch_build import build_table
 from ._wire import encode, encode_envelope, encode_text
-from .errors import PachinkoError, RouteError
+from .connection import ENDED
+from .errors import PachinkoError, RequestAborted, RouteError
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -264,6 +265,8 @@ class WebSocketResource:
                 named :attr:`id_field` itself.
         """
         receiver = self.connection.receiver
+        if receiver is ENDED:
+            raise RequestAborted(f"{type(self).__qualname__}.request(): the connection is closed")
         if receiver is None:
             raise PachinkoError(
                 f"{type(self).__qualname__}.request(): this connection has no receive loop "

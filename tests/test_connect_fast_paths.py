@@ -8,6 +8,8 @@ what must still happen around such a shortcut, through a real app.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -15,6 +17,8 @@ from falcon.errors import WebSocketDisconnected
 
 from pachinko import WebSocketResource, WebSocketRouter, runtime_of
 from pachinko.backends.inprocess import InProcessBackend
+from pachinko.connection import ENDED
+from pachinko.errors import RequestAborted
 from pachinko.observe import Observer
 from tests.helpers import eventually, expect_close, make_app, recv_json
 
@@ -188,3 +192,39 @@ async def test_params_of_a_route_without_fields_are_each_connections_own(
     async with conductor.simulate_ws("/ws/r/blue") as ws:
         await ws.send_text('{"type": "say", "text": "hi"}')
         assert (await recv_json(ws))["seen"] == {"room": "blue"}
+
+
+async def test_an_ended_connection_is_freed_without_the_cycle_collector(
+    conductor_for: Any,
+) -> None:
+    # The connection and its resource point at each other while it is open;
+    # once it has ended, dropping the resource frees both at once.
+    kept: list[WebSocketResource] = []
+
+    class Kept(WebSocketResource):
+        async def on_say(self, ws: Any, payload: dict[str, Any]) -> None:
+            kept.append(self)
+            await self.send({"type": "said"})
+
+    router = WebSocketRouter()
+    router.add_route("/k", Kept)
+    app = make_app(router)
+    manager = runtime_of(app).manager
+    conductor = await conductor_for(app)
+    gc.disable()
+    try:
+        async with conductor.simulate_ws("/ws/k") as ws:
+            await ws.send_text('{"type": "say"}')
+            await recv_json(ws)
+        await eventually(lambda: len(manager) == 0)
+        resource = kept.pop()
+        conn = resource.connection  # the resource keeps its connection
+        assert conn.receiver is ENDED  # in the same step as the deregistration
+        assert conn.resource is None
+        with pytest.raises(RequestAborted, match="the connection is closed"):
+            await resource.request({"type": "ping"}, timeout=1.0)
+        gone = weakref.ref(resource)
+        del resource, conn
+        assert gone() is None  # freed by its reference count, no collection ran
+    finally:
+        gc.enable()
