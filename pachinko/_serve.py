@@ -327,7 +327,7 @@ def _start(mount: Mount, req: Request, ws: WebSocket) -> Awaitable[Receiver | No
 
 def _disconnected(rx: Receiver, ex: WebSocketDisconnected) -> int:
     """The close code of a connection whose peer left (or was evicted)."""
-    outbox = rx.leaf.connection.outbox
+    outbox = rx.leaf._pachinko_connection.outbox
     if outbox is not None and outbox.closed_with is not None:
         return outbox.closed_with  # type: ignore[no-any-return]  # closed as a slow consumer: say so
     return ex.code or CLOSE_NO_STATUS
@@ -353,7 +353,7 @@ async def _closed(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) ->
                 logger.exception("%s.on_disconnect raised", type(leaf).__qualname__)
     finally:
         # NOTE: even when cancelled: shutdown counts the connections served.
-        pending = manager.deregister(leaf.connection)
+        pending = manager.deregister(leaf._pachinko_connection)
         try:
             if pending is not None:
                 await pending
@@ -375,7 +375,7 @@ def _close(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) -> Awaita
     else:
         rx.pending = _ABORTED
     runtime = mount.runtime
-    pending = runtime.manager.deregister(rx.leaf.connection)
+    pending = runtime.manager.deregister(rx.leaf._pachinko_connection)
     if pending is not None:
         return _forget_after(pending, runtime, rx, close_code)
     _forget(runtime, rx, close_code)
@@ -397,7 +397,7 @@ def _forget(runtime: Host, rx: Receiver, close_code: int) -> None:
     obs = rx.manager.observer
     if obs is not None:
         obs.closed(rx.observed, close_code)
-    rx.leaf.connection.ended()
+    rx.leaf._pachinko_connection.ended()
 
 
 class _Done:
@@ -1204,7 +1204,7 @@ async def receive_loop(
         rate = settings.rate_limit
         tokens = float(settings.rate_burst)
         last = monotonic()
-        conn = leaf.connection
+        conn = leaf._pachinko_connection
 
         while True:
             try:
