@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import inspect
 import logging
 import socket
 import struct
@@ -185,9 +184,10 @@ async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
 class _Pass:
     """State of one writer coroutine of :func:`fan_out`."""
 
-    __slots__ = ("detached",)
+    __slots__ = ("current", "detached")
 
     def __init__(self) -> None:
+        self.current: Outbox | None = None
         self.detached = False
 
 
@@ -218,10 +218,8 @@ def fan_out(targets: Collection[Any], frame: str | bytes, ticket: Ticket | None)
             return counts
         # PERF: the one member whose send suspended takes this coroutine
         #   over in a task; a fresh one continues with the members after it.
-        #   Its outbox is read off the suspended writer (rare), not stored for
-        #   every member.
-        outbox = inspect.getcoroutinelocals(writer).get("outbox")
-        if not isinstance(outbox, Outbox):  # pragma: no cover - nothing else in it awaits
+        outbox = state.current
+        if outbox is None:  # pragma: no cover - nothing else in it awaits
             raise RuntimeError("fan_out(): the writer suspended outside a send")
         state.detached = True
         counts[QUEUED] += 1
@@ -257,6 +255,7 @@ async def _write_each(
                 counts[outbox.offer(frame, ticket)] += 1
                 continue
         outbox._idle = False  # a re-entrant offer() queues behind this frame
+        state.current = outbox
         ws = outbox.ws
         try:
             if text:

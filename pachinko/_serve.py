@@ -40,7 +40,7 @@ from .errors import (
     RequestAborted,
     RequestTimeout,
 )
-from .hooks import HOOK_EVENTS
+from .hooks import has_own_hooks
 from .observe import current_connection
 from .resource import WebSocketResource
 from .router import join_paths
@@ -163,10 +163,6 @@ class Mount:
             RouteError: No such route, or a field value is missing.
         """
         return join_paths(self.prefix, self.router._path_for(name, params))
-
-    def route_of(self, template: str) -> str:
-        """The route template ``template`` with this mount's prefix."""
-        return join_paths(self.prefix, template)
 
     def match(self, path: str) -> tuple[_Plan, dict[str, Any] | None] | None:
         """The plan of the route ``path`` (below the prefix) matches, and its params.
@@ -353,12 +349,7 @@ async def _closed(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) ->
                 logger.exception("%s.on_disconnect raised", type(leaf).__qualname__)
     finally:
         # NOTE: even when cancelled: shutdown counts the connections served.
-        pending = manager.deregister(leaf._pachinko_connection)
-        try:
-            if pending is not None:
-                await pending
-        finally:
-            _forget(runtime, rx, close_code)
+        await _deregister(runtime, rx, close_code)
 
 
 def _close(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) -> Awaitable[None]:
@@ -368,18 +359,19 @@ def _close(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) -> Awaita
     and a backend with nothing to forget: no coroutine at all
     (bench_connect.py).
     """
-    if rx._hooks is not _NO_HOOKS or type(rx.leaf).on_disconnect is not _base_on_disconnect:
+    if rx.hooked or type(rx.leaf).on_disconnect is not _base_on_disconnect:
         return _closed(mount, rx, ws, close_code)
-    if rx.pending:
-        rx.abort_requests(close_code)
-    else:
-        rx.pending = _ABORTED
-    runtime = mount.runtime
+    rx.abort_requests(close_code)
+    return _deregister(mount.runtime, rx, close_code)
+
+
+def _deregister(runtime: Host, rx: Receiver, close_code: int) -> Awaitable[None]:
+    """Deregister the connection, then forget it; return the backend's step (or :data:`_DONE`)."""
     pending = runtime.manager.deregister(rx.leaf._pachinko_connection)
-    if pending is not None:
-        return _forget_after(pending, runtime, rx, close_code)
-    _forget(runtime, rx, close_code)
-    return _DONE
+    if pending is None:
+        _forget(runtime, rx, close_code)
+        return _DONE
+    return _forget_after(pending, runtime, rx, close_code)
 
 
 async def _forget_after(
@@ -444,18 +436,27 @@ def _route(
     return found
 
 
+def _checked(level: RouteInfo, built: object) -> WebSocketResource:
+    """What ``level``'s target built, if it is a resource.
+
+    Raises:
+        TypeError: It is not a :class:`~pachinko.WebSocketResource`.
+    """
+    if not isinstance(built, WebSocketResource):
+        raise TypeError(
+            f"route {level.template!r}: {level.target!r} returned "
+            f"{type(built).__name__}, expected a WebSocketResource"
+        )
+    return built
+
+
 def _build_leaf(info: RouteInfo, conn: Connection) -> tuple[WebSocketResource, bool, bool]:
     """Build the one resource of ``info`` and bind it.
 
     Returns it, whether hooks apply, and whether its connect step must run
     (hooks, which may close the handshake, or an ``on_connect`` of its own).
     """
-    leaf = info.target(*info.args, **info.kwargs)
-    if not isinstance(leaf, WebSocketResource):
-        raise TypeError(
-            f"route {info.template!r}: {info.target!r} returned "
-            f"{type(leaf).__name__}, expected a WebSocketResource"
-        )
+    leaf = _checked(info, info.target(*info.args, **info.kwargs))
     leaf._pachinko_bind(conn)
     conn.resource = leaf
     hooked = not info.router._hookless(type(leaf))
@@ -483,7 +484,8 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
     conn = Connection(ws, req.path, params, manager, mount=mount)
     conn.route = plan.route
     current_connection.set(conn)  # log lines of this task name the connection
-    if runtime.authenticate is not None and not await _identify(runtime, conn, req, ws):
+    authenticate = runtime.authenticate
+    if authenticate is not None and not await _identify(runtime, authenticate, conn, req, ws):
         return None
     router = info.router
     chain: tuple[WebSocketResource, ...] | None = None
@@ -620,12 +622,7 @@ async def _build_chain(
             if factory
             else level.target(*level.args, **kwargs)
         )
-        resource = await _maybe_await(built)
-        if not isinstance(resource, WebSocketResource):
-            raise TypeError(
-                f"route {level.template!r}: {level.target!r} returned "
-                f"{type(resource).__name__}, expected a WebSocketResource"
-            )
+        resource = _checked(level, await _maybe_await(built))
         resource._pachinko_bind(conn, state)
         chain.append(resource)
         conn.resource = resource
@@ -639,9 +636,11 @@ async def _build_chain(
     return tuple(chain)
 
 
-async def _identify(runtime: Host, conn: Connection, req: Request, ws: WebSocket) -> bool:
+async def _identify(
+    runtime: Host, authenticate: Authenticate, conn: Connection, req: Request, ws: WebSocket
+) -> bool:
     """Run the app's ``authenticate`` for ``conn``; ``False`` once refused (and closed)."""
-    user = await _authenticate(runtime, runtime.authenticate, req, ws)  # type: ignore[arg-type]
+    user = await _authenticate(runtime, authenticate, req, ws)
     if user is None:
         return False
     conn._user = user
@@ -830,7 +829,7 @@ def _has_hooks(router: WebSocketRouter | None, cls: type) -> bool:
     """Whether a hook applies to ``cls`` (a router's global ones, its own methods)."""
     if router is not None:
         return not router._hookless(cls)
-    return any(getattr(cls, event, None) is not None for event in HOOK_EVENTS)
+    return has_own_hooks(cls)
 
 
 class Receiver:
@@ -1194,7 +1193,8 @@ async def receive_loop(
     close_code: int | None = CLOSE_NO_STATUS
     try:
         leaf = rx.leaf
-        before, after = rx._hooks[1:3]
+        before = rx.before
+        after = rx.after
         table = type(leaf).__pachinko_table__
         decoder = table.decoder
         by_type = rx.by_type

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, NamedTuple
 
-__all__ = ["HOOK_EVENTS", "HOOK_SIGNATURES", "HookFn", "HookSignature"]
+__all__ = ["HOOK_EVENTS", "HOOK_SIGNATURES", "HookFn", "HookSignature", "has_own_hooks"]
 
 HookFn = Callable[..., Awaitable[Any]]
 
@@ -47,3 +47,8 @@ HOOK_SIGNATURES: Final = {
 
 #: Every hook event, in calling order.
 HOOK_EVENTS: Final = tuple(HOOK_SIGNATURES)
+
+
+def has_own_hooks(resource_class: type) -> bool:
+    """Whether ``resource_class`` has a method named after any hook event."""
+    return any(getattr(resource_class, event, None) is not None for event in HOOK_EVENTS)

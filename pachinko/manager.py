@@ -467,7 +467,7 @@ class WebSocketConnectionManager:
         outbox = conn.outbox
         if outbox is UNOPENED:
             conn.outbox = OPENED
-        elif outbox is not None and outbox is not OPENED:
+        elif type(outbox) is Outbox:
             outbox.start()
 
     async def disconnect(self, conn: Connection) -> None:

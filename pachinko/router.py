@@ -20,7 +20,7 @@ import attrs
 from falcon.routing import converters as _falcon_converters
 
 from .errors import RouteError
-from .hooks import HOOK_EVENTS, HookFn
+from .hooks import HOOK_EVENTS, HookFn, has_own_hooks
 
 __all__ = ["Route", "RouteInfo", "WebSocketRouter"]
 
@@ -459,9 +459,8 @@ class WebSocketRouter:
         key = (self, resource_class)
         found = cache.get(key)
         if found is None:
-            found = cache[key] = not any(
-                self._hooks_of(event, resource_class) or getattr(resource_class, event, None)
-                for event in HOOK_EVENTS
+            found = cache[key] = not has_own_hooks(resource_class) and not any(
+                self._hooks_of(event, resource_class) for event in HOOK_EVENTS
             )
         return found
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import falcon.asgi
-
 import pachinko
-from pachinko import Settings, User, WebSocketResource, runtime_of
+from pachinko import User, WebSocketResource, runtime_of
 from pachinko._outbox import OPENED, UNOPENED, NoOutbox, Outbox
 from pachinko.backends.inprocess import InProcessBackend
 from pachinko.testing import AppClient
 from tests.apps.ticker import ticker_app
-from tests.helpers import eventually
+from tests.helpers import eventually, make_app
 
 
 async def test_an_idle_connection_has_no_outbox_until_its_first_frame() -> None:
@@ -48,8 +46,7 @@ async def test_the_first_broadcast_keeps_its_place_before_the_resources_reply() 
 
     router = pachinko.WebSocketRouter()
     router.add_route("/shout", Shout)
-    app = falcon.asgi.App()
-    pachinko.mount(app, "/ws", router)
+    app = make_app(router)
     async with AppClient(app, timeout=5.0) as client, client.websocket("/ws/shout") as ann:
         await ann.send_json({"type": "shout"})
         assert (await ann.receive_json())["type"] == "heard"
@@ -77,15 +74,7 @@ async def test_a_frame_for_a_connection_in_its_handshake_waits_for_the_accept() 
     backend = _SlowBackend()
     router = pachinko.WebSocketRouter()
     router.add_route("/plain", _Plain)
-    app = falcon.asgi.App()
-    pachinko.mount(
-        app,
-        "/ws",
-        router,
-        settings=Settings(),
-        backend=backend,
-        authenticate=lambda req: User("ann"),
-    )
+    app = make_app(router, backend=backend, authenticate=lambda req: User("ann"))
     manager = runtime_of(app).manager
     async with AppClient(app, timeout=5.0) as client:
         opening = asyncio.ensure_future(client.websocket("/ws/plain").__aenter__())

@@ -24,17 +24,8 @@ from pachinko import (
     handles_message,
 )
 from pachinko.testing import AppClient, ResourceHarness
+from tests.apps.auction import Bid, BidAccepted
 from tests.helpers import INTERNAL_ERROR, eventually, make_app
-
-
-class Bid(msgspec.Struct, tag="bid", forbid_unknown_fields=True):
-    lot: str
-    amount: int
-
-
-class BidAccepted(msgspec.Struct, tag="bid_accepted"):
-    lot: str
-    amount: int
 
 
 class Say(msgspec.Struct, tag="say"):

@@ -5,26 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import msgspec
 import pytest
 
 from pachinko import WebSocketResource, WebSocketRouter
+from tests.apps.auction import Bid, BidAccepted
 from tests.helpers import make_app
 
 pytestmark = pytest.mark.live
 
 CONNECTIONS = 10
 PER_CONNECTION = 100
-
-
-class Bid(msgspec.Struct, tag="bid", forbid_unknown_fields=True):
-    lot: str
-    amount: int
-
-
-class BidAccepted(msgspec.Struct, tag="bid_accepted"):
-    lot: str
-    amount: int
 
 
 class Auction(WebSocketResource):
