@@ -145,10 +145,10 @@ class Mount:
         self.router = router
         self.outages = OutageLog()
         self._plans: dict[int, _Plan] = {}
-        # Paths below the prefix that matched a route without fields (at most
+        # Request paths that matched a route without fields (at most
         # _STATIC_MAX): found by one dict lookup, not the router's walk.
         self._static: dict[str, _Plan] = {}
-        router.root._mounted(prefix)
+        router.root._mounted(prefix, self._plans, self._static)
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -166,9 +166,10 @@ class Mount:
         return join_paths(self.prefix, self.router._path_for(name, params))
 
     def match(self, path: str) -> tuple[_Plan, dict[str, Any] | None] | None:
-        """The plan of the route ``path`` (below the prefix) matches, and its params.
+        """The plan of the route the request path ``path`` matches, and its params.
 
-        The params are ``None`` for a route without fields.
+        ``path`` is the whole request path, the prefix included. The params
+        are ``None`` for a route without fields.
 
         PERF: a path that matched a route without fields is remembered:
         ~0.6 µs less per handshake (bench_connect.py). Only a match is kept
@@ -179,7 +180,8 @@ class Mount:
         plan = self._static.get(path)
         if plan is not None:
             return plan, None
-        found = self.router.match(path)
+        prefix = self.prefix
+        found = self.router.match((path[len(prefix) :] if prefix != "/" else path) or "/")
         if found is None:
             return None
         info, params = found
@@ -191,18 +193,21 @@ class Mount:
         return plan, None
 
     def plan_of(self, info: RouteInfo) -> _Plan:
-        """What the handshake of ``info``'s route needs, worked out once (cached)."""
+        """What the handshake of ``info``'s route needs, worked out once (cached).
+
+        Forgotten when a hook is added to the router (it may change the plan).
+        """
         plan = self._plans.get(id(info))
         if plan is None or plan.info is not info:
-            plan = self._plans[id(info)] = _Plan(self.prefix, info)
+            plan = self._plans[id(info)] = _Plan(self, info)
         return plan
 
     def swap(self, router: WebSocketRouter) -> WebSocketRouter:
         """Serve new connections with ``router``; return the previous one."""
-        router.root._mounted(self.prefix)
+        self._plans.clear()
+        self._static.clear()
+        router.root._mounted(self.prefix, self._plans, self._static)
         old, self.router = self.router, router
-        self._plans = {}
-        self._static = {}
         return old
 
     def __call__(
@@ -238,24 +243,41 @@ _STATIC_MAX: Final = 1024
 class _Plan:
     """A route's handshake, worked out at its first connection through a mount.
 
-    PERF: the prefixed template, the resource chain and whether the fast
+    PERF: the prefixed template, the resource chain and whether a fast
     path applies are found once per route, not per connection
     (benchmarks/bench_connect.py).
     """
 
-    __slots__ = ("info", "levels", "route", "single")
+    __slots__ = ("info", "levels", "receiver", "route", "single")
 
-    def __init__(self, prefix: str, info: RouteInfo) -> None:
+    def __init__(self, mount: Mount, info: RouteInfo) -> None:
         self.info = info
         self.levels = info.chain
-        self.route = join_paths(prefix, info.template)
+        self.route = join_paths(mount.prefix, info.template)
+        target = info.target
         # One level whose target is a class, built without a factory: the
         # handshake builds it inline (the common case).
         self.single = (
             len(self.levels) == 1
             and info.router.root.resource_factory is None
-            and isinstance(info.target, type)
+            and isinstance(target, type)
         )
+        # The plain route's one dispatch, shared by its connections (see _open).
+        self.receiver: Receiver | None = None
+        if (
+            self.single
+            and issubclass(target, WebSocketResource)  # type: ignore[arg-type]
+            and target.on_connect is _base_on_connect  # type: ignore[attr-defined]
+            and info.router._hookless(target)  # type: ignore[arg-type]
+        ):
+            runtime = mount.runtime
+            self.receiver = Receiver(
+                target,  # type: ignore[arg-type]
+                runtime.settings,
+                runtime.manager,
+                mount.outages,
+                hooked=False,
+            )
 
 
 async def _upgrade_required(resp: Response | None) -> None:
@@ -328,29 +350,81 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-def _start(mount: Mount, req: Request, ws: WebSocket) -> Awaitable[Receiver | None]:
-    """The connection's handshake, wrapped by the app's observer if it has one."""
+def _open(mount: Mount, req: Request, ws: WebSocket) -> Connection | Awaitable[Connection | None]:
+    """Open the connection: at once on the plain lane, else the awaitable handshake.
+
+    The plain lane: a request path that matched a route without fields
+    before, whose one resource class has no hooks and no ``on_connect`` of
+    its own; no ``authenticate``, no observer, a backend that records no
+    anonymous connection (``records_anonymous``), an Origin that passes.
+    The connection is then built and registered here, with no coroutine,
+    and returned unaccepted: :func:`receive_loop` accepts it. Anything
+    else goes through :func:`_handshake` (wrapped by the observer), whose
+    awaitable is returned: it accepts and gives the connection, or
+    ``None`` once refused. A refusal or failure on the lane is likewise an
+    awaitable closing the socket and giving ``None``.
+
+    PERF: no coroutine, no Receiver (the plan's is shared) and no checks
+    left to the loop: ~X µs less per connection (bench_connect.py).
+    """
     runtime = mount.runtime
-    obs = runtime.manager.observer
-    if obs is None:
-        return _handshake(runtime, mount, req, ws)
-    return obs.handshake(req.path, _handshake(runtime, mount, req, ws))
+    manager = runtime.manager
+    plan = mount._static.get(req.path)
+    if (
+        plan is None
+        or plan.receiver is None
+        or manager.observer is not None
+        or runtime.authenticate is not None
+        or not runtime.accepting
+        or manager.backend.records_anonymous
+        or not origin_allowed(req, runtime.allowed_origins)
+    ):
+        obs = manager.observer
+        if obs is None:
+            return _handshake(runtime, mount, req, ws)
+        return obs.handshake(req.path, _handshake(runtime, mount, req, ws))
+    conn = Connection(ws, req.path, None, manager, mount=mount)
+    conn.route = plan.route
+    current_connection.set(conn)  # log lines of this task name the connection
+    info = plan.info
+    try:
+        leaf = info.target(*info.args, **info.kwargs)
+        if type(leaf) is not info.target:
+            leaf = _checked(info, leaf)
+        leaf._pachinko_connection = conn
+        conn.resource = leaf
+        # NOTE: None here: an anonymous connection, a backend that records none.
+        manager.register(conn)
+    except Refuse as refusal:
+        return _refusing(runtime, ws, refusal)
+    except Exception as ex:
+        return _handshake_failed(runtime, ws, ex, "WebSocket handshake for %s failed", req.path)
+    conn.receiver = plan.receiver
+    runtime.serving.enter()
+    return conn
 
 
-def _disconnected(rx: Receiver, ex: WebSocketDisconnected) -> int:
+async def _refusing(runtime: Host, ws: WebSocket, refusal: Refuse) -> None:
+    """Refuse the handshake with ``refusal`` (counted by its cause)."""
+    _refused(runtime, "limit" if isinstance(refusal, ConnectionLimitExceeded) else "refused")
+    await _refuse(ws, refusal)
+
+
+def _disconnected(conn: Connection, ex: WebSocketDisconnected) -> int:
     """The close code of a connection whose peer left (or was evicted)."""
-    outbox = rx.leaf._pachinko_connection.outbox
+    outbox = conn.outbox
     if outbox is not None and outbox.closed_with is not None:
         return outbox.closed_with  # type: ignore[no-any-return]  # closed as a slow consumer: say so
     return ex.code or CLOSE_NO_STATUS
 
 
-async def _closed(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) -> None:
+async def _closed(mount: Mount, conn: Connection, ws: WebSocket, close_code: int) -> None:
     """Fail pending requests, run the disconnect hooks, deregister."""
     runtime = mount.runtime
     manager = runtime.manager
-    rx.abort_requests(close_code)
-    leaf = rx.leaf
+    rx: Receiver = conn.receiver
+    leaf = conn.resource
+    rx.abort_requests(conn, close_code)
     try:
         if rx.hooked:
             await run_disconnect(rx.router, rx.levels, leaf, ws, close_code, mount.outages, manager)
@@ -365,47 +439,49 @@ async def _closed(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) ->
                 logger.exception("%s.on_disconnect raised", type(leaf).__qualname__)
     finally:
         # NOTE: even when cancelled: shutdown counts the connections served.
-        await _deregister(runtime, rx, close_code)
+        await _deregister(runtime, conn, close_code)
 
 
-def _close(mount: Mount, rx: Receiver, ws: WebSocket, close_code: int) -> Awaitable[None]:
+def _close(mount: Mount, conn: Connection, ws: WebSocket, close_code: int) -> Awaitable[None]:
     """:func:`_closed`, done at once when there is nothing to await (returns :data:`_DONE`).
 
     PERF: one resource without hooks or an ``on_disconnect`` of its own,
     and a backend with nothing to forget: no coroutine at all
     (bench_connect.py).
     """
-    if rx.hooked or type(rx.leaf).on_disconnect is not _base_on_disconnect:
-        return _closed(mount, rx, ws, close_code)
-    rx.abort_requests(close_code)
-    return _deregister(mount.runtime, rx, close_code)
+    rx: Receiver = conn.receiver
+    if rx.hooked or type(conn.resource).on_disconnect is not _base_on_disconnect:
+        return _closed(mount, conn, ws, close_code)
+    if conn.pending is not None:
+        rx.abort_requests(conn, close_code)
+    return _deregister(mount.runtime, conn, close_code)
 
 
-def _deregister(runtime: Host, rx: Receiver, close_code: int) -> Awaitable[None]:
+def _deregister(runtime: Host, conn: Connection, close_code: int) -> Awaitable[None]:
     """Deregister the connection, then forget it; return the backend's step (or :data:`_DONE`)."""
-    pending = runtime.manager.deregister(rx.leaf._pachinko_connection)
+    pending = runtime.manager.deregister(conn)
     if pending is None:
-        _forget(runtime, rx, close_code)
+        _forget(runtime, conn, close_code)
         return _DONE
-    return _forget_after(pending, runtime, rx, close_code)
+    return _forget_after(pending, runtime, conn, close_code)
 
 
 async def _forget_after(
-    pending: Awaitable[None], runtime: Host, rx: Receiver, close_code: int
+    pending: Awaitable[None], runtime: Host, conn: Connection, close_code: int
 ) -> None:
     try:
         await pending
     finally:
-        _forget(runtime, rx, close_code)
+        _forget(runtime, conn, close_code)
 
 
-def _forget(runtime: Host, rx: Receiver, close_code: int) -> None:
+def _forget(runtime: Host, conn: Connection, close_code: int) -> None:
     """The connection's loop is over: no longer serving, observed as closed."""
     runtime.serving.leave()
-    obs = rx.manager.observer
+    obs = conn.receiver.observer
     if obs is not None:
-        obs.closed(rx.observed, close_code)
-    rx.leaf._pachinko_connection.ended()
+        obs.closed(conn.receiver.observed, close_code)
+    conn.ended()
 
 
 class _Done:
@@ -440,8 +516,7 @@ def _route(
     """The matched route's plan and params, or why the handshake is refused first."""
     if not runtime.accepting:
         return _SHUTTING_DOWN
-    prefix = mount.prefix
-    found = mount.match((req.path[len(prefix) :] if prefix != "/" else req.path) or "/")
+    found = mount.match(req.path)
     if found is None:
         return _NOT_FOUND
     if not origin_allowed(req, runtime.allowed_origins):
@@ -479,12 +554,12 @@ def _build_leaf(info: RouteInfo, conn: Connection) -> tuple[WebSocketResource, b
     return leaf, hooked, hooked or type(leaf).on_connect is not _base_on_connect
 
 
-async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -> Receiver | None:
+async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -> Connection | None:
     """Match, check the origin, build the chain, run on_connect, register, accept.
 
     Then mark the connection open and run the after_connect hooks. Returns
-    the connection's :class:`Receiver`, or ``None`` when the handshake was
-    refused (and the socket closed) or the connection ended before its
+    the connection (its ``receiver`` set), or ``None`` when the handshake
+    was refused (and the socket closed) or the connection ended before its
     loop (and is then deregistered).
     """
     manager = runtime.manager
@@ -529,13 +604,23 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
         if pending is not None:
             await pending
     except Refuse as refusal:
-        _refused(runtime, "limit" if isinstance(refusal, ConnectionLimitExceeded) else "refused")
-        await _refuse(ws, refusal)
+        await _refusing(runtime, ws, refusal)
         return None
     except Exception as ex:
         await _handshake_failed(runtime, ws, ex, "WebSocket handshake for %s failed", req.path)
         return None
-    rx = Receiver(leaf, runtime.settings, manager, mount.outages, router, chain, hooked=hooked)
+    rx = plan.receiver
+    if rx is None or obs is not None:
+        rx = Receiver(
+            type(leaf),
+            runtime.settings,
+            manager,
+            mount.outages,
+            router,
+            chain or (leaf,),
+            conn=conn,
+            hooked=hooked,
+        )
     conn.receiver = rx
     runtime.serving.enter()
     try:
@@ -545,16 +630,16 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
         if obs is not None:
             obs.opened(rx.observed)
         if hooked:
-            await _after_connect(rx, ws)
+            await _after_connect(rx, leaf, ws)
     except WebSocketDisconnected as ex:
-        await _closed(mount, rx, ws, _disconnected(rx, ex))
+        await _closed(mount, conn, ws, _disconnected(conn, ex))
         return None
     except Exception:
         logger.exception("WebSocket %s failed after the handshake", req.path)
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
-        await _closed(mount, rx, ws, CLOSE_INTERNAL_ERROR)
+        await _closed(mount, conn, ws, CLOSE_INTERNAL_ERROR)
         return None
-    return rx
+    return conn
 
 
 async def _connect_level(
@@ -585,13 +670,13 @@ async def _connect_level(
     return True
 
 
-async def _after_connect(rx: Receiver, ws: WebSocket) -> None:
+async def _after_connect(rx: Receiver, leaf: WebSocketResource, ws: WebSocket) -> None:
     """The after_connect hooks (child first); a refused join gets its error reply."""
-    for hook in hook_list(rx.router, rx.levels, rx.leaf, "after_connect", reverse=True):
+    for hook in hook_list(rx.router, rx.levels, leaf, "after_connect", reverse=True):
         try:
             await hook(ws)
         except JoinRefused as refused:
-            await rx.refused(ws, refused, None)
+            await rx.refused(leaf, ws, refused, None)
 
 
 async def _before_connect(
@@ -756,13 +841,13 @@ async def _handshake_failed(
 ) -> None:
     """Count a handshake step that raised ``ex``; log and close unless the peer left.
 
-    Call it from the ``except`` clause (the log carries the traceback).
+    The log carries ``ex``'s traceback.
     """
     if isinstance(ex, WebSocketDisconnected):
         _refused(runtime, "disconnected")
         return
     _refused(runtime, "error")
-    logger.exception(message, path)
+    logger.error(message, path, exc_info=ex)
     await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
 
 
@@ -839,6 +924,8 @@ class OutageLog:
 
 
 _NO_HOOKS: Final[tuple[Any, ...]] = (None, (), (), ())
+#: ``Receiver.observed`` of a connection opened without an observer.
+_UNOBSERVED: Final[Any] = object()
 
 
 def _has_hooks(router: WebSocketRouter | None, cls: type) -> bool:
@@ -849,12 +936,18 @@ def _has_hooks(router: WebSocketRouter | None, cls: type) -> bool:
 
 
 class Receiver:
-    """One connection's dispatch, built once when the connection opens.
+    """A connection's dispatch, built when it opens (or shared by a route's plain connections).
 
     :func:`receive_loop` runs the one dispatch step with it (decode, hooks,
     handler, error reply or error handling): the Mount for every real
     connection, :class:`~pachinko.testing.ResourceHarness` one message at a
     time, so that a unit test runs exactly what production runs.
+
+    What belongs to one connection (its resources, the server's requests
+    awaiting an answer) stays on the :class:`~pachinko.Connection`: the
+    methods take it. PERF: a route's connections without hooks or an
+    observer share one receiver (made with the route's plan): nothing to
+    build per handshake, ~100 B less per idle connection (bench_connect.py).
     """
 
     __slots__ = (
@@ -862,41 +955,45 @@ class Receiver:
         "_unhandled",
         "by_type",
         "chain",
-        "leaf",
         "manager",
         "observed",
         "outages",
-        "pending",
     )
 
     def __init__(
         self,
-        leaf: WebSocketResource,
+        cls: type[WebSocketResource],
         settings: Settings,
         manager: WebSocketConnectionManager,
         outages: OutageLog,
         router: WebSocketRouter | None = None,
-        chain: Sequence[WebSocketResource] | None = None,
+        levels: Sequence[WebSocketResource] | None = None,
         *,
+        conn: Connection | None = None,
         hooked: bool | None = None,
     ) -> None:
-        """``chain``: the resources outermost first (``None``: the leaf alone).
+        """``cls``: the leaf resource's class.
 
-        ``hooked``: whether any hook applies (``None``: find out).
+        ``levels``: the connection's resources, outermost first (the leaf
+        last; needed when hooks apply). ``conn``: the one connection this
+        dispatch is for, observed by the app's observer (``None``: shared,
+        never observed). ``hooked``: whether any hook applies (``None``:
+        find out).
         """
-        self.leaf = leaf
-        # PERF: None for the leaf alone: no 1-tuple per connection (bench_connect.py).
-        self.chain = None if chain is None or len(chain) == 1 else tuple(chain)
         self.manager = manager
         self.outages = outages
         if hooked is None:
-            hooked = (chain is not None and len(chain) > 1) or _has_hooks(router, type(leaf))
+            hooked = (levels is not None and len(levels) > 1) or _has_hooks(router, cls)
         # PERF: without hooks (the common case) one shared tuple; with them,
         #   (router, before_receive, after_receive, on_error), bound once per
         #   connection. Fewer slots: 32 B less per connection (bench_connect.py).
         self._hooks: tuple[Any, ...] = _NO_HOOKS
+        self.chain: tuple[WebSocketResource, ...] | None = None
         if hooked:
-            levels = self.levels
+            if not levels:
+                raise TypeError("Receiver(): the connection's resources are needed for hooks")
+            leaf = levels[-1]
+            self.chain = tuple(levels)
             self._hooks = (
                 router,
                 hook_list(router, levels, leaf, "before_receive"),
@@ -907,24 +1004,21 @@ class Receiver:
         #   called (rarely): a bound method kept per connection is 64 B
         #   (bench_connect.py, tracemalloc).
         self._unhandled: Callable[[Any, MessageError], Awaitable[None]] | None = None
-        if not settings.error_replies and type(leaf).on_unhandled is _base_unhandled:
+        if not settings.error_replies and cls.on_unhandled is _base_unhandled:
             self._unhandled = _ignore_unhandled
-        obs: Observer | None = manager.observer
-        # The observer's state for this connection (labels, a span to link to).
-        self.observed = None if obs is None else obs.connection(leaf.connection, type(leaf))
-        by_type = type(leaf).__pachinko_table__.by_type
+        obs: Observer | None = None if conn is None else manager.observer
+        # The observer's state for this connection (labels, a span to link
+        # to), or _UNOBSERVED: opened without an observer, never reported.
+        self.observed = _UNOBSERVED if obs is None or conn is None else obs.connection(conn, cls)
+        by_type = cls.__pachinko_table__.by_type
         # PERF: observed handlers (counted, traced) are wrapped once per
         #   connection: the loop's fast path is the same with or without.
         self.by_type = by_type if obs is None else obs.handlers(self.observed, by_type)
-        # The server's requests awaiting the client's answer, by id (created on
-        # the first request; _ABORTED once the connection ended).
-        self.pending: dict[str | int, asyncio.Future[str]] | None = None
 
     @property
     def levels(self) -> Sequence[WebSocketResource]:
-        """The resources of the connection, outermost first (the leaf last)."""
-        chain = self.chain
-        return (self.leaf,) if chain is None else chain
+        """The resources of a hooked connection, outermost first (the leaf last)."""
+        return self.chain or ()
 
     @property
     def hooked(self) -> bool:
@@ -953,15 +1047,19 @@ class Receiver:
 
     @property
     def observer(self) -> Observer | None:
-        """The app's observer (metrics, tracing), if any."""
-        return self.manager.observer
+        """The app's observer (metrics, tracing), if the connection is observed."""
+        return None if self.observed is _UNOBSERVED else self.manager.observer
 
-    def unhandled(self, ws: WebSocket, error: MessageError) -> Awaitable[None]:
-        """Answer a message that got no handler: the leaf's ``on_unhandled`` (or a drop)."""
+    def unhandled(
+        self, leaf: WebSocketResource, ws: WebSocket, error: MessageError
+    ) -> Awaitable[None]:
+        """Answer a message that got no handler: ``leaf.on_unhandled`` (or a drop)."""
         drop = self._unhandled
-        return self.leaf.on_unhandled(ws, error) if drop is None else drop(ws, error)
+        return leaf.on_unhandled(ws, error) if drop is None else drop(ws, error)
 
-    async def failed(self, ws: WebSocket, text: str, exc: Exception) -> int | None:
+    async def failed(
+        self, leaf: WebSocketResource, ws: WebSocket, text: str, exc: Exception
+    ) -> int | None:
         """Handle an exception of a hook or handler; return a close code, or None.
 
         The error hooks come first (``True``: handled). A
@@ -973,36 +1071,44 @@ class Receiver:
         if await _run_error_hooks(self.error_hooks, ws, exc):
             return None
         if isinstance(exc, JoinRefused):
-            await self.refused(ws, exc, text)
+            await self.refused(leaf, ws, exc, text)
             return None
-        where = f"handler of {type(self.leaf).__qualname__}"
+        where = f"handler of {type(leaf).__qualname__}"
         if isinstance(exc, BackendUnavailable):
             self.outages.report(exc, self.manager.backend, where)
             if self.observer is not None:
                 self.observer.error_reply(self.observed, "unavailable")
             try:
                 await self.unhandled(
-                    ws, MessageError("unavailable", UNAVAILABLE_DETAIL, None, text)
+                    leaf, ws, MessageError("unavailable", UNAVAILABLE_DETAIL, None, text)
                 )
             except WebSocketDisconnected:
                 raise
             except Exception as ex:
                 exc = ex
-                where = f"{type(self.leaf).__qualname__}.on_unhandled"
+                where = f"{type(leaf).__qualname__}.on_unhandled"
             else:
                 return None
         logger.error("%s raised; closing with 1011", where, exc_info=exc)
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
         return CLOSE_INTERNAL_ERROR
 
-    async def refused(self, ws: WebSocket, exc: JoinRefused, text: str | None) -> None:
+    async def refused(
+        self, leaf: WebSocketResource, ws: WebSocket, exc: JoinRefused, text: str | None
+    ) -> None:
         """Answer a refused join with the error reply (reason ``forbidden``)."""
-        await self.unhandled(ws, MessageError("forbidden", str(exc), None, text or ""))
+        await self.unhandled(leaf, ws, MessageError("forbidden", str(exc), None, text or ""))
 
     # -- requests from the client (a handler that declares a reply) -----------
 
     async def run_request(
-        self, ws: WebSocket, handler: Handler, payload: Any, rid: Any, text: str
+        self,
+        leaf: WebSocketResource,
+        ws: WebSocket,
+        handler: Handler,
+        payload: Any,
+        rid: Any,
+        text: str,
     ) -> int | None:
         """Run a request's handler; send its return value as the reply, with the id.
 
@@ -1012,7 +1118,6 @@ class Receiver:
         an id it is handled as any handler's (:meth:`failed`). Returns a close
         code, or ``None``.
         """
-        leaf = self.leaf
         try:
             result = await handler(leaf, ws, payload)
             if result is None:
@@ -1023,16 +1128,16 @@ class Receiver:
         except Exception as exc:
             if rid is UNSET:
                 raise
-            return await self.request_failed(ws, text, exc, rid)
+            return await self.request_failed(leaf, ws, text, exc, rid)
         await ws.send_text(frame)
         return None
 
     async def request_failed(
-        self, ws: WebSocket, text: str, exc: Exception, rid: str | int
+        self, leaf: WebSocketResource, ws: WebSocket, text: str, exc: Exception, rid: str | int
     ) -> int | None:
         if await _run_error_hooks(self.error_hooks, ws, exc):
             return None
-        where = f"handler of {type(self.leaf).__qualname__}"
+        where = f"handler of {type(leaf).__qualname__}"
         if isinstance(exc, JoinRefused):
             error = MessageError("forbidden", str(exc), None, text, rid)
         elif isinstance(exc, BackendUnavailable):
@@ -1044,13 +1149,13 @@ class Receiver:
             )
             error = MessageError("handler_error", HANDLER_ERROR_DETAIL, None, text, rid)
         try:
-            await self.unhandled(ws, error)
+            await self.unhandled(leaf, ws, error)
         except WebSocketDisconnected:
             raise
         except Exception as ex:
             logger.error(
                 "%s.on_unhandled raised; closing with 1011",
-                type(self.leaf).__qualname__,
+                type(leaf).__qualname__,
                 exc_info=ex,
             )
             await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
@@ -1059,7 +1164,7 @@ class Receiver:
 
     # -- requests from the server (resource.request()) -------------------------
 
-    async def request(self, message: Any, timeout: float) -> Any:
+    async def request(self, conn: Connection, message: Any, timeout: float) -> Any:
         """Send ``message`` with a new correlation id; return the client's answer.
 
         Raises:
@@ -1068,28 +1173,28 @@ class Receiver:
             PachinkoError: Awaited by this connection's own receive loop (a
                 handler of this connection), which could never read the answer.
         """
-        name = type(self.leaf).__qualname__
+        leaf = conn.resource
+        name = type(leaf).__qualname__
         if not (isinstance(timeout, int | float) and timeout > 0):
             raise ValueError(f"{name}.request(): timeout must be a number > 0, got {timeout!r}")
-        pending = self.pending
+        pending = conn.pending
         if pending is _ABORTED:
             raise RequestAborted(f"{name}.request(): the connection is closed")
-        if _awaited_by_loop(self):
+        if _awaited_by_loop(conn):
             raise PachinkoError(
                 f"{name}.request() awaited by a handler of the same connection: its receive "
                 "loop waits for the handler, so it could never read the answer; run it in a "
                 "task of its own (asyncio.create_task(self.request(...)))"
             )
         if pending is None:
-            pending = self.pending = {}
+            pending = conn.pending = {}
         rid = f"{SERVER_ID_PREFIX}{next(_request_ids)}"
-        leaf = self.leaf
         frame = encode_reply(message, rid, leaf.wire, leaf.tag_field, leaf.id_field)
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         pending[rid] = answer
         try:
             try:
-                await leaf.connection.ws.send_text(frame)
+                await conn.ws.send_text(frame)
             except WebSocketDisconnected as ex:
                 raise RequestAborted(
                     f"{name}.request() {rid!r}: the connection closed before it was sent"
@@ -1105,13 +1210,13 @@ class Receiver:
                 del pending[rid]
         return msgspec.json.decode(text)
 
-    def take_answer(self, text: str) -> bool:
-        """Whether ``text`` answers a pending request (which then gets it)."""
-        pending = self.pending
+    def take_answer(self, conn: Connection, text: str) -> bool:
+        """Whether ``text`` answers a request of ``conn``'s (which then gets it)."""
+        pending = conn.pending
         if not pending:
             return False
         try:
-            rid = _answer_decoder(self.leaf.id_field).decode(text).pachinko_id
+            rid = _answer_decoder(conn.resource.id_field).decode(text).pachinko_id
         except (msgspec.DecodeError, RecursionError):
             return False
         answer = pending.get(rid) if rid is not UNSET else None
@@ -1120,23 +1225,23 @@ class Receiver:
         answer.set_result(text)
         return True
 
-    def abort_requests(self, close_code: int) -> None:
-        """Fail the requests still awaiting an answer: the connection ended."""
-        pending, self.pending = self.pending, _ABORTED
+    def abort_requests(self, conn: Connection, close_code: int) -> None:
+        """Fail ``conn``'s requests still awaiting an answer: it ended."""
+        pending, conn.pending = conn.pending, _ABORTED
         if not pending:
             return
         for rid, answer in list(pending.items()):
             if not answer.done():
                 answer.set_exception(
                     RequestAborted(
-                        f"{type(self.leaf).__qualname__}.request() {rid!r}: the connection "
+                        f"{type(conn.resource).__qualname__}.request() {rid!r}: the connection "
                         f"closed (code {close_code}) before the client answered"
                     )
                 )
 
 
-def _awaited_by_loop(rx: Receiver) -> bool:
-    """Whether the running code is awaited by the receive loop dispatching for ``rx``.
+def _awaited_by_loop(conn: Connection) -> bool:
+    """Whether the running code is awaited by ``conn``'s receive loop.
 
     A handler awaiting its own connection's request would wait forever:
     the loop reads the answer only once the handler returns. The frames of
@@ -1148,7 +1253,7 @@ def _awaited_by_loop(rx: Receiver) -> bool:
     """
     frame = sys._getframe(1)
     while frame is not None:
-        if frame.f_code is _LOOP_CODE and frame.f_locals.get("rx") is rx:
+        if frame.f_code is _LOOP_CODE and frame.f_locals.get("conn") is conn:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
@@ -1188,7 +1293,7 @@ _UNDECODABLE: Final = (msgspec.DecodeError, RecursionError)
 
 
 async def receive_loop(
-    rx: Receiver | None,
+    conn: Connection | None,
     settings: Settings,
     ws: WebSocket,
     receive_text: Callable[[WebSocket], Awaitable[str | None]],
@@ -1217,14 +1322,21 @@ async def receive_loop(
         (the harness has no more messages) or the handshake was refused.
     """
     if mount is not None:
-        rx = await _start(mount, req, ws)  # type: ignore[arg-type]
-        if rx is None:
-            return None
-    elif rx is None:
-        raise TypeError("receive_loop(): a Receiver is required without a mount")
+        conn = _open(mount, req, ws)  # type: ignore[arg-type, assignment]
+        if type(conn) is not Connection:
+            conn = await conn  # type: ignore[misc]
+            if conn is None:
+                return None
+    elif conn is None:
+        raise TypeError("receive_loop(): a Connection is required without a mount")
     close_code: int | None = CLOSE_NO_STATUS
     try:
-        leaf = rx.leaf
+        if ws.unaccepted:
+            # Opened on the mount's plain lane (_open): accepted here.
+            await ws.accept()
+            mount.runtime.manager.opened(conn)  # type: ignore[union-attr]
+        rx: Receiver = conn.receiver
+        leaf = conn.resource
         before = rx.before
         after = rx.after
         table = type(leaf).__pachinko_table__
@@ -1236,7 +1348,6 @@ async def receive_loop(
         rate = settings.rate_limit
         tokens = float(settings.rate_burst)
         last = monotonic()
-        conn = leaf._pachinko_connection
 
         while True:
             try:
@@ -1277,7 +1388,7 @@ async def receive_loop(
                         await ws.close(CLOSE_POLICY_VIOLATION, "Message rate limit exceeded")
                         close_code = CLOSE_POLICY_VIOLATION
                         break
-            if rx.pending and rx.take_answer(text):
+            if conn.pending and rx.take_answer(conn, text):
                 continue  # the client's answer to a server request: no handler, no hooks
             try:
                 if before:
@@ -1338,7 +1449,7 @@ async def receive_loop(
                                 if rid is UNSET:
                                     raise
                                 # NOTE: close_code is reused (one local less); None goes on.
-                                close_code = await rx.request_failed(ws, text, exc, rid)
+                                close_code = await rx.request_failed(leaf, ws, text, exc, rid)
                                 if close_code is not None:
                                     break
                                 result = None
@@ -1352,11 +1463,11 @@ async def receive_loop(
                 if isinstance(msg, MessageError):
                     if rx.observer is not None:
                         rx.observer.error_reply(rx.observed, msg.reason)
-                    await rx.unhandled(ws, msg)
+                    await rx.unhandled(leaf, ws, msg)
                     continue
                 handler, payload, rid = msg
                 if rid is not None:
-                    close_code = await rx.run_request(ws, handler, payload, rid, text)
+                    close_code = await rx.run_request(leaf, ws, handler, payload, rid, text)
                     if close_code is not None:
                         break
                 elif rx.observer is None:
@@ -1368,13 +1479,13 @@ async def receive_loop(
             except WebSocketDisconnected:
                 raise
             except Exception as exc:
-                close_code = await rx.failed(ws, text, exc)
+                close_code = await rx.failed(leaf, ws, text, exc)
                 if close_code is not None:
                     break
     except WebSocketDisconnected as exc:
         if mount is None:
             raise
-        close_code = _disconnected(rx, exc)
+        close_code = _disconnected(conn, exc)
     except Exception:
         if mount is None:
             raise
@@ -1383,7 +1494,7 @@ async def receive_loop(
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
     finally:
         if mount is not None:
-            await _close(mount, rx, ws, close_code or CLOSE_NO_STATUS)
+            await _close(mount, conn, ws, close_code or CLOSE_NO_STATUS)
     return close_code
 
 

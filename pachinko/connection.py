@@ -125,9 +125,11 @@ class Connection:
         authorizers: The connection's own join checks (its resources'
             ``authorize_join`` methods and the router's ``authorize_join``
             hooks), each called with the room; set at the handshake.
-        receiver: The receive loop's dispatch (it keeps the server's requests
-            awaiting an answer); ``None`` until the connection is accepted,
-            :data:`ENDED` once it has ended.
+        receiver: The receive loop's dispatch (shared by the connections of
+            a route without hooks); ``None`` until the connection is
+            registered, :data:`ENDED` once it has ended.
+        pending: The server's requests (``resource.request()``) awaiting the
+            client's answer, by correlation id (``None`` before the first).
     """
 
     __slots__ = (
@@ -140,6 +142,7 @@ class Connection:
         "manager",
         "mount",
         "outbox",
+        "pending",
         "receiver",
         "resource",
         "rooms",
@@ -186,6 +189,9 @@ class Connection:
         self.outbox: Any = None
         # NOTE: Any: the serve loop's Receiver (a floor above this one).
         self.receiver: Any = None
+        # The server's requests awaiting the client's answer, by id (made on
+        # the first request; the serve loop's shared empty dict once ended).
+        self.pending: dict[str | int, Any] | None = None
 
     def ended(self) -> None:
         """Forget the resource, the dispatch and the join checks: the connection has ended.

@@ -272,7 +272,7 @@ class WebSocketResource:
                 f"{type(self).__qualname__}.request(): this connection has no receive loop "
                 "to read the answer (it is not accepted yet, or it is a test probe)"
             )
-        return await receiver.request(message, timeout)
+        return await receiver.request(self.connection, message, timeout)
 
     async def join_room(
         self, room: str, *, since: str | None = None, last: int | None = None

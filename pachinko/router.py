@@ -241,6 +241,9 @@ class WebSocketRouter:
         # Prefixes the root was mounted at (any app): only for url_for() here;
         #   an app's own URLs come from its Mount, which holds its prefix.
         self._mount_prefixes: set[str] = set()
+        # On the root: what each mount worked out from the hooks (its plans),
+        #   forgotten when a hook or router is added (mounts serving it).
+        self._plan_caches: list[dict[Any, Any]] = []
         # The root router of a tree holds the compiled table, updated on each add.
         self._trie = _Node()
         self._shapes: dict[str, str] = {}
@@ -323,6 +326,8 @@ class WebSocketRouter:
         """Empty the resolved hooks (a hook or a router was added)."""
         self._hook_cache.clear()
         self._hookless_cache.clear()
+        for plans in self._plan_caches:
+            plans.clear()
 
     def _register(
         self,
@@ -585,8 +590,10 @@ class WebSocketRouter:
                 parsed.append((_Segment(raw, fields, key), key))
         return parsed
 
-    def _mounted(self, prefix: str) -> None:
+    def _mounted(self, prefix: str, *plans: dict[Any, Any]) -> None:
+        """Record a mount at ``prefix``; ``plans``: its caches to empty when a hook is added."""
         self._mount_prefixes.add(prefix)
+        self._plan_caches.extend(plans)
 
 
 def _insert(

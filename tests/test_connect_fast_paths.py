@@ -9,16 +9,17 @@ what must still happen around such a shortcut, through a real app.
 from __future__ import annotations
 
 import gc
+import json
 import weakref
 from typing import Any
 
 import pytest
 from falcon.errors import WebSocketDisconnected
 
-from pachinko import WebSocketResource, WebSocketRouter, runtime_of
+from pachinko import Settings, WebSocketResource, WebSocketRouter, _serve, runtime_of
 from pachinko.backends.inprocess import InProcessBackend
 from pachinko.connection import ENDED
-from pachinko.errors import RequestAborted
+from pachinko.errors import PachinkoError, RequestAborted
 from pachinko.observe import Observer
 from tests.helpers import eventually, expect_close, make_app, recv_json
 
@@ -73,7 +74,7 @@ def test_remembered_paths_are_bounded() -> None:
     mount = runtime_of(make_app(router)).mounts[0]
     # leading slashes are ignored: a client can name one route many ways
     for n in range(1, 2000):
-        found = mount.match("/" * n + "a")
+        found = mount.match("/ws" + "/" * n + "a")  # the whole request path
         assert found is not None
         assert found[0].info.target is Echo
     assert 0 < len(mount._static) <= 1024
@@ -228,3 +229,189 @@ async def test_an_ended_connection_is_freed_without_the_cycle_collector(
         assert gone() is None  # freed by its reference count, no collection ran
     finally:
         gc.enable()
+
+
+# -- the plain lane: the second handshake of a remembered path -----------------
+
+
+def _plain_app(**install: Any) -> Any:
+    router = WebSocketRouter()
+    router.add_route("/a", Echo)
+    return make_app(router, **install)
+
+
+async def _say(conductor: Any, path: str = "/ws/a", **options: Any) -> None:
+    async with conductor.simulate_ws(path, **options) as ws:
+        await ws.send_text('{"type": "say"}')
+        assert (await recv_json(ws))["type"] == "said"
+
+
+@pytest.fixture
+def full_handshakes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The request paths that went through the full handshake (not the plain lane)."""
+    paths: list[str] = []
+    full = _serve._handshake
+
+    def counted(runtime: Any, mount: Any, req: Any, ws: Any) -> Any:
+        paths.append(req.path)
+        return full(runtime, mount, req, ws)
+
+    monkeypatch.setattr(_serve, "_handshake", counted)
+    return paths
+
+
+async def test_plain_connections_share_one_dispatch(
+    conductor_for: Any, full_handshakes: list[str]
+) -> None:
+    app = _plain_app()
+    manager = runtime_of(app).manager
+    conductor = await conductor_for(app)
+    await _say(conductor)  # the full handshake: the path is remembered
+    async with conductor.simulate_ws("/ws/a") as one, conductor.simulate_ws("/ws/a") as two:
+        for ws in (one, two):
+            await ws.send_text('{"type": "say"}')
+            await recv_json(ws)
+        first, second = [conn async for conn in manager.connections()]
+        assert first.receiver is second.receiver  # the route's one dispatch
+        assert first.pending is None
+        assert second.pending is None
+    assert full_handshakes == ["/ws/a"]  # the next two took the plain lane
+
+
+async def test_the_plain_lane_refuses_an_origin_the_full_handshake_refuses(
+    conductor_for: Any,
+) -> None:
+    app = _plain_app(settings=Settings(allowed_origins=["https://good.example"]))
+    conductor = await conductor_for(app)
+    await _say(conductor, headers={"Origin": "https://good.example"})
+    with pytest.raises(WebSocketDisconnected) as info:
+        await _say(conductor, headers={"Origin": "https://evil.example"})
+    assert info.value.code == FORBIDDEN
+    assert len(runtime_of(app).manager) == 0
+
+
+async def test_the_plain_lane_refuses_past_the_connection_limit(conductor_for: Any) -> None:
+    app = _plain_app(settings=Settings(max_connections=1))
+    conductor = await conductor_for(app)
+    await _say(conductor)
+    async with conductor.simulate_ws("/ws/a") as first:
+        await first.send_text('{"type": "say"}')
+        await recv_json(first)
+        with pytest.raises(WebSocketDisconnected) as info:
+            await _say(conductor)
+        assert info.value.code == 1013
+        assert len(runtime_of(app).manager) == 1
+
+
+async def test_the_plain_lane_refuses_while_shutting_down(conductor_for: Any) -> None:
+    built: list[int] = []
+
+    class Counted(Echo):
+        def __init__(self) -> None:
+            built.append(1)
+
+    router = WebSocketRouter()
+    router.add_route("/a", Counted)
+    app = make_app(router)
+    conductor = await conductor_for(app)
+    await _say(conductor)
+    runtime_of(app).accepting = False
+    with pytest.raises(WebSocketDisconnected) as info:
+        await _say(conductor)
+    # closed before the accept (Falcon's test client reports that as 3403)
+    assert info.value.code == FORBIDDEN
+    assert len(built) == 1  # refused before any resource was built
+
+
+async def test_a_resource_that_fails_to_build_on_the_plain_lane_fails_the_handshake(
+    conductor_for: Any, caplog: pytest.LogCaptureFixture, full_handshakes: list[str]
+) -> None:
+    built: list[int] = []
+
+    class Fragile(Echo):
+        def __init__(self) -> None:
+            built.append(1)
+            if len(built) > 1:
+                raise RuntimeError("no more")
+
+    router = WebSocketRouter()
+    router.add_route("/f", Fragile)
+    app = make_app(router)
+    conductor = await conductor_for(app)
+    async with conductor.simulate_ws("/ws/f") as ws:
+        await ws.send_text('{"type": "say"}')
+        await recv_json(ws)
+    with pytest.raises(WebSocketDisconnected) as info:
+        async with conductor.simulate_ws("/ws/f"):
+            pass
+    assert info.value.code == 1011
+    assert len(built) == 2  # built once per handshake, never retried
+    assert full_handshakes == ["/ws/f"]  # the second took the plain lane
+    (record,) = [r for r in caplog.records if "handshake for /ws/f failed" in r.getMessage()]
+    assert record.exc_info is not None
+    assert "no more" in str(record.exc_info[1])
+    assert len(runtime_of(app).manager) == 0
+
+
+async def test_a_hook_added_after_a_plain_connection_applies_to_the_next(
+    conductor_for: Any,
+) -> None:
+    seen: list[str] = []
+
+    async def before(resource: Any, ws: Any, text: str) -> None:
+        seen.append(text)
+
+    router = WebSocketRouter()
+    router.add_route("/a", Echo)
+    conductor = await conductor_for(make_app(router))
+    await _say(conductor)
+    await _say(conductor)  # the plain lane
+    router.add_hook("before_receive", before)
+    await _say(conductor)
+    assert seen == ['{"type": "say"}']
+
+
+async def test_an_observer_installed_later_sees_only_the_connections_opened_after(
+    conductor_for: Any,
+) -> None:
+    app = _plain_app()
+    conductor = await conductor_for(app)
+    await _say(conductor)
+    seen = _Seen()
+    async with conductor.simulate_ws("/ws/a") as early:  # the plain lane, unobserved
+        await early.send_text('{"type": "say"}')
+        await recv_json(early)
+        runtime_of(app).manager.observe(seen)
+        await _say(conductor)  # observed: the full handshake
+    await eventually(lambda: len(runtime_of(app).manager) == 0)
+    assert seen.events == ["opened", "closed 1000"]
+
+
+async def test_plain_connections_ask_each_other(conductor_for: Any) -> None:
+    class Asker(WebSocketResource):
+        async def on_poll(self, ws: Any, payload: Any) -> dict[str, Any]:
+            async for conn in self.manager.connections():
+                if conn is not self.connection:
+                    answer = await conn.resource.request({"type": "vote?"}, timeout=2.0)
+                    return {"type": "poll_result", "vote": answer["vote"]}
+            return {"type": "poll_result", "vote": None}
+
+        async def on_own(self, ws: Any, payload: Any) -> None:
+            try:
+                await self.request({"type": "vote?"}, timeout=2.0)
+            except PachinkoError as ex:
+                await self.send({"type": "refused", "why": str(ex)})
+
+    router = WebSocketRouter()
+    router.add_route("/q", Asker)
+    conductor = await conductor_for(make_app(router))
+    async with conductor.simulate_ws("/ws/q"):
+        pass  # the path is remembered: the next two take the plain lane
+    async with conductor.simulate_ws("/ws/q") as ann, conductor.simulate_ws("/ws/q") as bob:
+        await bob.send_text('{"type": "own", "id": "x"}')  # bob is registered
+        assert "Asker.request() awaited by a handler" in (await recv_json(bob))["why"]
+        await ann.send_text('{"type": "poll", "id": "p1"}')
+        question = await recv_json(bob)
+        assert question["type"] == "vote?"
+        await bob.send_text(json.dumps({"type": "vote", "vote": "yes", "id": question["id"]}))
+        assert await recv_json(ann) == {"type": "poll_result", "vote": "yes", "id": "p1"}

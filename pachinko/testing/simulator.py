@@ -334,7 +334,14 @@ class ResourceHarness:
         self.registered = True
         for hook in hook_list(None, (self.resource,), self.resource, "after_connect", reverse=True):
             await hook(socket)
-        self._receiver = Receiver(self.resource, self.settings, self.manager, self._outages)
+        self._receiver = Receiver(
+            type(self.resource),
+            self.settings,
+            self.manager,
+            self._outages,
+            levels=(self.resource,),
+            conn=self.connection,
+        )
         self.connection.receiver = self._receiver
         return True
 
@@ -372,7 +379,7 @@ class ResourceHarness:
             return frame
 
         try:
-            code = await receive_loop(rx, self.settings, socket, next_frame)  # type: ignore[arg-type]
+            code = await receive_loop(self.connection, self.settings, socket, next_frame)  # type: ignore[arg-type]
         except WebSocketDisconnected as ex:
             code = ex.code or 1005
         if code is None and socket.closed:
@@ -386,7 +393,7 @@ class ResourceHarness:
             return
         self.registered = False
         if self._receiver is not None:
-            self._receiver.abort_requests(close_code)
+            self._receiver.abort_requests(self.connection, close_code)
         self._receiver = None
         resource = self.resource
         try:
