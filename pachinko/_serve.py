@@ -248,7 +248,7 @@ class _Plan:
     (benchmarks/bench_connect.py).
     """
 
-    __slots__ = ("info", "levels", "receiver", "route", "single")
+    __slots__ = ("build", "info", "levels", "receiver", "route", "single")
 
     def __init__(self, mount: Mount, info: RouteInfo) -> None:
         self.info = info
@@ -262,8 +262,14 @@ class _Plan:
             and info.router.root.resource_factory is None
             and isinstance(target, type)
         )
-        # The plain route's one dispatch, shared by its connections (see _open).
+        # The plain route's one dispatch, shared by its connections (see
+        # _open), and what builds its resource (no arguments to unpack).
         self.receiver: Receiver | None = None
+        self.build: Callable[[], Any] = (
+            functools.partial(target, *info.args, **info.kwargs)
+            if info.args or info.kwargs
+            else target
+        )
         if (
             self.single
             and issubclass(target, WebSocketResource)  # type: ignore[arg-type]
@@ -302,27 +308,21 @@ def origin_allowed(req: Request, allowed: frozenset[str] | None) -> bool:
     ``X-Forwarded-Proto`` (uvicorn's ``--forwarded-allow-ips``); the header
     itself is never read here. ``"*"`` allows every origin.
     """
-    origin = _origin_of(req)
+    # PERF: read from the dict of raw headers Falcon's ASGI request builds
+    #   in its constructor: get_header() raises and catches a KeyError for a
+    #   missing header, ~1 µs per handshake without an Origin (non-browser
+    #   clients; bench_connect.py).
+    try:
+        raw = req._asgi_headers.get(b"origin")
+    except AttributeError:  # not Falcon's ASGI request
+        origin = req.get_header("Origin")
+    else:
+        origin = None if raw is None else raw.decode("latin1")
     if origin is None or (allowed is not None and "*" in allowed):
         return True
     if allowed is None:
         return _same_origin(origin, req.scheme, req.get_header("Host") or "")
     return origin.lower().rstrip("/") in allowed
-
-
-def _origin_of(req: Request) -> str | None:
-    """The request's Origin header, or ``None``.
-
-    PERF: read from the dict of raw headers Falcon's ASGI request builds
-    in its constructor: ``get_header`` raises and catches a KeyError for a
-    missing header, ~1 µs per handshake without an Origin (non-browser
-    clients; bench_connect.py). Falls back to ``get_header`` elsewhere.
-    """
-    headers = getattr(req, "_asgi_headers", None)
-    if type(headers) is not dict:
-        return req.get_header("Origin")
-    origin = headers.get(b"origin")
-    return None if origin is None else origin.decode("latin1")
 
 
 _SECURE: Final = {"http": False, "ws": False, "https": True, "wss": True}
@@ -377,20 +377,18 @@ def _open(mount: Mount, req: Request, ws: WebSocket) -> Connection | Awaitable[C
         or runtime.authenticate is not None
         or not runtime.accepting
         or manager.backend.records_anonymous
-        or not origin_allowed(req, runtime.allowed_origins)
+        or (b"origin" in req._asgi_headers and not origin_allowed(req, runtime.allowed_origins))
     ):
         obs = manager.observer
         if obs is None:
             return _handshake(runtime, mount, req, ws)
         return obs.handshake(req.path, _handshake(runtime, mount, req, ws))
-    conn = Connection(ws, req.path, None, manager, mount=mount)
-    conn.route = plan.route
+    conn = Connection(ws, req.path, None, manager, mount=mount, route=plan.route)
     current_connection.set(conn)  # log lines of this task name the connection
-    info = plan.info
     try:
-        leaf = info.target(*info.args, **info.kwargs)
-        if type(leaf) is not info.target:
-            leaf = _checked(info, leaf)
+        leaf = plan.build()
+        if type(leaf) is not plan.info.target:
+            leaf = _checked(plan.info, leaf)
         leaf._pachinko_connection = conn
         conn.resource = leaf
         # NOTE: None here: an anonymous connection, a backend that records none.
@@ -400,7 +398,7 @@ def _open(mount: Mount, req: Request, ws: WebSocket) -> Connection | Awaitable[C
     except Exception as ex:
         return _handshake_failed(runtime, ws, ex, "WebSocket handshake for %s failed", req.path)
     conn.receiver = plan.receiver
-    runtime.serving.enter()
+    runtime.serving.count += 1  # Serving.enter(), inline
     return conn
 
 
@@ -442,19 +440,26 @@ async def _closed(mount: Mount, conn: Connection, ws: WebSocket, close_code: int
         await _deregister(runtime, conn, close_code)
 
 
-def _close(mount: Mount, conn: Connection, ws: WebSocket, close_code: int) -> Awaitable[None]:
-    """:func:`_closed`, done at once when there is nothing to await (returns :data:`_DONE`).
+def _close(
+    mount: Mount, conn: Connection, ws: WebSocket, close_code: int
+) -> Awaitable[None] | None:
+    """:func:`_closed`, done at once when there is nothing to await (returns ``None``).
 
     PERF: one resource without hooks or an ``on_disconnect`` of its own,
     and a backend with nothing to forget: no coroutine at all
     (bench_connect.py).
     """
     rx: Receiver = conn.receiver
-    if rx.hooked or type(conn.resource).on_disconnect is not _base_on_disconnect:
+    if not rx.quiet_close:
         return _closed(mount, conn, ws, close_code)
     if conn.pending is not None:
         rx.abort_requests(conn, close_code)
-    return _deregister(mount.runtime, conn, close_code)
+    runtime = mount.runtime
+    pending = runtime.manager.deregister(conn)
+    if pending is not None:
+        return _forget_after(pending, runtime, conn, close_code)
+    _forget(runtime, conn, close_code)
+    return None
 
 
 def _deregister(runtime: Host, conn: Connection, close_code: int) -> Awaitable[None]:
@@ -478,9 +483,11 @@ async def _forget_after(
 def _forget(runtime: Host, conn: Connection, close_code: int) -> None:
     """The connection's loop is over: no longer serving, observed as closed."""
     runtime.serving.leave()
-    obs = conn.receiver.observer
-    if obs is not None:
-        obs.closed(conn.receiver.observed, close_code)
+    observed = conn.receiver.observed
+    if observed is not _UNOBSERVED:
+        obs = runtime.manager.observer
+        if obs is not None:
+            obs.closed(observed, close_code)
     conn.ended()
 
 
@@ -572,8 +579,7 @@ async def _handshake(runtime: Host, mount: Mount, req: Request, ws: WebSocket) -
         return None
     plan, params = found
     info = plan.info
-    conn = Connection(ws, req.path, params, manager, mount=mount)
-    conn.route = plan.route
+    conn = Connection(ws, req.path, params, manager, mount=mount, route=plan.route)
     current_connection.set(conn)  # log lines of this task name the connection
     authenticate = runtime.authenticate
     if authenticate is not None and not await _identify(runtime, authenticate, conn, req, ws):
@@ -958,6 +964,7 @@ class Receiver:
         "manager",
         "observed",
         "outages",
+        "quiet_close",
     )
 
     def __init__(
@@ -1000,6 +1007,8 @@ class Receiver:
                 hook_list(router, levels, leaf, "after_receive", reverse=True),
                 hook_list(router, levels, leaf, "on_error", reverse=True),
             )
+        # Nothing to run at the close: no hooks, the default on_disconnect.
+        self.quiet_close = not hooked and cls.on_disconnect is _base_on_disconnect
         # PERF: None stands for the leaf's own on_unhandled, looked up when
         #   called (rarely): a bound method kept per connection is 64 B
         #   (bench_connect.py, tracemalloc).
@@ -1337,8 +1346,8 @@ async def receive_loop(
             mount.runtime.manager.opened(conn)  # type: ignore[union-attr]
         rx: Receiver = conn.receiver
         leaf = conn.resource
-        before = rx.before
-        after = rx.after
+        before = rx._hooks[1]
+        after = rx._hooks[2]
         table = type(leaf).__pachinko_table__
         decoder = table.decoder
         by_type = rx.by_type
@@ -1347,7 +1356,7 @@ async def receive_loop(
         quarter = settings.max_message_size // 4
         rate = settings.rate_limit
         tokens = float(settings.rate_burst)
-        last = monotonic()
+        last = 0.0 if rate is None else monotonic()
 
         while True:
             try:
@@ -1485,7 +1494,10 @@ async def receive_loop(
     except WebSocketDisconnected as exc:
         if mount is None:
             raise
-        close_code = _disconnected(conn, exc)
+        # _disconnected(), inline: a slow consumer's close says so
+        close_code = exc.code or CLOSE_NO_STATUS
+        if conn.outbox is not None and conn.outbox.closed_with is not None:
+            close_code = conn.outbox.closed_with
     except Exception:
         if mount is None:
             raise
@@ -1494,7 +1506,11 @@ async def receive_loop(
         await _close_quietly(ws, CLOSE_INTERNAL_ERROR)
     finally:
         if mount is not None:
-            await _close(mount, conn, ws, close_code or CLOSE_NO_STATUS)
+            # NOTE: payload is reused (one local less): what the close leaves
+            #   to await (None: all done, the common case).
+            payload = _close(mount, conn, ws, close_code or CLOSE_NO_STATUS)
+            if payload is not None:
+                await payload
     return close_code
 
 

@@ -158,13 +158,17 @@ class Connection:
         manager: ConnectionHost,
         *,
         mount: UrlBuilder | None = None,
+        route: str = "",
     ) -> None:
         """``path``: below the prefix, or with a ``mount``, the whole request path.
 
         ``params``: ``None`` stands for none (a dict is made when read).
+        ``route``: the matched route's template, prefix included.
         """
-        new_id = getattr(manager, "new_connection_id", None)
-        self.id: str = new_id() if new_id is not None else uuid.uuid4().hex
+        try:
+            self.id: str = manager.new_connection_id()
+        except AttributeError:  # a stand-in manager (tests): ids of its own
+            self.id = uuid.uuid4().hex
         self.ws = ws
         # PERF: with a mount, the request's own path string (Falcon keeps it):
         #   the part below the prefix is cut when asked for, not kept (55 B
@@ -173,7 +177,7 @@ class Connection:
         self.mount = mount
         # PERF: None for a route without fields until read (64 B, bench_connect.py).
         self._params = params
-        self.route = ""
+        self.route = route
         self.manager = manager
         # NOTE: Any: the resource is the app's own subclass (and this floor
         #   does not import the resource module).
