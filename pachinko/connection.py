@@ -156,7 +156,6 @@ class Connection:
         path: str,
         params: dict[str, Any] | None,
         manager: ConnectionHost,
-        *,
         mount: UrlBuilder | None = None,
         route: str = "",
     ) -> None:
