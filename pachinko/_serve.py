@@ -314,12 +314,8 @@ def origin_allowed(req: Request, allowed: frozenset[str] | None) -> bool:
     #   in its constructor: get_header() raises and catches a KeyError for a
     #   missing header, ~1 µs per handshake without an Origin (non-browser
     #   clients; bench_connect.py).
-    try:
-        raw = req._asgi_headers.get(b"origin")
-    except AttributeError:  # not Falcon's ASGI request
-        origin = req.get_header("Origin")
-    else:
-        origin = None if raw is None else raw.decode("latin1")
+    raw = req._asgi_headers.get(b"origin")
+    origin = None if raw is None else raw.decode("latin1")
     if origin is None or (allowed is not None and "*" in allowed):
         return True
     if allowed is None:
@@ -462,14 +458,7 @@ def _close(
     pending = runtime.manager.deregister(conn)
     if pending is not None:
         return _forget_after(pending, runtime, conn, close_code)
-    # _forget(), inline (PERF: each call is ~1k instructions, bench_connect.py)
-    serving = runtime.serving
-    serving.count -= 1
-    if not serving.count and serving._idle is not None:
-        serving._idle.set()
-    if rx.observed is not _UNOBSERVED:
-        _observe_close(runtime, rx, close_code)
-    conn.ended()
+    _forget(runtime, conn, close_code)
     return None
 
 
@@ -494,17 +483,12 @@ async def _forget_after(
 def _forget(runtime: Host, conn: Connection, close_code: int) -> None:
     """The connection's loop is over: no longer serving, observed as closed."""
     runtime.serving.leave()
-    rx = conn.receiver
-    if rx.observed is not _UNOBSERVED:
-        _observe_close(runtime, rx, close_code)
+    observed = conn.receiver.observed
+    if observed is not _UNOBSERVED:
+        obs = runtime.manager.observer
+        if obs is not None:  # unless it was removed since
+            obs.closed(observed, close_code)
     conn.ended()
-
-
-def _observe_close(runtime: Host, rx: Receiver, close_code: int) -> None:
-    """Tell the observer an observed connection closed (unless it was removed since)."""
-    obs = runtime.manager.observer
-    if obs is not None:
-        obs.closed(rx.observed, close_code)
 
 
 class _Done:
