@@ -250,13 +250,13 @@ class _Plan:
     (benchmarks/bench_connect.py).
     """
 
-    __slots__ = ("build", "info", "levels", "receiver", "route", "single", "target")
+    __slots__ = ("build", "info", "levels", "receiver", "route", "single")
 
     def __init__(self, mount: Mount, info: RouteInfo) -> None:
         self.info = info
         self.levels = info.chain
         self.route = join_paths(mount.prefix, info.template)
-        self.target = target = info.target
+        target = info.target
         # One level whose target is a class, built without a factory: the
         # handshake builds it inline (the common case).
         self.single = (
@@ -275,6 +275,9 @@ class _Plan:
         if (
             self.single
             and issubclass(target, WebSocketResource)  # type: ignore[arg-type]
+            # calling the class gives an instance of it, nothing else
+            and target.__new__ is object.__new__  # type: ignore[comparison-overlap]
+            and type(target).__call__ is type.__call__
             and target.on_connect is _base_on_connect  # type: ignore[attr-defined]
             and info.router._hookless(target)  # type: ignore[arg-type]
         ):
@@ -386,9 +389,7 @@ def _open(mount: Mount, req: Request, ws: WebSocket) -> Connection | Awaitable[C
     conn = Connection(ws, req.path, None, manager, mount, plan.route)
     current_connection.set(conn)  # log lines of this task name the connection
     try:
-        leaf = plan.build()
-        if type(leaf) is not plan.target:
-            leaf = _checked(plan.info, leaf)
+        leaf = plan.build()  # an instance of the plan's class (see _Plan)
         leaf._pachinko_connection = conn
         conn.resource = leaf
         # NOTE: None here: an anonymous connection, a backend that records none.

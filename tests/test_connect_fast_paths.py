@@ -415,3 +415,25 @@ async def test_plain_connections_ask_each_other(conductor_for: Any) -> None:
         assert question["type"] == "vote?"
         await bob.send_text(json.dumps({"type": "vote", "vote": "yes", "id": question["id"]}))
         assert await recv_json(ann) == {"type": "poll_result", "vote": "yes", "id": "p1"}
+
+
+async def test_a_class_that_builds_another_class_takes_the_full_handshake(
+    conductor_for: Any, full_handshakes: list[str]
+) -> None:
+    seen: list[str] = []
+
+    class Chosen(Echo):
+        async def before_receive(self, ws: Any, text: str) -> None:
+            seen.append(text)
+
+    class Chooser(Echo):
+        def __new__(cls) -> Any:
+            return object.__new__(Chosen)  # another class, with a hook of its own
+
+    router = WebSocketRouter()
+    router.add_route("/c", Chooser)
+    conductor = await conductor_for(make_app(router))
+    for _ in range(2):
+        await _say(conductor, "/ws/c")
+    assert seen == ['{"type": "say"}'] * 2  # the built class's hook ran each time
+    assert full_handshakes == ["/ws/c", "/ws/c"]
