@@ -89,7 +89,7 @@ def main() -> None:
     for which in ("hand", "ours"):
         counts = asyncio.run(opcodes(which, count))
         print(f"{which}: {sum(counts.values()) / count:.0f} bytecodes per connection")
-        for name, n in counts.most_common(25):
+        for name, n in counts.most_common(40):
             print(f"  {n / count:7.1f}  {name}")
 
 
