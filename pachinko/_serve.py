@@ -380,7 +380,7 @@ def _open(mount: Mount, req: Request, ws: WebSocket) -> Connection | Awaitable[C
         or runtime.authenticate is not None
         or not runtime.accepting
         or manager.backend.records_anonymous
-        or (b"origin" in req._asgi_headers and not origin_allowed(req, runtime.allowed_origins))
+        or not origin_allowed(req, runtime.allowed_origins)
     ):
         obs = manager.observer
         if obs is None:
@@ -399,7 +399,7 @@ def _open(mount: Mount, req: Request, ws: WebSocket) -> Connection | Awaitable[C
     except Exception as ex:
         return _handshake_failed(runtime, ws, ex, "WebSocket handshake for %s failed", req.path)
     conn.receiver = plan.receiver
-    runtime.serving.count += 1  # Serving.enter(), inline
+    runtime.serving.enter()
     return conn
 
 
@@ -1494,10 +1494,7 @@ async def receive_loop(
     except WebSocketDisconnected as exc:
         if mount is None:
             raise
-        # _disconnected(), inline: a slow consumer's close says so
-        close_code = exc.code or CLOSE_NO_STATUS
-        if conn.outbox is not None and conn.outbox.closed_with is not None:
-            close_code = conn.outbox.closed_with
+        close_code = _disconnected(conn, exc)
     except Exception:
         if mount is None:
             raise

@@ -338,9 +338,7 @@ async def test_a_resource_that_fails_to_build_on_the_plain_lane_fails_the_handsh
     router.add_route("/f", Fragile)
     app = make_app(router)
     conductor = await conductor_for(app)
-    async with conductor.simulate_ws("/ws/f") as ws:
-        await ws.send_text('{"type": "say"}')
-        await recv_json(ws)
+    await _say(conductor, "/ws/f")
     with pytest.raises(WebSocketDisconnected) as info:
         async with conductor.simulate_ws("/ws/f"):
             pass
