@@ -15,7 +15,7 @@ import itertools
 import logging
 import re
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 from urllib.parse import urlsplit
@@ -438,7 +438,9 @@ async def _closed(mount: Mount, conn: Connection, ws: WebSocket, close_code: int
                 logger.exception("%s.on_disconnect raised", type(leaf).__qualname__)
     finally:
         # NOTE: even when cancelled: shutdown counts the connections served.
-        await _deregister(runtime, conn, close_code)
+        pending = _deregister(runtime, conn, close_code)
+        if pending is not None:
+            await pending
 
 
 def _close(
@@ -455,20 +457,15 @@ def _close(
         return _closed(mount, conn, ws, close_code)
     if conn.pending is not None:
         rx.abort_requests(conn, close_code)
-    runtime = mount.runtime
-    pending = runtime.manager.deregister(conn)
-    if pending is not None:
-        return _forget_after(pending, runtime, conn, close_code)
-    _forget(runtime, conn, close_code)
-    return None
+    return _deregister(mount.runtime, conn, close_code)
 
 
-def _deregister(runtime: Host, conn: Connection, close_code: int) -> Awaitable[None]:
-    """Deregister the connection, then forget it; return the backend's step (or :data:`_DONE`)."""
+def _deregister(runtime: Host, conn: Connection, close_code: int) -> Awaitable[None] | None:
+    """Deregister the connection, then forget it; return the backend's step (``None``: done)."""
     pending = runtime.manager.deregister(conn)
     if pending is None:
         _forget(runtime, conn, close_code)
-        return _DONE
+        return None
     return _forget_after(pending, runtime, conn, close_code)
 
 
@@ -490,19 +487,6 @@ def _forget(runtime: Host, conn: Connection, close_code: int) -> None:
         if obs is not None:  # unless it was removed since
             obs.closed(observed, close_code)
     conn.ended()
-
-
-class _Done:
-    """An awaitable that is done already: awaiting it does not suspend."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # a generator: awaiting it returns None at once
-
-
-_DONE: Final = _Done()
 
 
 class _Refusal(NamedTuple):
